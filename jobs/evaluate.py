@@ -1,0 +1,23 @@
+"""Evaluate one serving configuration against the baseline.
+
+    python jobs/evaluate.py backend=onnxruntime precision=fp32 data.limit=500 batch_size=32 streams=2
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from medray.cli import main_wrapper
+from medray.config import EvalConfig, register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from medray.pipeline.evaluate import run
+
+    main_wrapper(cfg, EvalConfig, run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Content-addressed cache of built artifacts (ONNX files, IR, INT8 models, engines).
+
+An entry lives in ``<cache>/artifacts/<kind>-<key16>/`` with the artifact file and a
+``meta.json`` recording the key's inputs, the file's sha256, its size and build time.
+An entry is used only if the recorded hash matches the file on disk; otherwise it is
+rebuilt.  Builds hold an exclusive file lock so concurrent jobs build once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medray.models.factory import file_sha256
+
+log = logging.getLogger("medray.artifacts")
+
+
+@dataclass
+class Artifact:
+    """A built file and what it cost."""
+
+    path: str
+    bytes: int
+    build_s: float
+    cache_hit: bool
+    key: str
+    kind: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of everything the artifact depends on."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class ArtifactCache:
+    """``get_or_build(kind, parts, filename, build)`` returns a verified :class:`Artifact`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root) / "artifacts"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _lock(self, name: str):
+        with open(self.root / f".{name}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def entry_dir(self, kind: str, parts: dict[str, Any]) -> Path:
+        return self.root / f"{kind}-{cache_key(parts)[:16]}"
+
+    def get_or_build(
+        self,
+        kind: str,
+        parts: dict[str, Any],
+        filename: str,
+        build: Callable[[Path], None],
+    ) -> Artifact:
+        """Return the cached artifact for ``parts`` or call ``build(path)`` to make it."""
+        key = cache_key(parts)
+        d = self.root / f"{kind}-{key[:16]}"
+        path = d / filename
+        with self._lock(d.name):
+            hit = self._verified(d, path, key)
+            if hit is not None:
+                log.info("%s: cache hit %s", kind, path)
+                return Artifact(str(path), hit["bytes"], 0.0, True, key, kind)
+            if d.exists():
+                log.warning("%s: cache entry %s is incomplete or corrupted; rebuilding", kind, d)
+                shutil.rmtree(d)
+            tmp = d.with_name(d.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            log.info("%s: building %s", kind, filename)
+            t0 = time.perf_counter()
+            build(tmp / filename)
+            build_s = time.perf_counter() - t0
+            size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
+            meta = {
+                "key": key,
+                "kind": kind,
+                "parts": parts,
+                "file": filename,
+                "sha256": file_sha256(tmp / filename),
+                "bytes": size,
+                "build_s": build_s,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+            tmp.rename(d)
+            log.info("%s: built in %.1fs, %.1f MB", kind, build_s, size / 1e6)
+            return Artifact(str(path), size, build_s, False, key, kind)
+
+    @staticmethod
+    def _verified(d: Path, path: Path, key: str) -> dict | None:
+        meta_path = d / "meta.json"
+        if not (meta_path.is_file() and path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            return None
+        if meta.get("key") != key or meta.get("sha256") != file_sha256(path):
+            return None
+        return meta

@@ -1,0 +1,136 @@
+"""The Backend template: the base class owns checks, warm-up and timing.
+
+Subclasses implement ``_load`` / ``_infer`` / ``_close`` (and, when they need a built
+artifact such as an ONNX file, the classmethod ``prepare`` that runs once on the driver).
+Actors receive a :class:`RunSpec` — plain dataclasses and absolute paths only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from medray.config import BackendConfig
+
+if TYPE_CHECKING:
+    from medray.backends.artifacts import ArtifactCache
+
+log = logging.getLogger("medray.backends")
+
+
+class BackendError(RuntimeError):
+    """A backend could not give exactly what the config asked for."""
+
+
+@dataclass
+class ModelSpec:
+    """What an actor needs to rebuild the model: no Hydra objects, absolute paths."""
+
+    arch: str
+    num_classes: int
+    in_chans: int
+    input_size: int
+    checkpoint: str | None
+    checkpoint_sha256: str | None = None
+    trust_checkpoint: bool = False
+    task: str = "multiclass"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_chans, self.input_size, self.input_size)
+
+
+@dataclass
+class RunSpec:
+    """One evaluated configuration (baseline or candidate), as shipped to the actors."""
+
+    name: str
+    role: str
+    backend: BackendConfig
+    precision: str
+    device: str
+    batch_size: int
+    streams: int
+    model: ModelSpec
+    threads: int = 1
+    warmup_batches: int = 2
+    artifact: dict | None = None  # {"path", "bytes", "build_s", "cache_hit", "key"}
+    options: dict = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Template method: ``load`` → ``infer`` (timed) → ``close``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.last_ms: float = 0.0
+        self.effective_precision: dict[str, Any] = {}
+        self._loaded = False
+
+    # -- driver side ------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, spec: RunSpec, cache: ArtifactCache, context: dict) -> dict | None:
+        """Build (or fetch from the cache) what the actors will load; None if nothing."""
+        return None
+
+    # -- actor side -------------------------------------------------------------------
+    def load(self) -> Backend:
+        """Load the session, record the precision really executed, run warm-up batches."""
+        spec = self.spec
+        t0 = time.perf_counter()
+        self._load()
+        self.effective_precision = self._effective_precision()
+        log.info("%s: loaded in %.2fs (threads=%d)", spec.name, time.perf_counter() - t0, spec.threads)
+        if spec.warmup_batches:
+            x = np.random.default_rng(0).standard_normal((spec.batch_size, *spec.model.input_shape), dtype=np.float32)
+            for _ in range(spec.warmup_batches):
+                self._infer(x)
+        self._loaded = True
+        return self
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch; returns host float32 logits and sets ``last_ms``.
+
+        The time covers the backend call including the copy of outputs back to host
+        memory, which is where GPU backends synchronise.
+        """
+        if not self._loaded:
+            raise BackendError(f"{self.spec.name}: infer() before load()")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.spec.model.input_shape:
+            raise BackendError(
+                f"{self.spec.name}: input shape {tuple(x.shape)} does not match the model's "
+                f"(N, {', '.join(map(str, self.spec.model.input_shape))})"
+            )
+        t0 = time.perf_counter()
+        out = self._infer(x)
+        self.last_ms = (time.perf_counter() - t0) * 1e3
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape[0] != x.shape[0]:
+            raise BackendError(f"{self.spec.name}: {out.shape[0]} outputs for a batch of {x.shape[0]}")
+        return out
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    # -- to implement -----------------------------------------------------------------
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
+
+    def _effective_precision(self) -> dict[str, Any]:
+        """What the backend really executes (overridden where the library can tell)."""
+        return {"requested": self.spec.precision, "executed": self.spec.precision, "source": "config"}

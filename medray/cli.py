@@ -1,0 +1,48 @@
+"""Shared glue of the thin ``jobs/`` entry points: validate → run → report → exit code."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from medray.config import ConfigError, to_config
+
+log = logging.getLogger("medray")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.getLogger("medray").setLevel(level)
+
+
+def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:
+    """Validate ``cfg`` against ``schema`` (before Ray starts), then ``run`` it.
+
+    A ConfigError exits with status 2 and its message, without a traceback: it is the
+    user's input that is wrong, and the message says how to fix it.  Ray is always shut
+    down on failure.
+    """
+    try:
+        obj = to_config(cfg, schema)
+        setup_logging(getattr(obj, "log_level", "INFO"))
+        doc = run(obj)
+    except ConfigError as e:
+        _shutdown_ray()
+        print(f"medray: configuration error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except BaseException:
+        _shutdown_ray()
+        raise
+    out = (doc or {}).get("output_dir")
+    if out:
+        print(f"medray: outputs written to {out}")
+    return doc
+
+
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

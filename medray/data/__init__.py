@@ -1,0 +1,1 @@
+"""Dataset sources, decoding/preprocessing and calibration splits."""

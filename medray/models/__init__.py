@@ -1,0 +1,1 @@
+"""Model factory, checkpoints, ONNX export and demo models."""

@@ -1,0 +1,1 @@
+"""Ray Data pipeline: decode tasks → Predictor actor pool → per-sample rows."""

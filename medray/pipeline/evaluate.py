@@ -1,0 +1,273 @@
+"""One evaluation: baseline and candidate over the same samples, exact metrics, report.
+
+``run(cfg)`` is what ``jobs/evaluate.py`` calls with a validated :class:`EvalConfig`.
+Everything that can fail on the config or the inputs (dataset, checkpoint, artifacts)
+happens before Ray starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medray.backends import get_backend
+from medray.backends.artifacts import ArtifactCache
+from medray.backends.base import ModelSpec, RunSpec
+from medray.config import BackendConfig, ConfigError, EvalConfig, as_dict
+from medray.data.sources import calibration_samples, load_table, select_samples
+from medray.data.table import SampleTable
+from medray.pipeline.resources import PoolPlan, plan_pool
+
+log = logging.getLogger("medray.evaluate")
+
+
+@dataclass
+class RunResult:
+    """Per-sample outputs of one run plus what the driver measured."""
+
+    spec: RunSpec
+    predictions: pd.DataFrame
+    wall_s: float
+    throughput_sps: float
+    pool: PoolPlan
+    effective_precision: dict
+
+
+# --------------------------------------------------------------------------- driver prep
+
+
+def build_specs(cfg: EvalConfig, model: ModelSpec) -> list[RunSpec]:
+    """The baseline (if any) then the candidate; one spec if they are the same run."""
+    specs = []
+    pairs: list[tuple[str, BackendConfig, str]] = []
+    base = cfg.baseline_backend()
+    if base is not None:
+        pairs.append(("baseline", base[0], base[1]))
+    cand_name = cfg.run_name
+    if base is None or f"{base[0].name}-{base[1]}" != cand_name:
+        pairs.append(("candidate", cfg.backend, cfg.precision))
+    for role, backend, precision in pairs:
+        specs.append(
+            RunSpec(
+                name=f"{backend.name}-{precision}",
+                role=role,
+                backend=backend,
+                precision=precision,
+                device=cfg.device,
+                batch_size=cfg.batch_size,
+                streams=cfg.streams,
+                model=model,
+                warmup_batches=cfg.warmup_batches,
+            )
+        )
+    return specs
+
+
+def prepare(cfg: EvalConfig) -> tuple[SampleTable, pd.DataFrame, list[RunSpec]]:
+    """Dataset, evaluated samples, and run specs with their artifacts built (no Ray)."""
+    from medray.models.resolve import resolve_model
+
+    table = load_table(cfg.data, cfg.data_root)
+    samples = select_samples(table, cfg.data.split, cfg.data.limit, cfg.data.seed)
+    log.info("dataset %s: %d %s samples evaluated (%s)", table.name, len(samples), cfg.data.split, table.task)
+    model = resolve_model(cfg, table)
+    specs = build_specs(cfg, model)
+    cache = ArtifactCache(cfg.cache_dir)
+    context: dict[str, Any] = {"table": table, "evaluated": samples}
+    if any(s.precision == "int8" for s in specs):
+        context["calibration"] = calibration_samples(
+            table, cfg.calibration.split, cfg.calibration.num_samples, cfg.calibration.seed, samples
+        )
+    for spec in specs:
+        spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
+    return table, samples, specs
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def start_ray(cfg: EvalConfig) -> bool:
+    """Connect to ``ray.address`` or start an embedded local Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"log_to_driver": True}
+    if cfg.ray.address is None:
+        kwargs.update(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
+        if cfg.ray.include_dashboard is not None:
+            kwargs["include_dashboard"] = cfg.ray.include_dashboard
+    else:
+        kwargs["address"] = cfg.ray.address
+    ray.init(**kwargs)
+    return True
+
+
+def local_gpu_count() -> int:
+    """GPUs an embedded Ray would see (CUDA_VISIBLE_DEVICES respected)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def preflight(cfg: EvalConfig) -> None:
+    """Fail before any work when the embedded Ray could not give the device asked for."""
+    if cfg.device == "cuda" and cfg.ray.address is None:
+        gpus = cfg.ray.num_gpus if cfg.ray.num_gpus is not None else local_gpu_count()
+        if gpus < 1:
+            raise ConfigError(
+                "device=cuda: the embedded local Ray would have no GPU (this machine shows none to "
+                "CUDA; ray.num_gpus is not set); run with device=cpu, or ray.address=<cluster with GPUs>"
+            )
+
+
+def cluster_shape() -> tuple[float, float, int]:
+    """(CPUs, GPUs, cores of the smallest alive node) of the connected cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    cores = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0)), max(1, min(cores or [os.cpu_count() or 1]))
+
+
+def run_pipeline(spec: RunSpec, samples: pd.DataFrame, plan: PoolPlan, block_size: int) -> tuple[pd.DataFrame, float, float]:
+    """Stream ``samples`` through decode tasks and the Predictor pool.
+
+    Returns the per-sample rows, the wall time and the steady-state throughput (samples
+    after the first output batch / time since it: actor start-up and model load are
+    not throughput).
+    """
+    import ray.data
+
+    from medray.pipeline.predictor import Predictor, decode_batch
+
+    blocks = [samples.iloc[i : i + block_size][["sample_id", "path"]] for i in range(0, len(samples), block_size)]
+    ds = ray.data.from_pandas(blocks)
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"size": spec.model.input_size},
+        batch_format="numpy",
+        batch_size=None,
+        num_cpus=1,
+    )
+    ds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"spec": spec},
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        batch_size=spec.batch_size,
+        batch_format="numpy",
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus or None,
+    )
+    parts = []
+    t0 = time.perf_counter()
+    t_first = None
+    n_first = 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        if t_first is None:
+            t_first = time.perf_counter()
+            n_first = len(batch["sample_id"])
+        batch = dict(batch)
+        batch["probs"] = list(batch["probs"])
+        parts.append(pd.DataFrame(batch))
+    wall = time.perf_counter() - t0
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    steady = time.perf_counter() - (t_first or t0)
+    n_steady = len(df) - n_first
+    throughput = n_steady / steady if n_steady > 0 and steady > 0 else len(df) / wall
+    return df, wall, throughput
+
+
+def read_block_size(n: int, batch_size: int, actors: int) -> int:
+    """Samples per decode task: a multiple of the batch size (no ragged batches inside a
+    block), about 64 images, but small enough that every actor gets several blocks."""
+    per_actor = math.ceil(n / (actors * 4 * batch_size))
+    return batch_size * max(1, min(max(1, 64 // batch_size), per_actor))
+
+
+def execute(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> list[RunResult]:
+    """Run every spec on the connected Ray cluster, one after the other."""
+    cpus, gpus, cores = cluster_shape()
+    results = []
+    for spec in specs:
+        plan = plan_pool(
+            device=spec.device,
+            streams=spec.streams,
+            cluster_cpus=cpus,
+            cluster_gpus=gpus,
+            node_cores=cores,
+            reserve_cpus=cfg.ray.reserve_cpus_for_reading,
+            threads=spec.backend.threads,
+        )
+        spec = replace(spec, threads=plan.threads)
+        block = cfg.data.read_block_size or read_block_size(len(samples), spec.batch_size, plan.actors)
+        log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
+        df, wall, tput = run_pipeline(spec, samples, plan, block)
+        check_complete(spec.name, samples["sample_id"], df)
+        eff = [json.loads(s) for s in df.pop("effective_precision") if s]
+        results.append(RunResult(spec, df, wall, tput, plan, summarise_effective(eff)))
+        log.info("%s: %d samples in %.1fs (%.1f samples/s steady)", spec.name, len(df), wall, tput)
+    return results
+
+
+def check_complete(name: str, expected: pd.Series, df: pd.DataFrame) -> None:
+    """Every evaluated sample exactly once — a silent loss would bias every metric."""
+    got = df["sample_id"] if len(df) else pd.Series([], dtype=str)
+    dup = got[got.duplicated()].unique()
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if len(dup) or missing or extra:
+        raise RuntimeError(
+            f"{name}: pipeline output does not match the evaluated samples: "
+            f"{len(missing)} missing {missing[:5]}, {len(dup)} duplicated {list(dup[:5])}, {len(extra)} unexpected"
+        )
+
+
+def summarise_effective(reports: list[dict]) -> dict:
+    """One actor's report (they run the same artifact); flag if actors disagree."""
+    if not reports:
+        return {}
+    first = dict(reports[0])
+    if any(r.get("executed") != first.get("executed") for r in reports[1:]):
+        first["warning"] = f"actors disagree on the executed precision: {[r.get('executed') for r in reports]}"
+    first["actors"] = len(reports)
+    return first
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def run(cfg: EvalConfig) -> dict:
+    """Evaluate ``cfg`` end to end; returns the metrics document (also written to disk)."""
+    import ray
+
+    from medray.report import build_metrics, write_outputs
+
+    out = Path(cfg.output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    preflight(cfg)
+    table, samples, specs = prepare(cfg)
+    started = start_ray(cfg)
+    try:
+        results = execute(cfg, samples, specs)
+    finally:
+        if started:
+            ray.shutdown()
+    doc = build_metrics(cfg, table, samples, results)
+    doc["wall_s"] = time.perf_counter() - t0
+    doc["output_dir"] = str(out)
+    write_outputs(out, as_dict(cfg), doc, results, table, samples)
+    log.info("outputs in %s", out)
+    return doc

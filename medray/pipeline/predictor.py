@@ -1,0 +1,73 @@
+"""Read/decode tasks and the Predictor actor used with ``Dataset.map_batches``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+
+import numpy as np
+
+from medray.backends import get_backend
+from medray.backends.base import RunSpec
+from medray.data.preprocess import decode_gray, to_model_input
+
+log = logging.getLogger("medray.predictor")
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """CPU task: file paths → uint8 grey images at the model's input size."""
+    images = np.stack([decode_gray(str(p), size) for p in batch["path"]])
+    return {"sample_id": batch["sample_id"], "image": images}
+
+
+def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    """Softmax (multiclass) or sigmoid (multilabel), in float64 for stable metrics."""
+    z = logits.astype(np.float64)
+    if task == "multilabel":
+        return 1.0 / (1.0 + np.exp(-z))
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """Holds one backend session per actor; one call = one timed batch."""
+
+    def __init__(self, spec: RunSpec):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.spec = spec
+        self.backend = get_backend(spec.backend.name)(spec).load()
+        self.uid = uuid.uuid4().hex[:8]
+        self.pid = os.getpid()
+        try:
+            import ray
+
+            self.node = ray.get_runtime_context().get_node_id()
+        except Exception:  # outside Ray (unit tests)
+            self.node = "local"
+        self.n_batches = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = to_model_input(batch["image"], self.spec.model.in_chans)
+        logits = self.backend.infer(x)
+        n = len(x)
+        probs = probabilities(logits, self.spec.model.task).astype(np.float32)
+        uid = f"{self.uid}:{self.n_batches}"
+        # The precision each session really executes travels back once per actor, on
+        # the first row it returns (actors of map_batches cannot be queried otherwise).
+        info = np.full(n, "", dtype=object)
+        if self.n_batches == 0:
+            info[0] = json.dumps(self.backend.effective_precision, default=str)
+        self.n_batches += 1
+        return {
+            "sample_id": batch["sample_id"],
+            "probs": probs,
+            "batch_ms": np.full(n, self.backend.last_ms, dtype=np.float64),
+            "batch_size": np.full(n, n, dtype=np.int32),
+            "batch_uid": np.full(n, uid),
+            "node_id": np.full(n, self.node),
+            "worker_pid": np.full(n, self.pid, dtype=np.int64),
+            "effective_precision": info,
+        }

@@ -1,0 +1,245 @@
+"""The output contract: ``config.yaml``, ``metrics.json``, ``report.md``, ``predictions/``.
+
+Metrics are computed here, once, on the driver, from the merged per-sample rows of
+each run — never averaged over workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from medray.metrics.agreement import agreement, pair_by_id
+from medray.metrics.classification import classification_metrics
+from medray.metrics.performance import latency_summary, speedup
+
+if TYPE_CHECKING:
+    from medray.config import EvalConfig
+    from medray.data.table import SampleTable
+    from medray.pipeline.evaluate import RunResult
+
+log = logging.getLogger("medray.report")
+
+
+def _batches(df: pd.DataFrame) -> pd.DataFrame:
+    return df.groupby("batch_uid", sort=False)[["batch_ms", "batch_size"]].first()
+
+
+def _targets(table: SampleTable, samples: pd.DataFrame, ids) -> np.ndarray:
+    idx = pd.Index(samples["sample_id"]).get_indexer(ids)
+    if (idx < 0).any():
+        raise RuntimeError("predictions contain sample ids that were not evaluated")
+    return table.targets(samples.iloc[idx])
+
+
+def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
+    """One ``runs[]`` element without the comparison keys."""
+    spec, df = result.spec, result.predictions
+    probs = np.stack(df["probs"].to_numpy()).astype(np.float64)
+    y = _targets(table, samples, df["sample_id"])
+    b = _batches(df)
+    return {
+        "name": spec.name,
+        "role": spec.role,
+        "backend": spec.backend.name,
+        "precision": spec.precision,
+        "device": spec.device,
+        "batch_size": spec.batch_size,
+        "streams": spec.streams,
+        "n_samples": int(len(df)),
+        "n_skipped": 0,
+        "latency_ms": latency_summary(b["batch_ms"].to_numpy(), b["batch_size"].to_numpy()),
+        "throughput_sps": result.throughput_sps,
+        "wall_s": result.wall_s,
+        "metrics": classification_metrics(y, probs, table.task, table.classes),
+        "artifact": _artifact(spec.artifact),
+        "effective_precision": result.effective_precision,
+        "pool": {
+            "actors": result.pool.actors,
+            "num_cpus": result.pool.num_cpus,
+            "num_gpus": result.pool.num_gpus,
+            "threads": result.pool.threads,
+            "nodes": sorted(df["node_id"].unique().tolist()),
+        },
+    }
+
+
+def _artifact(a: dict | None) -> dict | None:
+    if a is None:
+        return None
+    return {"path": a["path"], "bytes": a["bytes"], "build_s": a["build_s"], "cache_hit": a["cache_hit"]}
+
+
+def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult]) -> dict:
+    """The ``metrics.json`` document."""
+    runs = [run_entry(r, table, samples) for r in results]
+    base = next((i for i, r in enumerate(results) if r.spec.role == "baseline"), None)
+    if base is not None:
+        bdf = results[base].predictions
+        bprobs = np.stack(bdf["probs"].to_numpy())
+        for r, entry in zip(results, runs):
+            if r.spec.role != "candidate":
+                continue
+            bi, ci = pair_by_id(bdf["sample_id"].to_numpy(), r.predictions["sample_id"].to_numpy())
+            cprobs = np.stack(r.predictions["probs"].to_numpy())
+            entry["agreement"] = agreement(bprobs[bi], cprobs[ci], table.task)
+            entry["speedup"] = speedup(
+                runs[base]["latency_ms"]["per_sample_mean"], entry["latency_ms"]["per_sample_mean"]
+            )
+            entry["speedup"]["throughput_factor"] = (
+                entry["throughput_sps"] / runs[base]["throughput_sps"] if runs[base]["throughput_sps"] else None
+            )
+            entry["metric_deltas"] = {
+                k: (entry["metrics"][k] - runs[base]["metrics"][k])
+                if entry["metrics"].get(k) is not None and runs[base]["metrics"].get(k) is not None
+                else None
+                for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro")
+            }
+    return {
+        "dataset": {
+            "name": table.name,
+            "task": table.task,
+            "n_samples": int(len(samples)),
+            "classes": list(table.classes),
+            "split": cfg.data.split,
+            "root": table.root,
+        },
+        "runs": runs,
+        "warnings": _warnings(runs),
+    }
+
+
+def _warnings(runs: list[dict]) -> list[str]:
+    """Things a reviewer must not miss (e.g. a lower precision that is not faster)."""
+    out = []
+    for r in runs:
+        eff = r.get("effective_precision") or {}
+        if eff.get("executed") and eff["executed"] != r["precision"]:
+            out.append(f"{r['name']}: asked for {r['precision']} but the backend executes {eff['executed']}")
+        if eff.get("warning"):
+            out.append(f"{r['name']}: {eff['warning']}")
+        sp = r.get("speedup") or {}
+        if r["precision"] in ("fp16", "bf16", "int8") and sp.get("factor") is not None and sp["factor"] <= 1.0:
+            out.append(f"{r['name']}: {r['precision']} is not faster than the baseline (factor {sp['factor']:.2f})")
+    return out
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def render_report(doc: dict) -> str:
+    """report.md: the seed-000-style table plus per-class AUC and effective precision."""
+    ds = doc["dataset"]
+    lines = [
+        f"# medray evaluation — {ds['name']}",
+        "",
+        f"{ds['n_samples']} samples of split `{ds['split']}`, task {ds['task']}, "
+        f"{len(ds['classes'])} {'labels' if ds['task'] == 'multilabel' else 'classes'}.",
+        "Latency = backend compute time per sample (batch time / batch size, warm-up excluded); "
+        "throughput = end-to-end samples/s through the pipeline. Percentages below.",
+        "",
+        "| Dataset | Model | Latency (ms) | Speed-up | Accuracy | BACC | mAUC | Throughput (img/s) | Agreement |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["runs"]:
+        m, sp, ag = r["metrics"], r.get("speedup"), r.get("agreement")
+        speed = "–" if not sp or sp["factor"] is None else f"{sp['latency_reduction_pct']:.1f}% ({sp['factor']:.2f}×)"
+        model = f"{'Baseline' if r['role'] == 'baseline' else 'Candidate'} {r['name']} (b{r['batch_size']}×{r['streams']})"
+        lines.append(
+            f"| {ds['name']} | {model} | {r['latency_ms']['per_sample_mean']:.2f} | {speed} | "
+            f"{_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | {_pct(m['auc_macro'])} | "
+            f"{r['throughput_sps']:.1f} | {_pct(ag['top1']) if ag else '–'} |"
+        )
+    lines += ["", "## Agreement with the baseline", ""]
+    for r in doc["runs"]:
+        if r.get("agreement"):
+            a = r["agreement"]
+            lines.append(
+                f"- {r['name']}: top-1 {_pct(a['top1'])}%, max |Δprob| {a['max_abs_prob_diff']:.2e}, "
+                f"mean |Δprob| {a['mean_abs_prob_diff']:.2e} over {a['n']} paired samples"
+            )
+    lines += ["", "## Per-class AUC", "", "| Class | " + " | ".join(r["name"] for r in doc["runs"]) + " |"]
+    lines.append("|---" * (len(doc["runs"]) + 1) + "|")
+    for c in ds["classes"]:
+        cells = [_pct(r["metrics"]["auc_per_class"].get(c)) for r in doc["runs"]]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    for r in doc["runs"]:
+        if r["metrics"].get("auc_skipped"):
+            lines.append(f"\n{r['name']}: AUC skipped (one outcome only) for {', '.join(r['metrics']['auc_skipped'])}")
+    if any("sensitivity" in r["metrics"] for r in doc["runs"]):
+        lines += ["", "## Operating point", ""]
+        for r in doc["runs"]:
+            m = r["metrics"]
+            lines.append(
+                f"- {r['name']}: sensitivity {_pct(m['sensitivity'])}%, specificity {_pct(m['specificity'])}% "
+                f"at threshold {m.get('threshold', 0.5)}"
+            )
+    lines += ["", "## Runs", "", "| Run | Latency p50 / p95 (ms) | Wall (s) | Pool | Executed precision | Artifact |"]
+    lines.append("|---|---|---|---|---|---|")
+    for r in doc["runs"]:
+        a = r.get("artifact")
+        art = "–" if not a else f"{a['bytes'] / 1e6:.1f} MB, build {a['build_s']:.1f}s{' (cache hit)' if a['cache_hit'] else ''}"
+        p = r["pool"]
+        eff = (r.get("effective_precision") or {}).get("executed", "?")
+        lines.append(
+            f"| {r['name']} | {r['latency_ms']['per_sample_p50']:.2f} / {r['latency_ms']['per_sample_p95']:.2f} | "
+            f"{r['wall_s']:.1f} | {p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr) | {eff} | {art} |"
+        )
+    if doc.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in doc["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_predictions(path: Path, df: pd.DataFrame, targets: np.ndarray) -> None:
+    """predictions/<run>.parquet: one row per sample (ids, target, probs, timing, worker)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    probs = np.stack(df["probs"].to_numpy()).astype(np.float32)
+    k = probs.shape[1]
+    cols = {
+        "sample_id": pa.array(df["sample_id"].astype(str)),
+        "target": pa.array(targets.tolist()),
+        "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), k),
+        "batch_uid": pa.array(df["batch_uid"].astype(str)),
+        "batch_ms": pa.array(df["batch_ms"].astype(float)),
+        "batch_size": pa.array(df["batch_size"].astype(int)),
+        "node_id": pa.array(df["node_id"].astype(str)),
+        "worker_pid": pa.array(df["worker_pid"].astype(int)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def write_outputs(out: Path, config: dict, doc: dict, results: list[RunResult], table=None, samples=None) -> None:
+    """Write the four outputs of the contract into ``out``."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+    (out / "report.md").write_text(render_report(doc))
+    for r in results:
+        t = _targets(table, samples, r.predictions["sample_id"]) if table is not None else np.zeros(len(r.predictions))
+        write_predictions(out / "predictions" / f"{r.spec.name}.parquet", r.predictions, t)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

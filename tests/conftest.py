@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny models made by the tests, one Ray per test module."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import REPO, TINY_ARCH, TINY_SIZE
+
+# Keep the tests' caches (datasets, artifacts, demo models) out of the user's cache.
+os.environ.setdefault("MEDRAY_CACHE", str(REPO / ".pytest_cache" / "medray"))
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight 2-class resnet10t at 32 px, saved as a medray checkpoint."""
+    import torch
+
+    from medray.models.factory import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(TINY_ARCH, 2, 3)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(model, path, {"arch": TINY_ARCH, "num_classes": 2, "in_chans": 3, "input_size": TINY_SIZE})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_checkpoint):
+    """Factory of RunSpecs over the tiny model."""
+    from medray.backends.base import ModelSpec, RunSpec
+    from medray.config import backend_config
+    from medray.models.factory import file_sha256
+
+    model = ModelSpec(TINY_ARCH, 2, 3, TINY_SIZE, str(tiny_checkpoint), file_sha256(tiny_checkpoint))
+
+    def make(backend="torch", precision="fp32", batch_size=4, streams=1, threads=1, task="multiclass", **kw):
+        m = ModelSpec(**{**model.__dict__, "task": task})
+        return RunSpec(
+            name=f"{backend}-{precision}",
+            role="candidate",
+            backend=backend_config(backend),
+            precision=precision,
+            device="cpu",
+            batch_size=batch_size,
+            streams=streams,
+            model=m,
+            threads=threads,
+            warmup_batches=1,
+            **kw,
+        )
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One embedded Ray (2 CPUs) per test module, as the CI machine has."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

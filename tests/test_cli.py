@@ -1,0 +1,39 @@
+"""The entry point fails fast, before Ray starts, on bad configs (subprocess, as a user)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["backend=nosuch"], "Could not find 'backend/nosuch'"),
+        (["backend=onnxruntime", "precision=bf16"], "precision='bf16': backend=onnxruntime on device=cpu supports"),
+        (["batch_size=0"], "batch_size=0"),
+        (["device=cuda", "backend=torch", "precision=fp16"], "device=cuda: the embedded local Ray would have no GPU"),
+    ],
+)
+def test_bad_config_fails_fast_without_starting_ray(args, expect, tmp_path):
+    if "device=cuda" in args:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    t0 = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "evaluate.py"), *args, f"output_dir={tmp_path}/out"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert p.returncode != 0
+    assert expect in p.stderr + p.stdout
+    assert "ray.init" not in p.stderr and "Started a local Ray instance" not in p.stderr
+    assert time.perf_counter() - t0 < 60
