@@ -141,27 +141,29 @@ def cluster_shape() -> tuple[float, float, int]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0)), max(1, min(cores or [os.cpu_count() or 1]))
 
 
-def run_pipeline(spec: RunSpec, samples: pd.DataFrame, plan: PoolPlan, block_size: int) -> tuple[pd.DataFrame, float, float]:
-    """Stream ``samples`` through decode tasks and the Predictor pool.
-
-    Returns the per-sample rows, the wall time and the steady-state throughput (samples
-    after the first output batch / time since it: actor start-up and model load are
-    not throughput).
-    """
+def read_dataset(samples: pd.DataFrame, size: int, block_size: int):
+    """Ray Dataset of decoded uint8 images: one decode task per block of samples."""
     import ray.data
 
-    from medray.pipeline.predictor import Predictor, decode_batch
+    from medray.pipeline.predictor import decode_batch
 
     blocks = [samples.iloc[i : i + block_size][["sample_id", "path"]] for i in range(0, len(samples), block_size)]
-    ds = ray.data.from_pandas(blocks)
-    ds = ds.map_batches(
+    return ray.data.from_pandas(blocks).map_batches(
         decode_batch,
-        fn_kwargs={"size": spec.model.input_size},
+        fn_kwargs={"size": size},
         batch_format="numpy",
         batch_size=None,
         num_cpus=1,
     )
-    ds = ds.map_batches(
+
+
+def predict(ds, spec: RunSpec, plan: PoolPlan):
+    """Append the Predictor actor pool to a dataset of ``sample_id`` + ``image`` rows."""
+    import ray.data
+
+    from medray.pipeline.predictor import Predictor
+
+    return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"spec": spec},
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
@@ -170,6 +172,15 @@ def run_pipeline(spec: RunSpec, samples: pd.DataFrame, plan: PoolPlan, block_siz
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus or None,
     )
+
+
+def collect(ds) -> tuple[pd.DataFrame, float, float]:
+    """Stream the results to the driver.
+
+    Returns the per-sample rows, the wall time and the steady-state throughput (samples
+    after the first output batch / time since it: actor start-up and model load are
+    not throughput).
+    """
     parts = []
     t0 = time.perf_counter()
     t_first = None
@@ -187,6 +198,11 @@ def run_pipeline(spec: RunSpec, samples: pd.DataFrame, plan: PoolPlan, block_siz
     n_steady = len(df) - n_first
     throughput = n_steady / steady if n_steady > 0 and steady > 0 else len(df) / wall
     return df, wall, throughput
+
+
+def run_pipeline(spec: RunSpec, samples: pd.DataFrame, plan: PoolPlan, block_size: int) -> tuple[pd.DataFrame, float, float]:
+    """Stream ``samples`` through decode tasks and the Predictor pool (see :func:`collect`)."""
+    return collect(predict(read_dataset(samples, spec.model.input_size, block_size), spec, plan))
 
 
 def read_block_size(n: int, batch_size: int, actors: int) -> int:
