@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 
 import numpy as np
@@ -50,6 +51,7 @@ class Predictor:
         self.n_batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t_start = time.time()  # wall clock: comparable across actors for throughput
         x = to_model_input(batch["image"], self.spec.model.in_chans)
         logits = self.backend.infer(x)
         n = len(x)
@@ -70,4 +72,6 @@ class Predictor:
             "node_id": np.full(n, self.node),
             "worker_pid": np.full(n, self.pid, dtype=np.int64),
             "effective_precision": info,
+            "t_start": np.full(n, t_start),
+            "t_end": np.full(n, time.time()),
         }
