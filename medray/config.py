@@ -18,6 +18,7 @@ from omegaconf import MISSING
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda")
 TASKS = ("classification", "segmentation")
+TTA_MODES = ("none", "tencrop")
 
 
 class ConfigError(ValueError):
@@ -48,10 +49,15 @@ class BackendConfig:
     threads: int | None = None
 
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # The device used when the config leaves `device` null (trt: cuda).
+    DEFAULT_DEVICE: ClassVar[str] = "cpu"
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             _fail("backend.threads", self.threads, "use a positive thread count or null (automatic)")
+
+    def check_run(self, device: str, precision: str, batch_size: int) -> None:
+        """Checks of backend options against the run (device, batch); none by default."""
 
     def check_pair(self, device: str, precision: str, key: str = "precision") -> None:
         """Raise ConfigError unless ``device``/``precision`` is supported by this backend."""
@@ -92,10 +98,21 @@ class OnnxRuntimeConfig(BackendConfig):
     opset: int = 17
     # ORT graph optimisation level: disable | basic | extended | all
     graph_optimization: str = "all"
+    # precision=int8 (static QDQ): activation range calibration minmax | entropy | percentile.
+    quant_method: str = "minmax"
+    # precision=int8: one weight scale per output channel (the usual choice for CNNs).
+    quant_per_channel: bool = True
+    # Execution provider: null = the device's own (CPU / CUDA); tensorrt = ORT's TensorRT
+    # EP (device=cuda only). The session must get exactly this provider, never a fallback.
+    provider: str | None = None
 
+    # fp16 on cpu is listed but, on x86, ORT's CPU provider has fp16 kernels for few ops:
+    # it inserts casts and runs convolutions in fp32 (slower than fp32). The backend warns,
+    # and effective_precision (read from ORT's optimised graph) then says "fp32".
+    # int8 on cuda is not listed: the CUDA provider has no int8 convolutions (use trt).
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
-        "cpu": ("fp32",),
-        "cuda": ("fp32",),
+        "cpu": ("fp32", "fp16", "int8"),
+        "cuda": ("fp32", "fp16"),
     }
 
     def __post_init__(self) -> None:
@@ -108,11 +125,137 @@ class OnnxRuntimeConfig(BackendConfig):
             )
         if not 13 <= self.opset <= 23:
             _fail("backend.opset", self.opset, "use an ONNX opset between 13 and 23 (17 is a safe default)")
+        if self.quant_method not in QUANT_METHODS:
+            _fail("backend.quant_method", self.quant_method, f"use one of {', '.join(QUANT_METHODS)}")
+        if self.provider not in ORT_PROVIDERS:
+            _fail("backend.provider", self.provider, f"use null (the device's provider) or one of {', '.join(ORT_PROVIDERS[1:])}")
+
+    def check_run(self, device: str, precision: str, batch_size: int) -> None:
+        if self.provider in ("cuda", "tensorrt") and device != "cuda":
+            _fail("backend.provider", self.provider, f"the {self.provider} provider runs on GPUs: add device=cuda, or drop backend.provider")
+        if self.provider == "cpu" and device != "cpu":
+            _fail("backend.provider", self.provider, f"device={device} asks for the GPU: use device=cpu, or drop backend.provider")
+
+
+QUANT_METHODS = ("minmax", "entropy", "percentile")
+ORT_PROVIDERS = (None, "cpu", "cuda", "tensorrt")
+OV_HINTS = ("latency", "throughput")
+NNCF_PRESETS = ("performance", "mixed")
+
+
+@dataclass
+class OpenVINOConfig(BackendConfig):
+    """OpenVINO on the CPU. Inside each actor (one per `streams`), the compiled model runs
+    ``num_requests`` infer requests concurrently through an AsyncInferQueue, each on a
+    slice of the batch; the performance hint decides how many OpenVINO streams (thread
+    groups) serve them.  bf16/fp16 are execution-precision hints on the same fp32 IR;
+    int8 is an NNCF-quantized IR.
+    """
+
+    name: str = "openvino"
+    # latency: 1 OpenVINO stream, the whole batch in one request; throughput: OpenVINO
+    # picks streams for the actor's threads and the batch is split across requests.
+    performance_hint: str = "throughput"
+    # Infer requests per actor (null = the compiled model's optimal number for the hint).
+    num_requests: int | None = None
+    # OpenVINO streams per actor (null = chosen by the performance hint).
+    num_streams: int | None = None
+    # Pin inference threads to cores. Off by default: several actors on one node would pin
+    # to the same cores and fight; turn on with streams=1 on a dedicated node.
+    cpu_pinning: bool = False
+    # precision=int8 (NNCF post-training quantization).
+    nncf_preset: str = "performance"
+    fast_bias_correction: bool = True
+
+    # fp16 needs a CPU whose OPTIMIZATION_CAPABILITIES list FP16 (checked when loading).
+    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "cpu": ("fp32", "fp16", "bf16", "int8"),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.performance_hint not in OV_HINTS:
+            _fail("backend.performance_hint", self.performance_hint, f"use one of {', '.join(OV_HINTS)}")
+        if self.num_requests is not None and self.num_requests < 1:
+            _fail("backend.num_requests", self.num_requests, "use a positive number or null (OpenVINO's optimum)")
+        if self.num_streams is not None and self.num_streams < 1:
+            _fail("backend.num_streams", self.num_streams, "use a positive number or null (from the performance hint)")
+        if self.nncf_preset not in NNCF_PRESETS:
+            _fail("backend.nncf_preset", self.nncf_preset, f"use one of {', '.join(NNCF_PRESETS)}")
+
+
+@dataclass
+class TensorRTConfig(BackendConfig):
+    """TensorRT engines built from the ONNX export, on the GPU that runs them.
+
+    Precision lives in the graph (strongly typed network — the only mode TensorRT 11
+    has): fp32/tf32 build the fp32 export (TF32 tactics off / on), fp16 an fp16-converted
+    graph, int8 a Q/DQ graph calibrated on the calibration split.
+    """
+
+    name: str = "trt"
+    opset: int = 17
+    # Builder scratch memory (GiB) for tactics; too small excludes fast kernels.
+    workspace_gb: float = 4.0
+    # Optimisation profile over the batch axis: null = 1 / batch_size / batch_size.
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    # 0 (fast build) .. 5 (slowest build, most tactics); TensorRT's default is 3.
+    builder_optimization_level: int = 3
+    # precision=int8: activation range calibration (ONNX Runtime's static QDQ quantizer).
+    quant_method: str = "minmax"
+    quant_per_channel: bool = True
+    # Engines are GPU-specific and built by the actors: null = <cache_dir> on each node.
+    engine_cache_dir: str | None = None
+
+    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "tf32", "fp16", "int8")}
+    DEFAULT_DEVICE: ClassVar[str] = "cuda"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 13 <= self.opset <= 23:
+            _fail("backend.opset", self.opset, "use an ONNX opset between 13 and 23 (17 is a safe default)")
+        if not self.workspace_gb > 0:
+            _fail("backend.workspace_gb", self.workspace_gb, "use a positive size in GiB (e.g. 4)")
+        if not 0 <= self.builder_optimization_level <= 5:
+            _fail("backend.builder_optimization_level", self.builder_optimization_level, "use 0..5 (3 is TensorRT's default)")
+        for k in ("min_batch", "opt_batch", "max_batch"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                _fail(f"backend.{k}", v, "use a positive batch size or null (from batch_size)")
+        if self.quant_method not in QUANT_METHODS:
+            _fail("backend.quant_method", self.quant_method, f"use one of {', '.join(QUANT_METHODS)}")
+
+    def check_pair(self, device: str, precision: str, key: str = "precision") -> None:
+        if device != "cuda":
+            _fail(
+                "device",
+                device,
+                "backend=trt runs only on NVIDIA GPUs: use device=cuda (its default), "
+                "or backend=onnxruntime / openvino on the CPU",
+            )
+        super().check_pair(device, precision, key)
+
+    def profile(self, batch_size: int) -> tuple[int, int, int]:
+        """(min, opt, max) batch of the engine's optimisation profile."""
+        return (self.min_batch or 1, self.opt_batch or batch_size, self.max_batch or batch_size)
+
+    def check_run(self, device: str, precision: str, batch_size: int) -> None:
+        lo, opt, hi = self.profile(batch_size)
+        if hi < batch_size:
+            _fail("backend.max_batch", hi, f"the engine must accept batch_size={batch_size}: use max_batch >= {batch_size} or null")
+        if lo > 1:
+            _fail("backend.min_batch", lo, "the last batch of a split can be smaller: use min_batch=1 or null")
+        if not lo <= opt <= hi:
+            _fail("backend.opt_batch", opt, f"the optimisation profile needs min_batch ({lo}) <= opt_batch <= max_batch ({hi})")
 
 
 BACKEND_CONFIGS: dict[str, type[BackendConfig]] = {
     "torch": TorchConfig,
     "onnxruntime": OnnxRuntimeConfig,
+    "openvino": OpenVINOConfig,
+    "trt": TensorRTConfig,
 }
 
 
@@ -126,7 +269,9 @@ def backend_config(name: str) -> BackendConfig:
 # --------------------------------------------------------------------------- data / model
 
 
-SOURCES = ("synthetic", "synthetic_multilabel")
+SOURCES = ("synthetic", "synthetic_multilabel", "imagefolder", "chestxray14")
+# Sources that read a user's folder as published (no generator, no cache default).
+FOLDER_SOURCES = ("imagefolder", "chestxray14")
 
 
 @dataclass
@@ -147,10 +292,36 @@ class DataConfig:
     image_size: int = 256
     # Samples per block handed to the decode tasks (multiple of batch_size is best).
     read_block_size: int | None = None
+    # A sample that cannot be read (missing/truncated/undecodable file, NaN pixels, unknown
+    # label): fail = stop with its path and reason; skip = evaluate the rest and list it.
+    on_error: str = "fail"
+    # imagefolder: class names in model-output order (null = sorted folder names);
+    # chestxray14: the labels evaluated, in model-output order (null = the 14 in CheXNet order).
+    classes: list[str] | None = None
+    # chestxray14: fail if a patient has images in both the calibration and evaluated split.
+    check_patient_overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SOURCES:
             _fail("data", self.name, f"available datasets: {', '.join(SOURCES)}")
+        if self.name in FOLDER_SOURCES:
+            if self.root is None:
+                _fail("data.root", None, f"data={self.name} reads your copy of the dataset; set data.root=<its folder>")
+            self.root = str(Path(self.root).expanduser().resolve())
+            if not Path(self.root).is_dir():
+                _fail("data.root", self.root, f"not a directory; point it at the unpacked {self.name} dataset")
+        if self.classes is not None:
+            if self.name not in FOLDER_SOURCES:
+                _fail("data.classes", self.classes, f"data={self.name} has fixed classes; remove data.classes")
+            dup = sorted({c for c in self.classes if list(self.classes).count(c) > 1})
+            if not self.classes or dup:
+                _fail("data.classes", self.classes, f"give each class name once ({'duplicates: ' + ', '.join(dup) if dup else 'empty list'})")
+        if self.check_patient_overlap and self.name != "chestxray14":
+            _fail(
+                "data.check_patient_overlap",
+                True,
+                f"data={self.name} has no patient IDs; the check exists for data=chestxray14 only",
+            )
         if self.limit is not None and self.limit < 1:
             _fail("data.limit", self.limit, "use a positive number of samples, or null for the whole split")
         for k in ("n_train", "n_calibration", "n_test", "image_size"):
@@ -158,6 +329,8 @@ class DataConfig:
                 _fail(f"data.{k}", getattr(self, k), "must be a positive integer")
         if self.read_block_size is not None and self.read_block_size < 1:
             _fail("data.read_block_size", self.read_block_size, "use a positive number or null (automatic)")
+        if self.on_error not in ("fail", "skip"):
+            _fail("data.on_error", self.on_error, "use fail (stop at the first bad sample) or skip (list and exclude it)")
 
 
 @dataclass
@@ -209,13 +382,29 @@ class ModelConfig:
 class CalibrationConfig:
     """INT8 calibration samples: drawn from a split disjoint from the evaluated one."""
 
-    split: str = "calibration"
+    # null = the dataset's own calibration split, never the evaluated one: synthetic
+    # `calibration`, imagefolder `train` (else `val`), chestxray14 `train_val`.
+    split: str | None = None
     num_samples: int = 300
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             _fail("calibration.num_samples", self.num_samples, "use a positive number of samples")
+
+
+@dataclass
+class QuantizationConfig:
+    """INT8 options that are not one backend's own."""
+
+    # backend=openvino: NNCF accuracy-controlled quantization. Layers are reverted to
+    # fp32 until the macro-AUC on the calibration split drops by at most this much
+    # (absolute) from the fp32 model's. null = plain post-training quantization.
+    max_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_drop is not None and not 0 < self.max_drop < 1:
+            _fail("quantization.max_drop", self.max_drop, "use an absolute metric drop in (0, 1), e.g. 0.01, or null")
 
 
 @dataclass
@@ -229,6 +418,9 @@ class RayConfig:
     # CPUs the actor pool must leave free for the read/decode tasks (never 0: it hangs).
     reserve_cpus_for_reading: float = 1.0
     include_dashboard: bool | None = None
+    # A Predictor actor that dies (crash, node loss) is restarted and its batch retried at
+    # most this many times; then the run fails with the cause (Ray Data's default: forever).
+    max_retries: int = 3
 
     def __post_init__(self) -> None:
         if self.reserve_cpus_for_reading <= 0:
@@ -237,6 +429,8 @@ class RayConfig:
                 self.reserve_cpus_for_reading,
                 "must be > 0: an actor pool that takes every CPU starves the read tasks and hangs",
             )
+        if self.max_retries < 0:
+            _fail("ray.max_retries", self.max_retries, "use 0 (no retry) or a small positive number such as 3")
 
 
 # --------------------------------------------------------------------------- root
@@ -257,11 +451,13 @@ class EvalConfig:
     # A BackendConfig subclass chosen by the `backend` config group (backend=torch ...).
     backend: Any = MISSING
     precision: str = "fp32"
-    device: str = "cpu"
+    # null = the backend's device (cuda for trt, cpu for the others).
+    device: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     task: str = "classification"
     batch_size: int = 32
     streams: int = 1
@@ -272,23 +468,43 @@ class EvalConfig:
     # Batches run before timing starts (per actor, not counted).
     warmup_batches: int = 2
     log_level: str = "INFO"
+    # Continue the interrupted run in output_dir: samples already written there (its
+    # predictions/<run>.parts/) are not evaluated again. Refused if the config differs.
+    resume: bool = False
+    # Test-time augmentation (classification): none | tencrop (seed 002's 10-crop average;
+    # 10 backend calls per batch, all inside the timed latency).
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, BackendConfig):
             _fail("backend", self.backend, f"available backends: {', '.join(sorted(BACKEND_CONFIGS))}")
         if self.precision not in PRECISIONS:
             _fail("precision", self.precision, f"use one of {', '.join(PRECISIONS)}")
+        if self.device is None:
+            self.device = self.backend.DEFAULT_DEVICE
         if self.device not in DEVICES:
             _fail("device", self.device, f"use one of {', '.join(DEVICES)}")
         if self.task not in TASKS:
             _fail("task", self.task, f"use one of {', '.join(TASKS)}")
         self.backend.check_pair(self.device, self.precision)
+        if self.quantization.max_drop is not None and (self.backend.name != "openvino" or self.precision != "int8"):
+            _fail(
+                "quantization.max_drop",
+                self.quantization.max_drop,
+                "accuracy-controlled quantization exists for backend=openvino precision=int8 (NNCF); "
+                f"remove it for backend={self.backend.name} precision={self.precision}",
+            )
         if self.batch_size < 1:
             _fail("batch_size", self.batch_size, "use a positive batch size (e.g. 16 or 32)")
+        self.backend.check_run(self.device, self.precision, self.batch_size)
         if self.streams < 1:
             _fail("streams", self.streams, "use a positive number of concurrent streams (actors)")
         if self.warmup_batches < 0:
             _fail("warmup_batches", self.warmup_batches, "use 0 or more")
+        if self.tta not in TTA_MODES:
+            _fail("tta", self.tta, f"use one of {', '.join(TTA_MODES)}")
+        if self.tta != "none" and self.task != "classification":
+            _fail("tta", self.tta, f"test-time augmentation is for task=classification; use tta=none with task={self.task}")
         if self.baseline is not None:
             name, precision = parse_run_name(self.baseline)
             if precision not in PRECISIONS:
