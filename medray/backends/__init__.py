@@ -13,6 +13,7 @@ from medray.backends.base import Backend, BackendError, ModelSpec, RunSpec
 REGISTRY: dict[str, str] = {
     "torch": "medray.backends.torch.backend:TorchBackend",
     "onnxruntime": "medray.backends.onnxruntime.backend:OnnxRuntimeBackend",
+    "openvino": "medray.backends.openvino.backend:OpenVINOBackend",
 }
 
 

@@ -1,0 +1,129 @@
+"""ONNX Runtime artifacts derived from the fp32 ONNX export: an fp16 graph and a static
+QDQ INT8 graph calibrated on the calibration split.
+
+Both use ORT's own tools (``onnxruntime.transformers.float16``, ``onnxruntime.quantization``)
+and write one self-contained ``.onnx`` file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from medray.data.calibration import CalibrationSet
+from medray.models.export import INPUT_NAME
+
+log = logging.getLogger("medray.backends.onnxruntime")
+
+QUANT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+# Samples per calibration inference, and batches per collect_data() call: ORT's
+# calibrators keep every intermediate output of a call in memory (all activations of
+# the model for every sample), so collecting in chunks bounds memory for 300 samples.
+CALIB_BATCH = 8
+CALIB_CHUNK_BATCHES = 4
+
+
+def convert_fp16(src: str | Path, dst: str | Path) -> None:
+    """fp32 ONNX → fp16 weights and activations, with fp32 graph inputs and outputs.
+
+    The fp32 I/O (``keep_io_types``) costs one Cast at each end: the host sends and
+    receives float32 either way, so converting outside the graph would cost the same.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    model16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    onnx.save(model16, str(dst))
+
+
+class CalibrationReader:
+    """ORT ``CalibrationDataReader`` over a :class:`CalibrationSet`, in fixed batches.
+
+    ``__len__`` / ``set_range`` let ``quantize_static`` collect in chunks
+    (``CalibStridedMinMax``, which despite its name works for every method).
+    """
+
+    def __init__(self, calib: CalibrationSet, batch_size: int = CALIB_BATCH, input_name: str = INPUT_NAME):
+        self._batches = list(calib.batches(batch_size))
+        self._name = input_name
+        self._start, self._end = 0, len(self._batches)
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._start, self._end = start_index, min(end_index, len(self._batches))
+        self._pos = self._start
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._pos >= self._end:
+            return None
+        batch = self._batches[self._pos]
+        self._pos += 1
+        return {self._name: batch}
+
+    def rewind(self) -> None:
+        self._pos = self._start
+
+
+def _as_reader(calib: CalibrationSet):
+    """A CalibrationReader that is also an ORT CalibrationDataReader (subclassing it
+    here keeps the onnxruntime import lazy for the module)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationReader, CalibrationDataReader):
+        pass
+
+    return _Reader(calib)
+
+
+def _chunk_stride(n_batches: int, cap: int = CALIB_CHUNK_BATCHES) -> int:
+    """The largest divisor of ``n_batches`` not above ``cap`` (ORT requires a divisor)."""
+    return max(d for d in range(1, min(cap, n_batches) + 1) if n_batches % d == 0)
+
+
+def quantize_int8(
+    src: str | Path,
+    dst: str | Path,
+    calib: CalibrationSet,
+    method: str = "minmax",
+    per_channel: bool = True,
+) -> dict:
+    """Static QDQ INT8 (signed 8-bit activations and weights) calibrated on ``calib``.
+
+    The fp32 model is first pre-processed (shape inference + ORT's graph optimisations:
+    BatchNorm folded into Conv, ...) as ORT's quantization guide asks, so the Q/DQ
+    pairs wrap the operators ORT will really fuse.  Returns the settings used.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in QUANT_METHODS:
+        raise ValueError(f"quant_method={method!r}: use one of {', '.join(QUANT_METHODS)}")
+    reader = _as_reader(calib)
+    stride = _chunk_stride(len(reader))
+    with tempfile.TemporaryDirectory(prefix="medray-ortq-") as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        # Symbolic shape inference is for transformers; ONNX's own is enough for CNNs.
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        log.info(
+            "ORT static INT8: %s calibration over %d samples (%d batches of <=%d, %d per pass)",
+            method, len(calib), len(reader), CALIB_BATCH, stride,
+        )
+        quantize_static(
+            str(pre),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            calibrate_method=getattr(CalibrationMethod, QUANT_METHODS[method]),
+            extra_options={"CalibStridedMinMax": stride},
+        )
+    return {"format": "QDQ", "activations": "int8", "weights": "int8", "per_channel": per_channel, "method": method}

@@ -1,0 +1,77 @@
+"""INT8 calibration inputs: the calibration split decoded and preprocessed exactly as the
+evaluated samples are (``decode_gray`` → ``to_model_input``), shared by ONNX Runtime's
+static quantization, NNCF and (later) TensorRT's calibrator.
+
+The samples themselves are chosen by :func:`medray.data.sources.calibration_samples`
+(disjoint from the evaluated ones); this module only turns them into float batches and
+into the ids that enter artifact cache keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from medray.data.preprocess import decode_gray, to_model_input
+
+log = logging.getLogger("medray.data")
+
+
+class CalibrationError(ValueError):
+    """No usable calibration samples (missing context, empty split, undecodable files)."""
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed float32 calibration inputs ``(N, C, H, W)`` and their sample ids."""
+
+    inputs: np.ndarray
+    sample_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Consecutive batches (the last one may be smaller), C-contiguous float32."""
+        for i in range(0, len(self.inputs), batch_size):
+            yield np.ascontiguousarray(self.inputs[i : i + batch_size])
+
+
+def calibration_ids(samples: pd.DataFrame) -> dict:
+    """What an artifact built from ``samples`` depends on: the sorted ids and their hash.
+
+    The hash (not the ids) goes into cache keys so that 300 ids do not bloat meta.json;
+    the count is kept readable.
+    """
+    ids = sorted(map(str, samples["sample_id"]))
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return {"n": len(ids), "ids_sha256": digest}
+
+
+def load_calibration(samples: pd.DataFrame | None, input_size: int, in_chans: int) -> CalibrationSet:
+    """Decode and preprocess ``samples`` (columns ``sample_id``, ``path``).
+
+    Raises :class:`CalibrationError` when there are none (int8 needs a calibration
+    split) and when a file cannot be decoded: a calibration set silently missing
+    samples would be a different calibration than the one the cache key says.
+    """
+    from medray.data.preprocess import DecodeError
+
+    if samples is None or len(samples) == 0:
+        raise CalibrationError(
+            "precision=int8 needs calibration samples (calibration.split / calibration.num_samples); none were given"
+        )
+    samples = samples.sort_values("sample_id")
+    images = np.empty((len(samples), input_size, input_size), dtype=np.uint8)
+    for i, (sid, path) in enumerate(zip(samples["sample_id"], samples["path"])):
+        try:
+            images[i] = decode_gray(str(path), input_size)
+        except (DecodeError, FileNotFoundError) as e:
+            raise CalibrationError(f"calibration sample {sid} ({path}) cannot be decoded: {e}") from e
+    log.info("calibration: %d samples preprocessed at %d px", len(samples), input_size)
+    return CalibrationSet(to_model_input(images, in_chans), [str(s) for s in samples["sample_id"]])
