@@ -17,6 +17,7 @@ import pandas as pd
 from medray.metrics.agreement import agreement, pair_by_id
 from medray.metrics.classification import classification_metrics
 from medray.metrics.performance import latency_summary, speedup
+from medray.pipeline.faults import check_accounting
 
 if TYPE_CHECKING:
     from medray.config import EvalConfig
@@ -51,8 +52,9 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame) -> d
         "device": spec.device,
         "batch_size": spec.batch_size,
         "streams": spec.streams,
+        "tta": spec.tta,
         "n_samples": int(len(df)),
-        "n_skipped": 0,
+        "n_skipped": 0 if result.skipped is None else int(len(result.skipped)),
         "latency_ms": latency_summary(b["batch_ms"].to_numpy(), b["batch_size"].to_numpy()),
         "throughput_sps": result.throughput_sps,
         "wall_s": result.wall_s,
@@ -72,12 +74,26 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame) -> d
 def _artifact(a: dict | None) -> dict | None:
     if a is None:
         return None
-    return {"path": a["path"], "bytes": a["bytes"], "build_s": a["build_s"], "cache_hit": a["cache_hit"]}
+    out = {"path": a["path"], "bytes": a["bytes"], "build_s": a["build_s"], "cache_hit": a["cache_hit"]}
+    # Lower-precision artifacts carry the fp32 one they were built from (size comparison),
+    # INT8 ones the calibration set and what the quantizer did (layers kept in float...).
+    for k in ("reference", "calibration", "quantization"):
+        if a.get(k) is not None:
+            out[k] = a[k]
+    return out
 
 
 def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult]) -> dict:
     """The ``metrics.json`` document."""
     runs = [run_entry(r, table, samples) for r in results]
+    for r, entry in zip(results, runs):
+        # Each selected sample is either evaluated or listed as skipped: never lost.
+        check_accounting(entry["n_samples"], entry["n_skipped"], len(samples), entry["name"])
+        if r.resumed:
+            entry["resumed"] = r.resumed
+        if r.n_deduplicated:
+            entry["n_deduplicated"] = r.n_deduplicated
+    skipped = next((r.skipped for r in results if r.skipped is not None), None)
     base = next((i for i, r in enumerate(results) if r.spec.role == "baseline"), None)
     if base is not None:
         bdf = results[base].predictions
@@ -111,6 +127,9 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
         },
         "runs": runs,
         "warnings": _warnings(runs),
+        "skipped": [] if skipped is None else [
+            {"sample_id": str(i), "reason": str(w)} for i, w in zip(skipped["sample_id"], skipped["reason"])
+        ],
     }
 
 
@@ -126,6 +145,22 @@ def _warnings(runs: list[dict]) -> list[str]:
         sp = r.get("speedup") or {}
         if r["precision"] in ("fp16", "bf16", "int8") and sp.get("factor") is not None and sp["factor"] <= 1.0:
             out.append(f"{r['name']}: {r['precision']} is not faster than the baseline (factor {sp['factor']:.2f})")
+        # Its own backend's fp32 run, when the same report has one (baseline or sweep).
+        fp32 = next((f for f in runs if f["backend"] == r["backend"] and f["precision"] == "fp32"
+                     and f.get("device") == r.get("device")), None)
+        if r["precision"] in ("fp16", "bf16", "int8") and fp32 is not None and fp32 is not r:
+            mine, theirs = r["latency_ms"]["per_sample_mean"], fp32["latency_ms"]["per_sample_mean"]
+            if mine and theirs and mine >= theirs:
+                out.append(
+                    f"{r['name']}: {r['precision']} is not faster than {fp32['name']} "
+                    f"({mine:.3f} vs {theirs:.3f} ms per sample)"
+                )
+        ref = (r.get("artifact") or {}).get("reference")
+        if r["precision"] in ("fp16", "int8") and ref and r["artifact"]["bytes"] >= ref["bytes"]:
+            out.append(
+                f"{r['name']}: the {r['precision']} artifact ({r['artifact']['bytes'] / 1e6:.1f} MB) is not smaller "
+                f"than the fp32 one it was built from ({ref['bytes'] / 1e6:.1f} MB); check the conversion took effect"
+            )
     return out
 
 
@@ -140,6 +175,16 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
+def _tta_note(doc: dict) -> list[str]:
+    tta = sorted({r.get("tta", "none") for r in doc["runs"]} - {"none"})
+    if not tta:
+        return []
+    return [
+        f"Test-time augmentation: {', '.join(tta)} — probabilities averaged over the views of each image; "
+        "latency is the sum of the backend calls over all views (the cost of one TTA prediction)."
+    ]
+
+
 def render_report(doc: dict) -> str:
     """report.md: the seed-000-style table plus per-class AUC and effective precision."""
     ds = doc["dataset"]
@@ -147,9 +192,11 @@ def render_report(doc: dict) -> str:
         f"# medray evaluation — {ds['name']}",
         "",
         f"{ds['n_samples']} samples of split `{ds['split']}`, task {ds['task']}, "
-        f"{len(ds['classes'])} {'labels' if ds['task'] == 'multilabel' else 'classes'}.",
+        f"{len(ds['classes'])} {'labels' if ds['task'] == 'multilabel' else 'classes'}"
+        + (f"; {len(doc['skipped'])} of them skipped as unreadable (listed below)." if doc.get("skipped") else "."),
         "Latency = backend compute time per sample (batch time / batch size, warm-up excluded); "
         "throughput = end-to-end samples/s through the pipeline. Percentages below.",
+        *_tta_note(doc),
         "",
         "| Dataset | Model | Latency (ms) | Speed-up | Accuracy | BACC | mAUC | Throughput (img/s) | Agreement |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -198,9 +245,66 @@ def render_report(doc: dict) -> str:
             f"| {r['name']} | {r['latency_ms']['per_sample_p50']:.2f} / {r['latency_ms']['per_sample_p95']:.2f} | "
             f"{r['wall_s']:.1f} | {p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr) | {eff} | {art} |"
         )
+    for r in doc["runs"]:
+        if r.get("resumed"):
+            lines.append(
+                f"\n{r['name']}: resumed — {r['resumed']['from_previous']} samples from the interrupted run, "
+                f"{r['resumed']['processed']} evaluated now (latency covers both; throughput and wall the latter)."
+            )
+    lines += _precision_section(doc)
+    if doc.get("skipped"):
+        lines += _skipped_section(doc)
     if doc.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in doc["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def _skipped_section(doc: dict, limit: int = 200) -> list[str]:
+    sk = doc["skipped"]
+    lines = [
+        "",
+        "## Skipped samples",
+        "",
+        f"{len(sk)} of {doc['dataset']['n_samples']} selected samples could not be read (data.on_error=skip) and are "
+        "excluded from every run, so baseline and candidate stay paired.",
+        "",
+        "| Sample | Reason |",
+        "|---|---|",
+    ]
+    lines += [f"| {s['sample_id']} | {s['reason'].replace('|', '/')} |" for s in sk[:limit]]
+    if len(sk) > limit:
+        lines.append(f"\n… and {len(sk) - limit} more: the full list is in metrics.json (`skipped`).")
+    return lines
+
+
+def _precision_section(doc: dict) -> list[str]:
+    """What each lower-precision run executes: compute ops per precision, artifact size vs
+    its fp32 source, calibration set and the layers an INT8 model keeps in float."""
+    lines = []
+    for r in doc["runs"]:
+        eff = r.get("effective_precision") or {}
+        a = r.get("artifact") or {}
+        if r["precision"] == "fp32" and not a.get("reference"):
+            continue
+        parts = []
+        if eff.get("compute_ops"):
+            parts.append("compute ops " + ", ".join(f"{k} {v}" for k, v in sorted(eff["compute_ops"].items())))
+        if a.get("reference"):
+            parts.append(f"artifact {a['bytes'] / 1e6:.1f} MB vs fp32 {a['reference']['bytes'] / 1e6:.1f} MB")
+        if a.get("calibration"):
+            parts.append(f"calibrated on {a['calibration']['n']} samples of the calibration split")
+        q = a.get("quantization") or {}
+        if q.get("max_drop") is not None:
+            parts.append(
+                f"accuracy control: {q['metric']} {q['fp32_metric']:.4f} → {q['int8_metric']:.4f} on the calibration "
+                f"split (max drop {q['max_drop']})"
+            )
+        kept = eff.get("kept_in_float", q.get("kept_in_float"))
+        if kept:
+            parts.append(f"{len(kept)} layer(s) kept in float: {', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}")
+        if parts:
+            lines.append(f"- {r['name']}: " + "; ".join(parts))
+    return ["", "## Precision", ""] + lines if lines else []
 
 
 def write_predictions(path: Path, df: pd.DataFrame, targets: np.ndarray) -> None:
