@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "torch": "medray.backends.torch.backend:TorchBackend",
     "onnxruntime": "medray.backends.onnxruntime.backend:OnnxRuntimeBackend",
     "openvino": "medray.backends.openvino.backend:OpenVINOBackend",
+    "trt": "medray.backends.tensorrt.backend:TensorRTBackend",
 }
 
 

@@ -16,7 +16,12 @@ from medray.models.export import INPUT_NAME
 
 log = logging.getLogger("medray.backends.onnxruntime")
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def provider_for(spec: RunSpec) -> str:
+    """The one execution provider the session must get: ``backend.provider`` or the device's."""
+    return PROVIDERS[getattr(spec.backend, "provider", None) or spec.device]
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
     "basic": "ORT_ENABLE_BASIC",
@@ -123,11 +128,12 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         spec = self.spec
-        provider = PROVIDERS[spec.device]
+        provider = provider_for(spec)
         if provider not in ort.get_available_providers():
             raise BackendError(
                 f"{spec.name}: {provider} is not available in this onnxruntime build "
                 f"(has {ort.get_available_providers()}); install onnxruntime-gpu for device=cuda"
+                + (" and TensorRT (pip install 'medray[trt]') for backend.provider=tensorrt" if provider == PROVIDERS["tensorrt"] else "")
             )
         so = ort.SessionOptions()
         so.intra_op_num_threads = spec.threads
@@ -137,9 +143,14 @@ class OnnxRuntimeBackend(Backend):
         # The graph ORT really runs (after its fusions, layout changes and the casts it
         # inserts where a provider lacks fp16 kernels) is saved once for
         # _effective_precision: the artifact file alone would not tell.
-        fd, self._optimized_path = tempfile.mkstemp(prefix="medray-ort-opt-", suffix=".onnx")
-        os.close(fd)
-        so.optimized_model_filepath = self._optimized_path
+        if provider == PROVIDERS["tensorrt"]:
+            # TensorRT EP partitions are compiled nodes ORT cannot serialise; the artifact's
+            # graph is reported instead (TensorRT picks the kernels inside them).
+            self._optimized_path = ""
+        else:
+            fd, self._optimized_path = tempfile.mkstemp(prefix="medray-ort-opt-", suffix=".onnx")
+            os.close(fd)
+            so.optimized_model_filepath = self._optimized_path
         self._session = ort.InferenceSession(spec.artifact["path"], sess_options=so, providers=[provider])
         got = self._session.get_providers()
         # ORT silently drops to the CPU provider when CUDA cannot load; refuse that.

@@ -1,0 +1,1 @@
+"""TensorRT backend (``backend=trt``): engines built on the GPU nodes; see backend.py."""
