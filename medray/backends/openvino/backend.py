@@ -99,7 +99,12 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) 
     art = cache.get_or_build("ov-int8", parts, "model.xml", build).to_dict()
     sidecar = Path(art["path"]).parent / QUANT_SIDECAR
     info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return {**art, "reference": {"path": ir["path"], "bytes": ir["bytes"], "precision": "fp32"}, "quantization": info}
+    return {
+        **art,
+        "reference": {"path": ir["path"], "bytes": ir["bytes"], "precision": "fp32"},
+        "calibration": parts["calibration"],
+        "quantization": info,
+    }
 
 
 def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, calib_df, table, max_drop: float | None) -> dict:
