@@ -81,7 +81,8 @@ def prepare(cfg: EvalConfig) -> tuple[SampleTable, pd.DataFrame, list[RunSpec]]:
     model = resolve_model(cfg, table)
     specs = build_specs(cfg, model)
     cache = ArtifactCache(cfg.cache_dir)
-    context: dict[str, Any] = {"table": table, "evaluated": samples}
+    # quantization: options of INT8 builds that are not a backend's own (NNCF max_drop).
+    context: dict[str, Any] = {"table": table, "evaluated": samples, "quantization": cfg.quantization}
     if any(s.precision == "int8" for s in specs):
         context["calibration"] = calibration_samples(
             table, cfg.calibration.split, cfg.calibration.num_samples, cfg.calibration.seed, samples
