@@ -1,0 +1,207 @@
+"""Resumable runs: medray's own per-batch outputs, not Ray Data checkpoints.
+
+As results stream to the driver, each received batch is written atomically (temp file
++ rename) to ``<output_dir>/predictions/<run>.parts/<n>.parquet``.  A run killed after
+part of the data leaves those parts; ``resume=true`` with the same ``output_dir`` reads
+them, evaluates only the samples not in them, and merges.  Metrics are always computed
+from the merged rows, so a resumed run and an uninterrupted one give the same numbers.
+
+Why not Ray Data's checkpointing: medray needs the per-sample rows on the driver anyway
+(exact metrics), the parts are plain Parquet a user can inspect, and it works with any
+Ray cluster (no shared checkpoint storage needed when the driver's disk holds them).
+
+``output_dir/resume.json`` records a hash of the resolved config without the keys that
+do not change results (``resume``, ``output_dir``, ``log_level``, ``ray``), the evaluated
+sample ids and each run's model/artifact hash; resuming with anything else is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from medray.config import ConfigError, as_dict
+
+if TYPE_CHECKING:
+    from medray.backends.base import RunSpec
+    from medray.config import EvalConfig
+
+log = logging.getLogger("medray.resume")
+
+STATE_FILE = "resume.json"
+# Keys that say where/how verbosely to run, not what is computed.
+NOT_HASHED = ("resume", "output_dir", "log_level", "ray")
+# Test hook: the driver exits (as if killed) right after writing this many parts.
+EXIT_AFTER_PARTS_ENV = "MEDRAY_TEST_EXIT_AFTER_PARTS"
+_parts_written = 0  # per driver process, for the test hook
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def fingerprint(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> dict:
+    """What a resumed run must share with the interrupted one."""
+    conf = {k: v for k, v in as_dict(cfg).items() if k not in NOT_HASHED}
+    runs = {
+        s.name: {"checkpoint_sha256": s.model.checkpoint_sha256, "artifact": (s.artifact or {}).get("key")}
+        for s in specs
+    }
+    ids = hashlib.sha256("\n".join(map(str, samples["sample_id"])).encode()).hexdigest()
+    doc = {"config": conf, "samples_sha256": ids, "runs": runs}
+    blob = json.dumps(doc, sort_keys=True, default=str).encode()
+    return {"sha256": hashlib.sha256(blob).hexdigest(), **doc}
+
+
+class ResumeState:
+    """The parts of every run of one ``output_dir`` (see the module docstring)."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+
+    @classmethod
+    def open(cls, out: str | Path, cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> ResumeState:
+        """Check ``resume`` against ``out``; a fresh run clears old parts. No Ray needed."""
+        self = cls(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        fp = fingerprint(cfg, samples, specs)
+        state = self.out / STATE_FILE
+        if cfg.resume and state.is_file():
+            try:
+                old = json.loads(state.read_text())
+            except ValueError:
+                raise ConfigError(
+                    f"resume=true: {state} is unreadable; remove output_dir={self.out} or run without resume"
+                ) from None
+            if old.get("sha256") != fp["sha256"]:
+                raise ConfigError(
+                    f"resume=true: output_dir={self.out} holds a run of a different configuration "
+                    f"({_differences(old, fp)}); resume with the same config, or use another output_dir"
+                )
+            done = {s.name: len(self.done_ids(s.name)) for s in specs}
+            log.info("resuming in %s: samples already done per run %s", self.out, done)
+        else:
+            if cfg.resume:
+                log.warning("resume=true but %s has no %s: nothing to resume, starting from scratch", self.out, STATE_FILE)
+            stale = sorted((self.out / "predictions").glob("*.parts")) if (self.out / "predictions").is_dir() else []
+            for d in stale:
+                log.warning("removing %s of a previous run (use resume=true to continue it instead)", d)
+                shutil.rmtree(d)
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(fp, indent=2, sort_keys=True, default=str))
+        tmp.replace(state)
+        return self
+
+    # -- parts ------------------------------------------------------------------------
+    def parts_dir(self, run: str) -> Path:
+        return self.out / "predictions" / f"{run}.parts"
+
+    def load(self, run: str) -> pd.DataFrame:
+        """Rows already written for ``run`` (all parts, in order); unreadable parts are
+        deleted with a warning, so their samples are evaluated again."""
+        d = self.parts_dir(run)
+        frames = []
+        for p in sorted(d.glob("*.parquet")) if d.is_dir() else []:
+            try:
+                frames.append(read_part(p))
+            except Exception as e:  # a damaged file is re-done, never half-used
+                log.warning("%s: part %s is unreadable (%s); its samples will be evaluated again", run, p.name, e)
+                p.unlink()
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def done_ids(self, run: str) -> set[str]:
+        df = self.load(run)
+        return set(df["sample_id"].astype(str)) if len(df) else set()
+
+    def writer(self, run: str) -> PartsWriter:
+        d = self.parts_dir(run)
+        d.mkdir(parents=True, exist_ok=True)
+        last = max((int(p.stem) for p in d.glob("*.parquet") if p.stem.isdigit()), default=-1)
+        return PartsWriter(d, last + 1)
+
+
+class PartsWriter:
+    """``on_batch`` callback of :func:`medray.pipeline.evaluate.collect`: one file per batch."""
+
+    def __init__(self, directory: Path, start: int = 0):
+        self.dir = directory
+        self.next = start
+        self.rows = 0
+        exit_after = os.environ.get(EXIT_AFTER_PARTS_ENV)
+        self.exit_after = int(exit_after) if exit_after else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> None:
+        global _parts_written
+        path = self.dir / f"{self.next:06d}.parquet"
+        tmp = path.with_name(path.name + ".tmp")
+        write_part(tmp, batch)
+        tmp.replace(path)  # atomic: a killed driver leaves whole parts or none
+        self.next += 1
+        self.rows += len(batch["sample_id"])
+        _parts_written += 1
+        if self.exit_after is not None and _parts_written >= self.exit_after:
+            log.warning("%s=%d: the driver exits now, as if killed", EXIT_AFTER_PARTS_ENV, self.exit_after)
+            logging.shutdown()
+            os._exit(75)
+
+
+def write_part(path: Path, batch: dict[str, np.ndarray]) -> None:
+    """A numpy batch → Parquet; multi-dimensional columns as fixed-size lists + shape."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols, shapes = {}, {}
+    for k, v in batch.items():
+        a = np.asarray(v)
+        if a.ndim > 1:
+            shapes[k] = list(a.shape[1:])
+            flat = np.ascontiguousarray(a).reshape(-1)
+            cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(flat), math.prod(a.shape[1:]))
+        elif a.dtype.kind in "OU":
+            cols[k] = pa.array([None if x is None else str(x) for x in a], type=pa.string())
+        else:
+            cols[k] = pa.array(a)
+    table = pa.table(cols).replace_schema_metadata({"medray_shapes": json.dumps(shapes)})
+    pq.write_table(table, path)
+
+
+def read_part(path: Path) -> pd.DataFrame:
+    """A part as the rows :func:`collect` makes (multi-dim columns: one array per row)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    shapes = json.loads((table.schema.metadata or {}).get(b"medray_shapes", b"{}"))
+    data = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if name in shapes:
+            flat = col.flatten().to_numpy(zero_copy_only=False)
+            data[name] = list(flat.reshape(len(col), *shapes[name]))
+        else:
+            data[name] = col.to_numpy(zero_copy_only=False)
+    return pd.DataFrame(data)
+
+
+def _differences(old: dict, new: dict) -> str:
+    a, b = _flatten(old.get("config", {})), _flatten(new.get("config", {}))
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    parts = [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in keys[:5]]
+    if old.get("samples_sha256") != new.get("samples_sha256"):
+        parts.append("the evaluated samples differ")
+    if old.get("runs") != new.get("runs") and not keys:
+        parts.append("the model or a built artifact differs")
+    return "; ".join(parts) or "unknown difference"
