@@ -61,6 +61,9 @@ class RunSpec:
     warmup_batches: int = 2
     artifact: dict | None = None  # {"path", "bytes", "build_s", "cache_hit", "key"}
     options: dict = field(default_factory=dict)
+    # Test-time augmentation (medray.data.tta): the Predictor runs every view through
+    # the backend and averages probabilities; latency covers all the views.
+    tta: str = "none"
 
 
 class Backend(ABC):

@@ -9,6 +9,7 @@ the demo model sees at evaluation exactly what it saw in training.
 from __future__ import annotations
 
 import io
+import os
 from typing import BinaryIO
 
 import numpy as np
@@ -20,36 +21,74 @@ STD = 0.25
 
 
 class DecodeError(ValueError):
-    """An image file could not be decoded (truncated, empty, wrong format...)."""
+    """An image file could not be decoded (truncated, empty, wrong format...).
+
+    The message names the file (when decoding a path) and the kind of problem; for DICOM
+    it never quotes a tag value.  ``reason`` is the message without the path.
+    """
+
+    def __init__(self, reason: str, path: str | None = None):
+        self.reason, self.path = reason, path
+        super().__init__(f"{path}: {reason}" if path else reason)
 
 
-def decode_gray(src: str | bytes | BinaryIO, size: int) -> np.ndarray:
+def decode_gray(src: str | bytes | BinaryIO, size: int, draft: bool = True) -> np.ndarray:
     """Decode an image file to a ``(size, size)`` uint8 grey array.
 
-    JPEGs are decoded at reduced scale (PIL draft mode) when the image is much larger
-    than ``size``; 16-bit PNGs are scaled to 8 bits by their full range.
+    JPEG, PNG (8/16-bit, L/RGB/...) and DICOM (``.dcm`` or the ``DICM`` magic; see
+    :mod:`medray.data.dicom`).  JPEGs are decoded at reduced scale (PIL draft mode) when
+    the image is much larger than ``size`` (``draft=False`` forces a full-size decode, for
+    benchmarks); 16-bit PNGs are scaled to 8 bits by their full range.
     """
+    name = str(src) if isinstance(src, (str, os.PathLike)) else None
+    try:
+        arr = _decode_full_or_draft(src, size, draft)
+    except DecodeError as e:
+        if name is None or e.path is not None:
+            raise
+        raise DecodeError(e.reason, path=name) from e.__cause__
+    if arr.shape != (size, size):
+        from PIL import Image
+
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+    return arr
+
+
+def _decode_full_or_draft(src, size: int, draft: bool) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(src, bytes):
+    if isinstance(src, (str, os.PathLike)):
+        if os.path.isfile(src) and os.path.getsize(src) == 0:
+            raise DecodeError("empty file (0 bytes)")
+        if str(src).lower().endswith(".dcm"):
+            from medray.data.dicom import decode_dicom_gray
+
+            return decode_dicom_gray(src)
+    elif isinstance(src, bytes):
         if not src:
-            raise DecodeError("empty file")
+            raise DecodeError("empty file (0 bytes)")
         src = io.BytesIO(src)
     try:
         with Image.open(src) as im:
-            if im.format == "JPEG":
+            if im.format == "JPEG" and draft:
                 # draft() lets libjpeg decode at 1/2, 1/4 or 1/8 scale: the decode is
                 # most of the CPU cost for large radiographs and a small model input.
                 im.draft("L", (size, size))
             im.load()
-            arr = _to_gray_u8(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DecodeError(str(e) or type(e).__name__) from e
-    if arr.shape != (size, size):
-        from PIL import Image as _I
+            return _to_gray_u8(im)
+    except UnidentifiedImageError as e:
+        from medray.data.dicom import decode_dicom_gray, is_dicom
 
-        arr = np.asarray(_I.fromarray(arr).resize((size, size), _I.BILINEAR))
-    return arr
+        # DICOM files often have no suffix at all: recognised by their magic bytes.
+        if isinstance(src, io.BytesIO):
+            if is_dicom(src.getvalue()):
+                return decode_dicom_gray(src.getvalue())
+        elif isinstance(src, (str, os.PathLike)) and is_dicom(src):
+            return decode_dicom_gray(src)
+        raise DecodeError("not a JPEG, PNG or DICOM image (unrecognised or corrupt header)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        # PIL: "image file is truncated (N bytes not processed)", "broken PNG file"...
+        raise DecodeError(f"corrupt or truncated image ({str(e) or type(e).__name__})") from e
 
 
 def _to_gray_u8(im) -> np.ndarray:

@@ -32,7 +32,67 @@ def load_table(data: DataConfig, root: str) -> SampleTable:
             seed=data.seed,
         )
         return read_manifest_dir(root)
+    if data.name == "imagefolder":
+        from medray.data.imagefolder import read_imagefolder
+
+        return read_imagefolder(root, classes=data.classes)
+    if data.name == "chestxray14":
+        from medray.data.chestxray14 import read_chestxray14
+
+        return read_chestxray14(root, labels=data.classes, evaluated_split=data.split)
     raise ConfigError(f"data={data.name!r}: no reader for this dataset")
+
+
+# Where INT8 calibration samples come from when calibration.split is null, in order of
+# preference; the evaluated split is never one of them.
+CALIBRATION_SPLITS = {
+    "synthetic": ("calibration",),
+    "synthetic_multilabel": ("calibration",),
+    # Kermany: train (5,216 images) before val (16 images: too few to calibrate on).
+    "imagefolder": ("train", "val"),
+    # NIH's official split is patient-wise: train_val shares no patient with test.
+    "chestxray14": ("train_val",),
+}
+
+
+def resolve_calibration_split(table: SampleTable, requested: str | None, evaluated_split: str) -> str:
+    """``calibration.split``, or the dataset's default calibration split when it is null."""
+    if requested is not None:
+        return requested
+    have = set(table.samples["split"].unique())
+    for split in CALIBRATION_SPLITS.get(table.name, ("calibration",)):
+        if split != evaluated_split and split in have:
+            return split
+    others = sorted(have - {evaluated_split})
+    raise ConfigError(
+        f"calibration.split=None: {table.name} has no default calibration split besides the evaluated "
+        f"split {evaluated_split!r}; set calibration.split to one of {others or 'another split (there is none)'}"
+    )
+
+
+def check_patient_overlap(table: SampleTable, evaluated_split: str, calibration_split: str) -> None:
+    """Raise ConfigError if a patient has images in both splits (a leak between them).
+
+    Counts and image ids are named, never patient ids.
+    """
+    if "patient_id" not in table.samples.columns:
+        raise ConfigError(f"data.check_patient_overlap=true: dataset {table.name} has no patient IDs to check")
+    ev = table.split(evaluated_split)
+    cal = table.split(calibration_split)
+    both = set(ev["patient_id"]) & set(cal["patient_id"])
+    if both:
+        imgs = ev[ev["patient_id"].isin(both)]["sample_id"]
+        raise ConfigError(
+            f"data.check_patient_overlap=true: {len(both)} of {ev['patient_id'].nunique()} patients of the "
+            f"evaluated split {evaluated_split!r} also have images in the calibration split "
+            f"{calibration_split!r} ({cal['patient_id'].nunique()} patients); {len(imgs)} evaluated images are "
+            f"affected (e.g. {sorted(imgs)[:3]}). Use a patient-wise split (NIH's test_list.txt / "
+            f"train_val_list.txt are) or set calibration.split to a split without these patients"
+        )
+    log.info(
+        "patient overlap check: no patient of %r (%d) in %r (%d)",
+        evaluated_split, ev["patient_id"].nunique(), calibration_split, cal["patient_id"].nunique(),
+    )
 
 
 def select_samples(table: SampleTable, split: str, limit: int | None, seed: int) -> pd.DataFrame:
@@ -50,8 +110,18 @@ def select_samples(table: SampleTable, split: str, limit: int | None, seed: int)
     return df.sort_values("sample_id").reset_index(drop=True)
 
 
-def calibration_samples(table: SampleTable, split: str, num: int, seed: int, evaluated: pd.DataFrame) -> pd.DataFrame:
-    """INT8 calibration samples, guaranteed disjoint from the evaluated ones."""
+def calibration_samples(
+    table: SampleTable, split: str | None, num: int, seed: int, evaluated: pd.DataFrame, evaluated_split: str | None = None
+) -> pd.DataFrame:
+    """INT8 calibration samples, guaranteed disjoint from the evaluated ones.
+
+    ``split=None`` = the dataset's default calibration split (:func:`resolve_calibration_split`).
+    """
+    if split is None:
+        if evaluated_split is None:
+            evaluated_split = str(evaluated["split"].iloc[0]) if len(evaluated) else ""
+        split = resolve_calibration_split(table, None, evaluated_split)
+        log.info("calibration split: %r (the default of %s)", split, table.name)
     df = table.split(split)
     if df.empty:
         raise ConfigError(f"calibration.split={split!r}: no samples in that split of {table.name}")

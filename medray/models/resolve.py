@@ -22,6 +22,54 @@ def demo_checkpoint_path(cfg: EvalConfig, table: SampleTable) -> Path:
     return Path(cfg.cache_dir) / "models" / f"demo-{tag}.pt"
 
 
+# The synthetic sets the demo models are trained on, with the values of
+# conf/data/synthetic*.yaml: a real dataset's demo is then the very checkpoint that
+# `data=synthetic` / `data=synthetic_multilabel` runs train and cache.
+DEMO_DATA = {
+    "binary": {"name": "synthetic", "n_train": 2000, "n_calibration": 300, "n_test": 1000, "image_size": 256},
+    "multilabel": {"name": "synthetic_multilabel", "n_train": 3000, "n_calibration": 300, "n_test": 1000, "image_size": 256},
+}
+
+
+def demo_source(cfg: EvalConfig, table: SampleTable) -> SampleTable:
+    """The dataset the demo model for ``table`` is trained on.
+
+    Synthetic sets train their own; a real dataset gets the demo of its task and class
+    count — the binary demo for a two-class folder, the 14-label demo for ChestX-ray14 —
+    whose outputs are read as the dataset's classes by index.
+    """
+    from medray.config import DataConfig
+    from medray.data.sources import load_table
+    from medray.data.chestxray14 import LABELS as CHESTXRAY14_CLASSES
+
+    if table.name in ("synthetic", "synthetic_multilabel"):
+        return table
+    if table.task == "multiclass" and len(table.classes) == 2:
+        kind = "binary"
+    elif table.task == "multilabel" and list(table.classes) == list(CHESTXRAY14_CLASSES):
+        kind = "multilabel"
+    else:
+        raise ConfigError(
+            f"model=demo: the demo models are a two-class classifier and a 14-label ChestX-ray14 classifier; "
+            f"dataset {table.name} is {table.task} with {len(table.classes)} classes {table.classes[:5]}. "
+            "Pass your model: model.name=<name> model.arch=<timm arch> model.checkpoint=<state dict>"
+        )
+    data = DataConfig(**DEMO_DATA[kind])
+    return load_table(data, str(Path(cfg.cache_dir) / "data" / data.name))
+
+
+def log_index_mapping(source: SampleTable, table: SampleTable) -> None:
+    """Say, once, how the demo's outputs are read as the dataset's classes."""
+    pairs = ", ".join(
+        f"{i}: {a}" + ("" if a == b else f" -> {b}") for i, (a, b) in enumerate(zip(source.classes, table.classes))
+    )
+    log.warning(
+        "model=demo: %s has no demo of its own; using the demo trained on the %s set (a synthetic stand-in, "
+        "not a clinical model). Its outputs are read as %s's classes by index [%s]",
+        table.name, source.name, table.name, pairs,
+    )
+
+
 def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
     """Check the checkpoint against the dataset's classes; train the demo model if absent."""
     m = cfg.model
@@ -33,14 +81,17 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
             f"{table.classes[:5]}...; set model.num_classes={n_classes} or use a matching dataset"
         )
     checkpoint = m.checkpoint
+    by_index = False
     if checkpoint is None:  # the demo model (name=demo, enforced by ModelConfig)
-        path = demo_checkpoint_path(cfg, table)
+        source = demo_source(cfg, table)
+        by_index = source is not table
+        path = demo_checkpoint_path(cfg, source)
         if not path.is_file():
             from medray.models.demo import train_demo
 
-            log.info("demo model not cached: training %s on %s (a few minutes on 2 CPUs)", m.arch, table.name)
+            log.info("demo model not cached: training %s on %s (a few minutes on 2 CPUs)", m.arch, source.name)
             summary = train_demo(
-                table,
+                source,
                 arch=m.arch,
                 input_size=m.input_size,
                 in_chans=m.in_chans,
@@ -62,7 +113,14 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
             f"model.checkpoint={checkpoint}: its classifier has {out} outputs but dataset {table.name} "
             f"has {n_classes} classes; use a checkpoint trained on these classes, or the matching data=..."
         )
-    if meta.get("classes") and list(meta["classes"]) != list(table.classes):
+    if meta.get("task") and meta["task"] != task:
+        raise ConfigError(
+            f"model.checkpoint={checkpoint}: trained for a {meta['task']} task but dataset {table.name} is {task}; "
+            "use a checkpoint trained for this task"
+        )
+    if by_index:
+        log_index_mapping(source, table)
+    elif meta.get("classes") and list(meta["classes"]) != list(table.classes):
         raise ConfigError(
             f"model.checkpoint={checkpoint}: trained on classes {meta['classes']} but dataset "
             f"{table.name} has {table.classes}; the class order must match"

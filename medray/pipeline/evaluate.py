@@ -66,6 +66,7 @@ def build_specs(cfg: EvalConfig, model: ModelSpec) -> list[RunSpec]:
                 streams=cfg.streams,
                 model=model,
                 warmup_batches=cfg.warmup_batches,
+                tta=cfg.tta,
             )
         )
     return specs
@@ -77,6 +78,11 @@ def prepare(cfg: EvalConfig) -> tuple[SampleTable, pd.DataFrame, list[RunSpec]]:
 
     table = load_table(cfg.data, cfg.data_root)
     samples = select_samples(table, cfg.data.split, cfg.data.limit, cfg.data.seed)
+    if cfg.data.check_patient_overlap:  # a patient in both splits would leak into calibration
+        from medray.data.sources import check_patient_overlap, resolve_calibration_split
+
+        cal_split = resolve_calibration_split(table, cfg.calibration.split, cfg.data.split)
+        check_patient_overlap(table, cfg.data.split, cal_split)
     log.info("dataset %s: %d %s samples evaluated (%s)", table.name, len(samples), cfg.data.split, table.task)
     model = resolve_model(cfg, table)
     specs = build_specs(cfg, model)
@@ -212,7 +218,10 @@ def steady_throughput(df: pd.DataFrame, wall: float) -> float:
 
 def run_pipeline(spec: RunSpec, samples: pd.DataFrame, plan: PoolPlan, block_size: int) -> tuple[pd.DataFrame, float, float]:
     """Stream ``samples`` through decode tasks and the Predictor pool (see :func:`collect`)."""
-    return collect(predict(read_dataset(samples, spec.model.input_size, block_size), spec, plan))
+    from medray.data.tta import decode_size
+
+    size = decode_size(spec.model.input_size, spec.tta)  # tencrop: decoded larger, cropped in the actor
+    return collect(predict(read_dataset(samples, size, block_size), spec, plan))
 
 
 def read_block_size(n: int, batch_size: int, actors: int) -> int:

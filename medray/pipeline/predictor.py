@@ -13,6 +13,7 @@ import numpy as np
 from medray.backends import get_backend
 from medray.backends.base import RunSpec
 from medray.data.preprocess import decode_gray, to_model_input
+from medray.data.tta import views as tta_views
 
 log = logging.getLogger("medray.predictor")
 
@@ -52,10 +53,17 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t_start = time.time()  # wall clock: comparable across actors for throughput
-        x = to_model_input(batch["image"], self.spec.model.in_chans)
-        logits = self.backend.infer(x)
-        n = len(x)
-        probs = probabilities(logits, self.spec.model.task).astype(np.float32)
+        model = self.spec.model
+        # One view without TTA; tta=tencrop: ten crops, each a backend call of the same
+        # batch shape, probabilities averaged and call times summed (see medray.data.tta).
+        views = tta_views(batch["image"], model.input_size, self.spec.tta)
+        probs, batch_ms = 0.0, 0.0
+        for view in views:
+            logits = self.backend.infer(to_model_input(view, model.in_chans))
+            batch_ms += self.backend.last_ms
+            probs = probs + probabilities(logits, model.task)
+        n = len(batch["image"])
+        probs = (probs / len(views)).astype(np.float32)
         uid = f"{self.uid}:{self.n_batches}"
         # The precision each session really executes travels back once per actor, on
         # the first row it returns (actors of map_batches cannot be queried otherwise).
@@ -66,7 +74,7 @@ class Predictor:
         return {
             "sample_id": batch["sample_id"],
             "probs": probs,
-            "batch_ms": np.full(n, self.backend.last_ms, dtype=np.float64),
+            "batch_ms": np.full(n, batch_ms, dtype=np.float64),
             "batch_size": np.full(n, n, dtype=np.int32),
             "batch_uid": np.full(n, uid),
             "node_id": np.full(n, self.node),
