@@ -39,8 +39,8 @@ def demo_source(cfg: EvalConfig, table: SampleTable) -> SampleTable:
     whose outputs are read as the dataset's classes by index.
     """
     from medray.config import DataConfig
-    from medray.data.sources import load_table
     from medray.data.chestxray14 import LABELS as CHESTXRAY14_CLASSES
+    from medray.data.sources import load_table
 
     if table.name in ("synthetic", "synthetic_multilabel"):
         return table
