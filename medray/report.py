@@ -59,7 +59,7 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame) -> d
         "throughput_sps": result.throughput_sps,
         "wall_s": result.wall_s,
         "metrics": classification_metrics(y, probs, table.task, table.classes),
-        "artifact": _artifact(spec.artifact),
+        "artifact": _artifact(spec.artifact, result.effective_precision),
         "effective_precision": result.effective_precision,
         "pool": {
             "actors": result.pool.actors,
@@ -71,13 +71,18 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame) -> d
     }
 
 
-def _artifact(a: dict | None) -> dict | None:
+def _artifact(a: dict | None, eff: dict | None = None) -> dict | None:
+    built = (eff or {}).get("artifact")
+    if built and a is not None:
+        # Built in the actors (trt: engines are GPU-specific): the driver's artifact is the
+        # graph it was built from; the engine is what the run measured.
+        a = {**a, **built, "source_graph": {"path": a["path"], "bytes": a["bytes"]}}
     if a is None:
         return None
     out = {"path": a["path"], "bytes": a["bytes"], "build_s": a["build_s"], "cache_hit": a["cache_hit"]}
     # Lower-precision artifacts carry the fp32 one they were built from (size comparison),
     # INT8 ones the calibration set and what the quantizer did (layers kept in float...).
-    for k in ("reference", "calibration", "quantization"):
+    for k in ("reference", "calibration", "quantization", "source_graph"):
         if a.get(k) is not None:
             out[k] = a[k]
     return out
@@ -143,12 +148,12 @@ def _warnings(runs: list[dict]) -> list[str]:
         if eff.get("warning"):
             out.append(f"{r['name']}: {eff['warning']}")
         sp = r.get("speedup") or {}
-        if r["precision"] in ("fp16", "bf16", "int8") and sp.get("factor") is not None and sp["factor"] <= 1.0:
+        if r["precision"] in ("tf32", "fp16", "bf16", "int8") and sp.get("factor") is not None and sp["factor"] <= 1.0:
             out.append(f"{r['name']}: {r['precision']} is not faster than the baseline (factor {sp['factor']:.2f})")
         # Its own backend's fp32 run, when the same report has one (baseline or sweep).
         fp32 = next((f for f in runs if f["backend"] == r["backend"] and f["precision"] == "fp32"
                      and f.get("device") == r.get("device")), None)
-        if r["precision"] in ("fp16", "bf16", "int8") and fp32 is not None and fp32 is not r:
+        if r["precision"] in ("tf32", "fp16", "bf16", "int8") and fp32 is not None and fp32 is not r:
             mine, theirs = r["latency_ms"]["per_sample_mean"], fp32["latency_ms"]["per_sample_mean"]
             if mine and theirs and mine >= theirs:
                 out.append(

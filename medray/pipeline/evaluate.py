@@ -135,8 +135,27 @@ def preflight(cfg: EvalConfig) -> None:
         if gpus < 1:
             raise ConfigError(
                 "device=cuda: the embedded local Ray would have no GPU (this machine shows none to "
-                "CUDA; ray.num_gpus is not set); run with device=cpu, or ray.address=<cluster with GPUs>"
+                f"CUDA; ray.num_gpus is not set); {_gpu_fix(cfg)}"
             )
+
+
+def _gpu_fix(cfg: EvalConfig) -> str:
+    if cfg.backend.SUPPORTED.keys() == {"cuda"}:  # trt: there is no CPU to fall back to
+        return f"backend={cfg.backend.name} runs only on NVIDIA GPUs: run on a GPU machine, or ray.address=<cluster with GPUs>"
+    return "run with device=cpu, or ray.address=<cluster with GPUs>"
+
+
+def require_cluster_gpu(cfg: EvalConfig) -> None:
+    """device=cuda on a connected cluster: fail before any artifact is built if Ray's
+    cluster resources list no GPU (a remote cluster's GPUs are known only once connected)."""
+    import ray
+
+    res = ray.cluster_resources()
+    if cfg.device == "cuda" and res.get("GPU", 0) < 1:
+        raise ConfigError(
+            f"device=cuda: the Ray cluster has no GPU (resources: {res.get('CPU', 0):g} CPU, "
+            f"{res.get('GPU', 0):g} GPU); {_gpu_fix(cfg)}"
+        )
 
 
 def cluster_shape() -> tuple[float, float, int]:
@@ -293,9 +312,13 @@ def run(cfg: EvalConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     preflight(cfg)
-    table, samples, specs = prepare(cfg)
-    started = start_ray(cfg)
+    started = False
     try:
+        if cfg.device == "cuda" and (cfg.ray.address is not None or ray.is_initialized()):
+            started = start_ray(cfg)
+            require_cluster_gpu(cfg)  # before building any artifact
+        table, samples, specs = prepare(cfg)
+        started = start_ray(cfg) or started
         results = execute(cfg, samples, specs)
     finally:
         if started:
