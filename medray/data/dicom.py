@@ -131,10 +131,17 @@ def pixels(ds) -> np.ndarray:
             return ds.pixel_array
     except Exception as e:  # noqa: BLE001
         ts = ds.file_meta.TransferSyntaxUID
-        if "plugin" in str(e) or "missing dependencies" in str(e) or isinstance(e, NotImplementedError):
+        if "missing dependencies" in str(e) or isinstance(e, NotImplementedError):
             raise DecodeError(
                 f"pixel data in '{ts.name}' cannot be decompressed here; install medray[dicom] "
                 "(pylibjpeg, pylibjpeg-libjpeg, pyjpegls) for JPEG Lossless / JPEG-LS / 12-bit JPEG"
+            ) from None
+        if "all available plugins" in str(e):
+            # Decoders are installed but each refused the stream (corrupt, or a variant
+            # they do not implement); pydicom's text lists the decoders' errors.
+            raise DecodeError(
+                f"pixel data in '{ts.name}' could not be decompressed by the installed decoders "
+                "(corrupt or unsupported compressed stream)"
             ) from None
         raise DecodeError(f"pixel data cannot be decoded ({type(e).__name__}; truncated or inconsistent pixel module)") from None
 

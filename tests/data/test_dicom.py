@@ -192,15 +192,23 @@ def test_empty_and_garbage_dcm_files(tmp_path):
         decode_gray(str(junk), 32)
 
 
-def test_compressed_syntax_without_its_plugin_says_what_to_install():
+def test_jpeg_ls_decodes_with_the_dicom_extra_or_says_what_to_install():
+    """MR_small_jpeg_ls_lossless.dcm is MR_small.dcm compressed losslessly."""
     try:
-        import pylibjpeg  # noqa: F401
-
-        pytest.skip("pylibjpeg is installed: JPEG Lossless decodes here")
+        import jpeg_ls  # noqa: F401  (pyjpegls, in medray[dicom])
     except ImportError:
-        pass
-    with pytest.raises(DecodeError, match=r"JPEG Lossless.*cannot be decompressed here; install medray\[dicom\]"):
-        decode_gray(shipped("SC_rgb_jpeg_gdcm.dcm"), 32)
+        with pytest.raises(DecodeError, match=r"JPEG-LS Lossless.*cannot be decompressed here; install medray\[dicom\]"):
+            decode_gray(shipped("MR_small_jpeg_ls_lossless.dcm"), 32)
+        return
+    np.testing.assert_array_equal(
+        decode_dicom_gray(shipped("MR_small_jpeg_ls_lossless.dcm")), decode_dicom_gray(shipped("MR_small.dcm"))
+    )
+
+
+def test_a_stream_every_installed_decoder_refuses():
+    # JPEG-lossy.dcm: a 12-bit JPEG Extended stream Pillow cannot and libjpeg will not decode.
+    with pytest.raises(DecodeError, match=r"JPEG Extended.*(could not be decompressed by the installed|install medray\[dicom\])"):
+        decode_gray(shipped("JPEG-lossy.dcm"), 32)
 
 
 # --------------------------------------------------------------------------- privacy
