@@ -50,7 +50,8 @@ def calibration_ids(samples: pd.DataFrame) -> dict:
     """
     ids = sorted(map(str, samples["sample_id"]))
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    return {"n": len(ids), "ids_sha256": digest}
+    splits = sorted(map(str, set(samples["split"]))) if "split" in samples else []
+    return {"n": len(ids), "splits": splits, "ids_sha256": digest}
 
 
 def load_calibration(samples: pd.DataFrame | None, input_size: int, in_chans: int) -> CalibrationSet:

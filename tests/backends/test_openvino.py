@@ -216,7 +216,7 @@ def test_evaluate_job_int8_then_cache_hit(ray_local, tmp_path, tiny_checkpoint):
     assert cand["artifact"]["calibration"]["n"] == 16 and not cand["artifact"]["cache_hit"]
     assert cand["agreement"]["top1"] >= 0.9
     report = (tmp_path / "first" / "report.md").read_text()
-    assert "## Precision" in report and "calibrated on 16 samples" in report
+    assert "## Precision" in report and "calibrated on 16 samples of split calibration" in report
 
     doc2 = run(cfg("second", baseline=None))  # the candidate alone: its artifacts
     cand2 = next(r for r in doc2["runs"] if r["role"] == "candidate")
