@@ -297,7 +297,9 @@ def _precision_section(doc: dict) -> list[str]:
         if a.get("reference"):
             parts.append(f"artifact {a['bytes'] / 1e6:.1f} MB vs fp32 {a['reference']['bytes'] / 1e6:.1f} MB")
         if a.get("calibration"):
-            parts.append(f"calibrated on {a['calibration']['n']} samples of the calibration split")
+            c = a["calibration"]
+            where = f"split {', '.join(c['splits'])}" if c.get("splits") else "the calibration split"
+            parts.append(f"calibrated on {c['n']} samples of {where} (disjoint from the evaluated samples)")
         q = a.get("quantization") or {}
         if q.get("max_drop") is not None:
             parts.append(
