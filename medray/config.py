@@ -269,7 +269,49 @@ def backend_config(name: str) -> BackendConfig:
 # --------------------------------------------------------------------------- data / model
 
 
-SOURCES = ("synthetic", "synthetic_multilabel", "imagefolder", "chestxray14")
+SOURCES = ("synthetic", "synthetic_multilabel", "imagefolder", "chestxray14", "msd")
+# Sources whose samples are 3D volumes with voxel labels (task=segmentation only).
+SEGMENTATION_SOURCES = ("msd",)
+INTENSITY_MODES = ("auto", "window", "zscore", "none")
+BLEND_MODES = ("constant", "gaussian")
+_AXIS_CODES = ("LR", "AP", "SI")
+
+
+@dataclass
+class VolumeConfig:
+    """3D volume preprocessing (segmentation sources); training and evaluation use the same.
+
+    Defaults are the abdominal CT window of MONAI's spleen tutorial.
+    """
+
+    # auto = `window` for CT (dataset.json "modality"), `zscore` for anything else (MR...).
+    intensity: str = "auto"
+    # window: HU range [a_min, a_max] mapped linearly to [b_min, b_max] (clipped if clip).
+    a_min: float = -175.0
+    a_max: float = 250.0
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+    # Resample to this voxel spacing in mm (one per axis); null = keep each file's spacing.
+    spacing: list[float] | None = None
+    # Reorient to these axis codes (e.g. RAS); null = keep the file's orientation.
+    orientation: str | None = "RAS"
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            _fail("data.volume.intensity", self.intensity, f"use one of {', '.join(INTENSITY_MODES)}")
+        if not self.a_max > self.a_min:
+            _fail("data.volume.a_max", self.a_max, f"must be greater than data.volume.a_min={self.a_min}")
+        if self.spacing is not None:
+            self.spacing = [float(v) for v in self.spacing]
+            if len(self.spacing) != 3 or min(self.spacing) <= 0:
+                _fail("data.volume.spacing", self.spacing, "use three positive spacings in mm, e.g. [1.5, 1.5, 2.0], or null")
+        if self.orientation is not None:
+            o = str(self.orientation).upper()
+            axes = sorted(next((i for i, a in enumerate(_AXIS_CODES) if c in a), -1) for c in o)
+            if axes != [0, 1, 2]:
+                _fail("data.volume.orientation", self.orientation, "use three axis codes, one of L/R, A/P, S/I each (e.g. RAS), or null")
+            self.orientation = o
 # Sources that read a user's folder as published (no generator, no cache default).
 FOLDER_SOURCES = ("imagefolder", "chestxray14")
 
@@ -300,10 +342,25 @@ class DataConfig:
     classes: list[str] | None = None
     # chestxray14: fail if a patient has images in both the calibration and evaluated split.
     check_patient_overlap: bool = False
+    # 3D sources (data=msd): intensity normalisation, resampling, orientation.
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
 
     def __post_init__(self) -> None:
         if self.name not in SOURCES:
             _fail("data", self.name, f"available datasets: {', '.join(SOURCES)}")
+        if self.root is not None:
+            from medray.io import is_local, local_path
+
+            if is_local(self.root):
+                self.root = local_path(self.root)  # file:///x is /x
+            elif self.name in FOLDER_SOURCES or self.name in SEGMENTATION_SOURCES:
+                _fail(
+                    "data.root",
+                    self.root,
+                    f"data={self.name} reads a folder on a local disk or a shared mount (the same path on every "
+                    "node); s3://, gs:// roots work with medray's manifest layout (dataset.json + manifest.csv, "
+                    "e.g. an uploaded data=synthetic set)",
+                )
         if self.name in FOLDER_SOURCES:
             if self.root is None:
                 _fail("data.root", None, f"data={self.name} reads your copy of the dataset; set data.root=<its folder>")
@@ -357,6 +414,9 @@ class ModelConfig:
     input_size: int = 128
     trust_checkpoint: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Constructor arguments of non-timm architectures (arch=monai_unet: channels, strides,
+    # num_res_units); empty = from the checkpoint's meta (medray checkpoints carry them).
+    net: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.checkpoint is None and self.name != "demo":
@@ -421,8 +481,20 @@ class RayConfig:
     # A Predictor actor that dies (crash, node loss) is restarted and its batch retried at
     # most this many times; then the run fails with the cause (Ray Data's default: forever).
     max_retries: int = 3
+    # Ship the checkpoint and driver-built artifacts to the actors through the object
+    # store (medray.pipeline.shipping): null = when actors may run on another node
+    # (ray.address set, or several nodes); false = cache_dir is on a mount every node sees.
+    ship_artifacts: bool | None = None
+    # Autoscaling clusters: ask the autoscaler for this many GPUs and wait for them before
+    # sizing the actor pool (the pool is sized on the GPUs present when the run starts).
+    min_gpus: int = 0
+    scale_timeout_s: float = 900.0
 
     def __post_init__(self) -> None:
+        if self.min_gpus < 0:
+            _fail("ray.min_gpus", self.min_gpus, "use 0 (use the GPUs present) or the number of GPUs to wait for")
+        if self.scale_timeout_s <= 0:
+            _fail("ray.scale_timeout_s", self.scale_timeout_s, "use a positive number of seconds (e.g. 900)")
         if self.reserve_cpus_for_reading <= 0:
             _fail(
                 "ray.reserve_cpus_for_reading",
@@ -442,6 +514,36 @@ def parse_run_name(value: str, key: str = "baseline") -> tuple[str, str]:
     if len(parts) != 2 or not all(parts):
         _fail(key, value, "use <backend>-<precision>, e.g. torch-fp32, or null to skip the baseline")
     return parts[0], parts[1]
+
+
+@dataclass
+class SlidingWindowConfig:
+    """task=segmentation: MONAI ``sliding_window_inference`` around the backend's session."""
+
+    # Window (model input) size in voxels; null = the ROI the model was trained on
+    # (checkpoint meta). The exported artifacts (ONNX, engines) are built for this shape.
+    roi_size: list[int] | None = None
+    # Fraction of overlap between neighbouring windows, per axis.
+    overlap: float = 0.25
+    # Windows per backend call (the batch of a segmentation run).
+    sw_batch_size: int = 4
+    # Blending of overlapping windows: constant (mean) or gaussian (centre-weighted).
+    mode: str = "constant"
+    sigma_scale: float = 0.125
+
+    def __post_init__(self) -> None:
+        if self.roi_size is not None:
+            self.roi_size = [int(v) for v in self.roi_size]
+            if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+                _fail("sliding_window.roi_size", self.roi_size, "use three positive window sizes in voxels, e.g. [96, 96, 96], or null")
+        if not 0 <= self.overlap < 1:
+            _fail("sliding_window.overlap", self.overlap, "use a fraction in [0, 1), e.g. 0.25 or 0.5")
+        if self.sw_batch_size < 1:
+            _fail("sliding_window.sw_batch_size", self.sw_batch_size, "use a positive number of windows per backend call")
+        if self.mode not in BLEND_MODES:
+            _fail("sliding_window.mode", self.mode, f"use one of {', '.join(BLEND_MODES)}")
+        if not self.sigma_scale > 0:
+            _fail("sliding_window.sigma_scale", self.sigma_scale, "use a positive fraction of the window (0.125 is MONAI's default)")
 
 
 @dataclass
@@ -474,6 +576,8 @@ class EvalConfig:
     # Test-time augmentation (classification): none | tencrop (seed 002's 10-crop average;
     # 10 backend calls per batch, all inside the timed latency).
     tta: str = "none"
+    # task=segmentation only.
+    sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, BackendConfig):
@@ -486,6 +590,7 @@ class EvalConfig:
             _fail("device", self.device, f"use one of {', '.join(DEVICES)}")
         if self.task not in TASKS:
             _fail("task", self.task, f"use one of {', '.join(TASKS)}")
+        self._check_task_data()
         self.backend.check_pair(self.device, self.precision)
         if self.quantization.max_drop is not None and (self.backend.name != "openvino" or self.precision != "int8"):
             _fail(
@@ -496,7 +601,9 @@ class EvalConfig:
             )
         if self.batch_size < 1:
             _fail("batch_size", self.batch_size, "use a positive batch size (e.g. 16 or 32)")
-        self.backend.check_run(self.device, self.precision, self.batch_size)
+        # A segmentation run's batch is the windows per backend call.
+        batch = self.sliding_window.sw_batch_size if self.task == "segmentation" else self.batch_size
+        self.backend.check_run(self.device, self.precision, batch)
         if self.streams < 1:
             _fail("streams", self.streams, "use a positive number of concurrent streams (actors)")
         if self.warmup_batches < 0:
@@ -511,6 +618,24 @@ class EvalConfig:
                 _fail("baseline", self.baseline, f"precision must be one of {', '.join(PRECISIONS)}")
             backend_config(name).check_pair(self.device, precision, key="baseline")
         self.cache_dir = str(Path(self.cache_dir).expanduser().resolve())
+
+    def _check_task_data(self) -> None:
+        """task=segmentation needs a volume dataset with voxel labels, and only it."""
+        seg_data = self.data.name in SEGMENTATION_SOURCES
+        if self.task == "segmentation" and not seg_data:
+            _fail(
+                "task",
+                self.task,
+                f"data={self.data.name} is a classification dataset; segmentation needs a segmentation "
+                f"dataset: use data={SEGMENTATION_SOURCES[0]} (data.root=<MSD task folder>, or unset for the synthetic phantoms)",
+            )
+        if seg_data and self.task != "segmentation":
+            _fail("data", self.data.name, "this is a segmentation dataset (3D volumes with voxel labels); add task=segmentation")
+        if self.task == "segmentation":
+            if self.resume:
+                _fail("resume", True, "resuming is implemented for classification runs; rerun segmentation with resume=false")
+            if self.precision == "int8" or (self.baseline or "").endswith("-int8"):
+                _fail("precision", "int8", "INT8 calibration of segmentation models is not implemented; use fp32/fp16/bf16")
 
     # Runs ---------------------------------------------------------------------------
     @property
@@ -530,6 +655,161 @@ class EvalConfig:
         return str(Path(self.cache_dir) / "data" / self.data.name)
 
 
+@dataclass
+class TrainJobConfig(EvalConfig):
+    """Root config of ``jobs/train.py``: the evaluate config plus ``retrain``."""
+
+    retrain: bool = False
+
+
+# --------------------------------------------------------------------------- sweep
+
+SWEEP_OBJECTIVES = ("throughput", "latency", "latency_p95")
+SWEEP_SEARCHES = ("grid", "random", "optuna")
+SWEEP_SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass
+class SweepConfig:
+    """The `sweep` config group (conf/sweep/*.yaml): the grid and how Tune walks it."""
+
+    # Device of every trial (and of the baseline); null = the root `device`.
+    device: str | None = None
+    # backend -> precisions tried with it; a pair the hardware does not support becomes a
+    # failed trial with the validation message (the sweep goes on).
+    backends: dict[str, list[str]] = field(default_factory=lambda: {"torch": ["fp32"], "onnxruntime": ["fp32"]})
+    # backend -> options of its config class (e.g. onnxruntime: {graph_optimization: all}).
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=lambda: [16, 64])
+    streams: list[int] = field(default_factory=lambda: [1])
+    # task=segmentation only: sliding_window.overlap / sliding_window.sw_batch_size values.
+    overlap: list[float] = field(default_factory=list)
+    sw_batch_size: list[int] = field(default_factory=list)
+    # Every trial and the baseline evaluate the same random subset of this many samples
+    # (null = data.limit, i.e. the whole split unless that is set).
+    limit: int | None = 256
+    # What the recommendation maximises among the configs that meet `constraints`:
+    # throughput (samples/s) | latency (per-sample p50) | latency_p95.
+    objective: str = "throughput"
+    # grid = every combination (Tune's BasicVariantGenerator); random = num_samples draws;
+    # optuna = OptunaSearch (pip install optuna) over num_samples trials.
+    search: str = "grid"
+    # grid: repeats of the whole grid; random/optuna: trials drawn.
+    num_samples: int = 1
+    # fifo = run every trial to the end; asha = stop slow trials early (ASHA on the
+    # running throughput, reported every `report_every` batches).
+    scheduler: str = "fifo"
+    report_every: int = 2
+    # null = as many trials at once as the cluster holds (each trial reserves its actors
+    # and a read CPU in a placement group); 1 on a one-node machine.
+    max_concurrent_trials: int | None = None
+    # Continue the interrupted sweep in output_dir (Tuner.restore): finished trials are kept.
+    resume: bool = False
+    seed: int = 0
+    # Statistics of the recommended config vs the baseline.
+    bootstrap_samples: int = 2000
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.device is not None and self.device not in DEVICES:
+            _fail("sweep.device", self.device, f"use one of {', '.join(DEVICES)} or null (the root device)")
+        if not self.backends:
+            _fail("sweep.backends", self.backends, "list at least one backend with its precisions, e.g. {torch: [fp32]}")
+        for name, precisions in self.backends.items():
+            if name not in BACKEND_CONFIGS:
+                _fail("sweep.backends", name, f"available backends: {', '.join(sorted(BACKEND_CONFIGS))}")
+            if not precisions:
+                _fail(f"sweep.backends.{name}", precisions, "list at least one precision, e.g. [fp32]")
+            for p in precisions:
+                if p not in PRECISIONS:
+                    _fail(f"sweep.backends.{name}", p, f"precisions are {', '.join(PRECISIONS)}")
+        for name, opts in self.backend_options.items():
+            if name not in self.backends:
+                _fail("sweep.backend_options", name, f"options for a backend not in sweep.backends ({', '.join(self.backends)})")
+            BACKEND_CONFIGS[name](**dict(opts))  # the backend's own validation
+        for key in ("batch_sizes", "streams", "sw_batch_size"):
+            values = getattr(self, key)
+            if key != "sw_batch_size" and not values:
+                _fail(f"sweep.{key}", values, "list at least one value")
+            if any(int(v) < 1 for v in values):
+                _fail(f"sweep.{key}", values, "use positive integers")
+        if any(not 0 <= v < 1 for v in self.overlap):
+            _fail("sweep.overlap", self.overlap, "use fractions in [0, 1), e.g. [0.25, 0.5]")
+        if self.limit is not None and self.limit < 1:
+            _fail("sweep.limit", self.limit, "use a positive number of samples, or null for data.limit")
+        if self.objective not in SWEEP_OBJECTIVES:
+            _fail("sweep.objective", self.objective, f"use one of {', '.join(SWEEP_OBJECTIVES)}")
+        if self.search not in SWEEP_SEARCHES:
+            _fail("sweep.search", self.search, f"use one of {', '.join(SWEEP_SEARCHES)}")
+        if self.scheduler not in SWEEP_SCHEDULERS:
+            _fail("sweep.scheduler", self.scheduler, f"use one of {', '.join(SWEEP_SCHEDULERS)}")
+        if self.num_samples < 1:
+            _fail("sweep.num_samples", self.num_samples, "use a positive number of trials / grid repeats")
+        if self.report_every < 1:
+            _fail("sweep.report_every", self.report_every, "use a positive number of batches")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            _fail("sweep.max_concurrent_trials", self.max_concurrent_trials, "use a positive number or null (automatic)")
+        if self.bootstrap_samples < 100:
+            _fail("sweep.bootstrap_samples", self.bootstrap_samples, "use at least 100 resamples (2000 is usual)")
+        if not 0.5 < self.confidence < 1:
+            _fail("sweep.confidence", self.confidence, "use a level in (0.5, 1), e.g. 0.95")
+
+    def pairs(self) -> list[str]:
+        """``<backend>-<precision>`` of the grid, in config order."""
+        return [f"{b}-{p}" for b, ps in self.backends.items() for p in ps]
+
+
+@dataclass
+class ConstraintsConfig:
+    """What a configuration may cost clinically to be recommended (null = no limit).
+
+    Drops are baseline − candidate, as fractions (0.005 = half a point of AUC); the
+    AUC / Dice limits are also the non-inferiority margins of the statistics.
+    """
+
+    max_auc_drop: float | None = 0.005
+    max_bacc_drop: float | None = None
+    # Top-1 (multilabel: per-label decision) agreement with the baseline.
+    min_agreement: float | None = 0.99
+    max_dice_drop: float | None = 0.01
+
+    def __post_init__(self) -> None:
+        for key in ("max_auc_drop", "max_bacc_drop", "max_dice_drop"):
+            v = getattr(self, key)
+            if v is not None and not 0 <= v <= 1:
+                _fail(f"constraints.{key}", v, "use a fraction in [0, 1] (0.005 = half a point), or null for no limit")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            _fail("constraints.min_agreement", self.min_agreement, "use a fraction in [0, 1] (e.g. 0.99), or null")
+
+
+@dataclass
+class SweepJobConfig(EvalConfig):
+    """Root config of ``jobs/sweep.py``: the evaluate config plus the grid and constraints.
+
+    The root ``backend``/``precision`` are set from ``baseline`` (the root is the shared
+    baseline run: its ``batch_size`` and ``streams`` are the baseline's); every trial is
+    the root with the grid's backend, precision, batch size and streams.
+    """
+
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
+
+    def __post_init__(self) -> None:
+        if self.baseline is None:
+            _fail("baseline", None, "a sweep compares every trial with the baseline; set baseline=<backend>-<precision>, e.g. torch-fp32")
+        if self.resume:
+            _fail("resume", True, "to continue an interrupted sweep use sweep.resume=true (with the same output_dir)")
+        name, precision = parse_run_name(self.baseline)
+        if name not in BACKEND_CONFIGS:
+            _fail("baseline", self.baseline, f"available backends: {', '.join(sorted(BACKEND_CONFIGS))}")
+        if not (isinstance(self.backend, BackendConfig) and self.backend.name == name):
+            self.backend = BACKEND_CONFIGS[name](**dict(self.sweep.backend_options.get(name, {})))
+        self.precision = precision
+        if self.sweep.device is not None:
+            self.device = self.sweep.device
+        super().__post_init__()
+
+
 # --------------------------------------------------------------------------- Hydra glue
 
 
@@ -537,10 +817,16 @@ def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (YAML files under conf/ extend them)."""
     from hydra.core.config_store import ConfigStore
 
+    from medray.io import register_resolvers
+
+    register_resolvers()  # ${medray_hydra_dir:...} in conf/ (Hydra's run dir for URI outputs)
     cs = ConfigStore.instance()
     # Schemas live under schema/ so that `backend=...` lists only the real options;
     # each YAML pulls its schema in with `- /schema/<group>/<name>@_here_`.
     cs.store(name="evaluate_schema", node=EvalConfig)
+    cs.store(name="train_schema", node=TrainJobConfig)
+    cs.store(name="sweep_schema", node=SweepJobConfig)
+    cs.store(group="schema/sweep", name="sweep", node=SweepConfig)
     for name, cls in BACKEND_CONFIGS.items():
         cs.store(group="schema/backend", name=name, node=cls)
     cs.store(group="schema/data", name="data", node=DataConfig)
