@@ -41,7 +41,9 @@ def test_overrides_reach_the_objects():
 @pytest.mark.parametrize(
     "overrides, fragments",
     [
-        (["precision=int8"], ["precision='int8'", "backend=onnxruntime", "supports ['fp32']"]),
+        (["precision=tf32"], ["precision='tf32'", "backend=onnxruntime", "supports ['fp32', 'fp16', 'int8']"]),
+        (["backend=openvino", "precision=tf32"], ["precision='tf32'", "backend=openvino", "['fp32', 'fp16', 'bf16', 'int8']"]),
+        (["precision=int8", "quantization.max_drop=0.01"], ["quantization.max_drop=0.01", "backend=openvino precision=int8"]),
         (["backend=torch", "precision=fp16"], ["precision='fp16'", "['fp32', 'bf16']", "cuda: fp32, tf32, fp16, bf16"]),
         (["batch_size=0"], ["batch_size=0", "positive batch size"]),
         (["streams=0"], ["streams=0", "positive"]),
