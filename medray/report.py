@@ -354,3 +354,152 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def _sec(ms: float | None) -> str:
+    return "–" if ms is None else f"{ms / 1e3:.3f}s"
+
+
+def _dice(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def render_segmentation_report(doc: dict) -> str:
+    """report.md of a segmentation run: summary, per-class Dice, and seed 003's per-case table."""
+    ds, sw = doc["dataset"], doc["sliding_window"]
+    runs = doc["runs"]
+    base = next((r for r in runs if r["role"] == "baseline"), None)
+    cand = [r for r in runs if r["role"] == "candidate"]
+    pp = ds.get("preprocessing") or {}
+    norm = {"window": f"CT window [{pp.get('a_min')}, {pp.get('a_max')}] → [{pp.get('b_min')}, {pp.get('b_max')}]",
+            "zscore": "z-score over non-zero voxels per channel", "none": "none"}.get(pp.get("intensity"), "?")
+    lines = [
+        f"# medray segmentation — {ds['name']}",
+        "",
+        f"{ds['n_samples']} cases of split `{ds['split']}` ({ds['n_labelled']} with labels), "
+        f"classes {', '.join(ds['classes'])} (background excluded from Dice), modality {', '.join(ds.get('modality') or [])}.",
+        f"Preprocessing: orientation {pp.get('orientation') or 'as stored'}, spacing "
+        f"{pp.get('spacing') or 'as stored'}, intensity {norm}. Sliding window: ROI {'×'.join(map(str, sw['roi_size'] or []))}, "
+        f"overlap {sw['overlap']}, {sw['sw_batch_size']} windows per backend call, {sw['mode']} blending.",
+        "Latency per case = sum of the backend calls for the case's windows (warm-up excluded); the sliding-window "
+        "time adds window slicing and blending. Dice in the model's voxel space (labels resampled with nearest neighbour).",
+        "",
+        "| Dataset | Model | Latency per case | Sliding window per case | Speed-up | Dice vs labels | Dice vs baseline | Throughput (cases/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        sp, ag = r.get("speedup"), r.get("agreement")
+        speed = "–" if not sp or sp.get("factor") is None else f"{sp['factor']:.2f}× ({sp['latency_reduction_pct']:.1f}%)"
+        model = f"{'Baseline' if r['role'] == 'baseline' else 'Candidate'} {r['name']} (sw{r['batch_size']}×{r['streams']})"
+        lines.append(
+            f"| {ds['name']} | {model} | {_sec(r['latency_ms']['per_sample_mean'])} | "
+            f"{_sec(r['sliding_window_ms']['per_sample_mean'])} | {speed} | {_dice(r['metrics'].get('dice_mean'))} | "
+            f"{_dice(ag['dice_mean']) if ag else '–'} | {r['throughput_sps']:.2f} |"
+        )
+    lines += ["", "## Dice per class", "", "| Class | " + " | ".join(f"{r['name']} vs labels" for r in runs)
+              + "".join(f" | {r['name']} vs baseline" for r in cand) + " |"]
+    lines.append("|---" * (1 + len(runs) + len(cand)) + "|")
+    for c in ds["classes"]:
+        cells = [_dice(r["metrics"].get("dice_per_class", {}).get(c)) for r in runs]
+        cells += [_dice((r.get("agreement") or {}).get("dice_per_class", {}).get(c)) for r in cand]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    for r in cand:
+        a = r.get("agreement")
+        if a:
+            lines.append(
+                f"\n{r['name']} vs baseline: voxel agreement mean {_pct(a['voxel_agreement_mean'])}%, min "
+                f"{_pct(a['voxel_agreement_min'])}%; lowest per-case Dice {_dice(a['dice_case_min'])} over {a['n']} cases."
+            )
+    if base is not None and cand:
+        c0 = cand[0]
+        lines += [
+            "",
+            f"## Per case ({base['name']} vs {c0['name']})",
+            "",
+            "| Subject | Shape | Baseline latency | Candidate latency | Speed-up | Dice vs baseline (mean) | "
+            "Dice vs labels (baseline) | Dice vs labels (candidate) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        bn, cn = base["name"], c0["name"]
+        for case in doc.get("cases", []):
+            bl, cl = case.get("latency_ms:" + bn), case.get("latency_ms:" + cn)
+            sp = f"{bl / cl:.2f}×" if bl and cl else "–"
+            lines.append(
+                f"| {case['sample_id']} | {list(case.get('shape') or [])} | {_sec(bl)} | {_sec(cl)} | {sp} | "
+                f"{_dice(case.get('dice_vs_baseline:' + cn))} | {_dice(case.get('dice:' + bn))} | "
+                f"{_dice(case.get('dice:' + cn))} |"
+            )
+    else:
+        r0 = runs[0] if runs else None
+        if r0 is not None:
+            lines += ["", f"## Per case ({r0['name']})", "", "| Subject | Shape | Latency | Dice vs labels |", "|---|---|---|---|"]
+            n0 = r0["name"]
+            for case in doc.get("cases", []):
+                lines.append(f"| {case['sample_id']} | {list(case.get('shape') or [])} | "
+                             f"{_sec(case.get('latency_ms:' + n0))} | {_dice(case.get('dice:' + n0))} |")
+    lines += ["", "## Runs", "", "| Run | Latency p50 / p95 per case | Per window | Windows per case | Wall (s) | Pool | Executed precision | Artifact |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        a = r.get("artifact")
+        art = "–" if not a else f"{a['bytes'] / 1e6:.1f} MB, build {a['build_s']:.1f}s{' (cache hit)' if a.get('cache_hit') else ''}"
+        p = r["pool"]
+        lat = r["latency_ms"]
+        pw = "–" if lat.get("per_window_mean") is None else f"{lat['per_window_mean']:.1f} ms"
+        lines.append(
+            f"| {r['name']} | {_sec(lat['per_sample_p50'])} / {_sec(lat['per_sample_p95'])} | {pw} | "
+            f"{_num(r.get('windows_per_case_mean'), '{:.1f}')} | {r['wall_s']:.1f} | "
+            f"{p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr) | "
+            f"{(r.get('effective_precision') or {}).get('executed', '?')} | {art} |"
+        )
+    lines.append("\nMasks (uint8 label maps in the model's voxel space, .npz): `predictions/<run>_masks/`.")
+    if doc.get("skipped"):
+        lines += _skipped_section(doc)
+    if doc.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in doc["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_segmentation_predictions(path: Path, df: pd.DataFrame, classes: list[str]) -> None:
+    """predictions/<run>.parquet of a segmentation run: one row per case."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(df)
+    dice = np.stack(df["dice"].to_numpy()) if n else np.zeros((0, len(classes)))
+    cols: dict[str, Any] = {"sample_id": pa.array(df["sample_id"].astype(str) if n else [], pa.string())}
+    for j, c in enumerate(classes):
+        cols[f"dice_{c}"] = pa.array(dice[:, j].astype(np.float64), pa.float64())
+    with np.errstate(all="ignore"):
+        cols["dice_mean"] = pa.array([float(np.nanmean(d)) if np.isfinite(d).any() else np.nan for d in dice], pa.float64())
+    if "dice_vs_baseline" in df.columns:
+        vb = np.stack([np.asarray(v, dtype=np.float64) if isinstance(v, np.ndarray) else np.full(len(classes), np.nan)
+                       for v in df["dice_vs_baseline"]]) if n else np.zeros((0, len(classes)))
+        for j, c in enumerate(classes):
+            cols[f"dice_vs_baseline_{c}"] = pa.array(vb[:, j], pa.float64())
+        cols["voxel_agreement"] = pa.array(df["voxel_agreement"].astype(float) if n else [], pa.float64())
+    for k in ("orig_shape", "model_shape"):
+        v = np.stack(df[k].to_numpy()).astype(np.int64) if n else np.zeros((0, 3), np.int64)
+        cols["shape" if k == "orig_shape" else k] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 3)
+    for k in ("orig_spacing", "spacing"):
+        v = np.stack(df[k].to_numpy()).astype(np.float64) if n else np.zeros((0, 3))
+        cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 3)
+    for k, t in (("has_label", pa.bool_()), ("latency_ms", pa.float64()), ("sw_ms", pa.float64()), ("n_calls", pa.int64()),
+                 ("n_windows", pa.int64()), ("mask_file", pa.string()), ("node_id", pa.string()), ("worker_pid", pa.int64())):
+        cols[k] = pa.array(df[k].tolist() if n else [], t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def write_segmentation_outputs(out: Path, config: dict, doc: dict, results: list) -> None:
+    """config.yaml, metrics.json, report.md and predictions/<run>.parquet (+ <run>_masks/)."""
+    import yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+    (out / "report.md").write_text(render_segmentation_report(doc))
+    for r in results:
+        write_segmentation_predictions(out / "predictions" / f"{r.spec.name}.parquet", r.predictions, doc["dataset"]["classes"])

@@ -39,9 +39,17 @@ class ModelSpec:
     checkpoint_sha256: str | None = None
     trust_checkpoint: bool = False
     task: str = "multiclass"
+    # Spatial input shape when it is not input_size × input_size: the sliding-window ROI
+    # (D, H, W) of a 3D segmentation model.
+    spatial: tuple[int, ...] | None = None
+    # Constructor arguments of non-timm architectures (MONAI UNet channels/strides...).
+    net: dict = field(default_factory=dict)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's input shape without the batch axis: ``(C, *spatial)``."""
+        if self.spatial is not None:
+            return (self.in_chans, *(int(v) for v in self.spatial))
         return (self.in_chans, self.input_size, self.input_size)
 
 
@@ -106,7 +114,7 @@ class Backend(ABC):
         """
         if not self._loaded:
             raise BackendError(f"{self.spec.name}: infer() before load()")
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.spec.model.input_shape:
+        if x.ndim != 1 + len(self.spec.model.input_shape) or tuple(x.shape[1:]) != self.spec.model.input_shape:
             raise BackendError(
                 f"{self.spec.name}: input shape {tuple(x.shape)} does not match the model's "
                 f"(N, {', '.join(map(str, self.spec.model.input_shape))})"

@@ -40,6 +40,10 @@ def load_table(data: DataConfig, root: str) -> SampleTable:
         from medray.data.chestxray14 import read_chestxray14
 
         return read_chestxray14(root, labels=data.classes, evaluated_split=data.split)
+    if data.name == "msd":
+        from medray.data.msd import load_msd_table
+
+        return load_msd_table(data, root)
     raise ConfigError(f"data={data.name!r}: no reader for this dataset")
 
 

@@ -20,8 +20,19 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used with the configured model."""
 
 
-def build_model(arch: str, num_classes: int, in_chans: int):
-    """A timm model with random weights (no download: ``pretrained=False``)."""
+# Architectures that are not timm names (their constructor arguments come in ``net``).
+MONAI_ARCHS = ("monai_unet",)
+
+
+def build_model(arch: str, num_classes: int, in_chans: int, net: dict | None = None):
+    """A timm model with random weights (no download: ``pretrained=False``), or a MONAI
+    3D UNet for ``arch=monai_unet`` built from ``net`` (channels, strides, ...)."""
+    if arch in MONAI_ARCHS:
+        from medray.models.unet import build_unet
+
+        if not net:
+            raise CheckpointError(f"model.arch={arch} needs its UNet settings (model.net or the checkpoint's meta)")
+        return build_unet(num_classes, in_chans, **net)
     import timm
 
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
@@ -95,11 +106,18 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_model(arch: str, num_classes: int, in_chans: int, checkpoint: str | None, trust: bool = False):
-    """Build ``arch`` and load ``checkpoint`` strictly; eval mode."""
-    model = build_model(arch, num_classes, in_chans)
+def load_model(arch: str, num_classes: int, in_chans: int, checkpoint: str | None, trust: bool = False, net: dict | None = None):
+    """Build ``arch`` and load ``checkpoint`` strictly; eval mode.
+
+    ``net``: constructor arguments of MONAI architectures; empty = the checkpoint's meta.
+    """
+    sd = meta = None
     if checkpoint:
-        sd, _ = read_checkpoint(checkpoint, trust=trust)
+        sd, meta = read_checkpoint(checkpoint, trust=trust)
+    if arch in MONAI_ARCHS and not net:
+        net = (meta or {}).get("net")
+    model = build_model(arch, num_classes, in_chans, net=net)
+    if checkpoint:
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
             raise CheckpointError(

@@ -72,6 +72,10 @@ def log_index_mapping(source: SampleTable, table: SampleTable) -> None:
 
 def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
     """Check the checkpoint against the dataset's classes; train the demo model if absent."""
+    if table.task == "segmentation":  # 3D UNet: ROI shape, net settings, its own demo
+        from medray.models.unet import resolve_segmentation_model
+
+        return resolve_segmentation_model(cfg, table)
     m = cfg.model
     n_classes = len(table.classes)
     task = table.task

@@ -304,6 +304,10 @@ def summarise_effective(reports: list[dict]) -> dict:
 
 def run(cfg: EvalConfig) -> dict:
     """Evaluate ``cfg`` end to end; returns the metrics document (also written to disk)."""
+    if cfg.task == "segmentation":  # 3D volumes through sliding windows: its own flow
+        from medray.pipeline.segmentation import run as run_segmentation
+
+        return run_segmentation(cfg)
     import ray
 
     from medray.report import build_metrics, write_outputs

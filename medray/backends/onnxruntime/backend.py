@@ -46,12 +46,14 @@ def onnx_artifact(spec: RunSpec, cache: ArtifactCache, opset: int = 17) -> dict:
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }
+    if m.net:  # MONAI architectures: the constructor arguments are part of the model
+        parts["net"] = m.net
 
     def build(path):
         from medray.models.export import export_onnx
         from medray.models.factory import load_model
 
-        model = load_model(m.arch, m.num_classes, m.in_chans, m.checkpoint, trust=m.trust_checkpoint)
+        model = load_model(m.arch, m.num_classes, m.in_chans, m.checkpoint, trust=m.trust_checkpoint, net=m.net)
         export_onnx(model, path, m.input_shape, opset=opset)
 
     return cache.get_or_build("onnx", parts, "model.onnx", build).to_dict()
