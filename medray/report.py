@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from medray import io as medray_io
 from medray.metrics.agreement import agreement, pair_by_id
 from medray.metrics.classification import classification_metrics
 from medray.metrics.performance import latency_summary, speedup
@@ -314,10 +315,12 @@ def _precision_section(doc: dict) -> list[str]:
     return ["", "## Precision", ""] + lines if lines else []
 
 
-def write_predictions(path: Path, df: pd.DataFrame, targets: np.ndarray) -> None:
-    """predictions/<run>.parquet: one row per sample (ids, target, probs, timing, worker)."""
+def write_predictions(path: str | Path, df: pd.DataFrame, targets: np.ndarray) -> None:
+    """predictions/<run>.parquet: one row per sample (ids, target, probs, timing, worker).
+
+    ``path`` may be a URI (s3://, gs://, file://) as well as a local path.
+    """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     probs = np.stack(df["probs"].to_numpy()).astype(np.float32)
     k = probs.shape[1]
@@ -331,21 +334,22 @@ def write_predictions(path: Path, df: pd.DataFrame, targets: np.ndarray) -> None
         "node_id": pa.array(df["node_id"].astype(str)),
         "worker_pid": pa.array(df["worker_pid"].astype(int)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(cols), path)
+    medray_io.write_parquet(pa.table(cols), str(path))
 
 
-def write_outputs(out: Path, config: dict, doc: dict, results: list[RunResult], table=None, samples=None) -> None:
-    """Write the four outputs of the contract into ``out``."""
+def write_outputs(out: str | Path, config: dict, doc: dict, results: list[RunResult], table=None, samples=None) -> None:
+    """Write the four outputs of the contract into ``out`` (a local path or a URI that
+    pyarrow opens: s3://, gs://, file://; see :mod:`medray.io`)."""
     import yaml
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=_json_default))
-    (out / "report.md").write_text(render_report(doc))
+    out = medray_io.normalize(str(out))
+    medray_io.makedirs(out)
+    medray_io.write_text(medray_io.join(out, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
+    medray_io.write_text(medray_io.join(out, "metrics.json"), json.dumps(doc, indent=2, default=_json_default))
+    medray_io.write_text(medray_io.join(out, "report.md"), render_report(doc))
     for r in results:
         t = _targets(table, samples, r.predictions["sample_id"]) if table is not None else np.zeros(len(r.predictions))
-        write_predictions(out / "predictions" / f"{r.spec.name}.parquet", r.predictions, t)
+        write_predictions(medray_io.join(out, "predictions", f"{r.spec.name}.parquet"), r.predictions, t)
 
 
 def _json_default(o):

@@ -41,6 +41,11 @@ def decode_gray(src: str | bytes | BinaryIO, size: int, draft: bool = True) -> n
     benchmarks); 16-bit PNGs are scaled to 8 bits by their full range.
     """
     name = str(src) if isinstance(src, (str, os.PathLike)) else None
+    if isinstance(src, str) and "://" in src:
+        from medray.io import is_local, local_path, read_bytes
+
+        # data.root on shared storage (s3://, gs://...): the bytes come through pyarrow.fs.
+        src = local_path(src) if is_local(src) else read_bytes(src)
     try:
         arr = _decode_full_or_draft(src, size, draft)
     except DecodeError as e:

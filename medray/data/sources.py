@@ -19,7 +19,10 @@ def load_table(data: DataConfig, root: str) -> SampleTable:
     """Read (generating it first, for the synthetic sets) the dataset of ``data``."""
     if data.name in _SYNTHETIC_KIND:
         from medray.data.synthetic import ensure_synthetic
+        from medray.io import is_remote
 
+        if is_remote(root):
+            return _read_uploaded_synthetic(data, root)
         if not (Path(root) / "dataset.json").is_file():
             log.info("generating the %s dataset in %s (once; cached)", data.name, root)
         ensure_synthetic(
@@ -45,6 +48,31 @@ def load_table(data: DataConfig, root: str) -> SampleTable:
 
         return load_msd_table(data, root)
     raise ConfigError(f"data={data.name!r}: no reader for this dataset")
+
+
+def _read_uploaded_synthetic(data: DataConfig, root: str) -> SampleTable:
+    """A synthetic set on shared storage (s3://, gs://): generated once on a local disk,
+    uploaded, read as is — if its generator arguments are the configured ones."""
+    import json
+
+    from medray import io as medray_io
+
+    meta_uri = medray_io.join(root, "dataset.json")
+    if not medray_io.exists(meta_uri):
+        raise ConfigError(
+            f"data.root={root!r}: no dataset.json there; synthetic sets are generated on a local disk: run once "
+            f"with data.root=<local folder>, upload that folder (e.g. `aws s3 sync <folder> {root}`), then use it"
+        )
+    gen = json.loads(medray_io.read_text(meta_uri)).get("generator") or {}
+    want = {"kind": _SYNTHETIC_KIND[data.name], "n_train": data.n_train, "n_calibration": data.n_calibration,
+            "n_test": data.n_test, "image_size": data.image_size, "seed": data.seed}
+    diff = [f"{k}: {gen.get(k)!r} there, {v!r} asked" for k, v in want.items() if gen.get(k) != v]
+    if diff:
+        raise ConfigError(
+            f"data.root={root!r} holds a synthetic set made with other arguments ({', '.join(diff)}); "
+            "set data.* to match it or upload the set you mean"
+        )
+    return read_manifest_dir(root)
 
 
 # Where INT8 calibration samples come from when calibration.split is null, in order of

@@ -44,16 +44,23 @@ def read_manifest_dir(root: str | Path) -> SampleTable:
 
     ``manifest.csv`` columns: sample_id, path (relative to root), split, labels
     (class names joined by ``|``; exactly one for multiclass, possibly none for multilabel).
+    ``root`` may be a URI (s3://, gs://...): files are read through :mod:`medray.io` and
+    sample paths are URIs too.
     """
-    root = Path(root)
-    meta = json.loads((root / "dataset.json").read_text())
+    import io
+
+    from medray import io as medray_io
+
+    root = medray_io.normalize(str(root))
+    meta = json.loads(medray_io.read_text(medray_io.join(root, "dataset.json")))
     classes = list(meta["classes"])
     index = {c: i for i, c in enumerate(classes)}
-    df = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = io.BytesIO(medray_io.read_bytes(medray_io.join(root, "manifest.csv")))
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     names = df["labels"].str.split("|")
     if meta["task"] == "multilabel":
         df["target"] = [tuple(int(c in set(n)) for c in classes) for n in names]
     else:
         df["target"] = [index[n[0]] for n in names]
-    df["path"] = [str(root / p) for p in df["path"]]
+    df["path"] = [medray_io.join(root, p) for p in df["path"]]
     return SampleTable(meta["name"], meta["task"], classes, str(root), df.drop(columns=["labels"]))

@@ -16,7 +16,10 @@ log = logging.getLogger("medray.models")
 
 def demo_checkpoint_path(cfg: EvalConfig, table: SampleTable) -> Path:
     m = cfg.model
-    gen = json.loads((Path(table.root) / "dataset.json").read_text()).get("generator", {})
+    from medray import io as medray_io
+
+    # table.root may be a URI (a synthetic set uploaded to s3://...).
+    gen = json.loads(medray_io.read_text(medray_io.join(table.root, "dataset.json"))).get("generator", {})
     tag = f"{table.name}-{m.arch}-{m.in_chans}x{m.input_size}-e{m.train.epochs}-s{m.train.seed}"
     tag += f"-n{gen.get('n_train', 'x')}-g{gen.get('seed', 'x')}"
     return Path(cfg.cache_dir) / "models" / f"demo-{tag}.pt"
