@@ -11,7 +11,7 @@ name                                   kind       meaning
 ``ray_medray_samples_processed_total`` counter    samples through a Predictor (warm-up not
                                                   counted)
 ``ray_medray_batch_latency_ms``        histogram  backend compute time per batch, ms
-``ray_medray_samples_per_second``      gauge      one actor's rate over the last ~2 s
+``ray_medray_samples_per_second``      gauge      one actor's rate over the last 2 s
 ``ray_medray_errors_total``            counter    failed batches / decode tasks (``stage``)
 =====================================  =========  =========================================
 
@@ -25,6 +25,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -66,8 +67,8 @@ class PredictorMetrics:
     def __init__(self, run: str, backend: str, precision: str, node: str | None = None):
         self.tags = {"run": run, "backend": backend, "precision": precision, "node": node or node_id()}
         self.enabled = _ray_worker()
-        self._window_n = 0
-        self._window_t0 = time.perf_counter()
+        self._window: deque[tuple[float, int]] = deque()  # (end time, samples) of recent batches
+        self._t_ready = time.perf_counter()  # the actor's model is loaded
         if not self.enabled:
             return
         from ray.util.metrics import Counter, Gauge, Histogram
@@ -96,12 +97,17 @@ class PredictorMetrics:
             return
         self.samples.inc(n)
         self.latency.observe(latency_ms)
-        self._window_n += n
+        self.rate.set(self._rate(n))
+
+    def _rate(self, n: int) -> float:
+        """Samples/s over the last RATE_WINDOW_S (since the actor was ready, at first): its
+        real rate, waits for input included."""
         now = time.perf_counter()
-        elapsed = now - self._window_t0
-        if elapsed >= RATE_WINDOW_S:
-            self.rate.set(self._window_n / elapsed)
-            self._window_n, self._window_t0 = 0, now
+        self._window.append((now, n))
+        while self._window and self._window[0][0] < now - RATE_WINDOW_S:
+            self._window.popleft()
+        start = max(now - RATE_WINDOW_S, self._t_ready)
+        return sum(k for _, k in self._window) / max(now - start, 1e-6)
 
     def error(self, stage: str = "predict") -> None:
         if self.enabled:
