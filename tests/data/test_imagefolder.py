@@ -78,6 +78,14 @@ def test_layout_classes_splits_ids_and_targets(kermany):
     assert "2 entries skipped" in t.notes[0] and "notes.txt" in t.notes[0]
 
 
+def test_kaggle_nested_duplicate_is_reported_not_read(kermany):
+    # The Kaggle zip holds chest_xray/{train,test,val} and a copy in chest_xray/chest_xray/.
+    make_kermany(kermany / "chest_xray", {"test": {"NORMAL": 2, "PNEUMONIA": 1}})
+    t = read_imagefolder(kermany)
+    assert sorted(t.samples["split"].unique()) == ["test", "train", "val"] and len(t.samples) == 22
+    assert "chest_xray/ (no <class>/<image> inside)" in t.notes[0]
+
+
 def test_classes_fixed_by_config_reorder_targets_and_reject_unlisted(kermany):
     t = read_imagefolder(kermany, classes=["PNEUMONIA", "NORMAL"])
     assert t.classes == ["PNEUMONIA", "NORMAL"]
