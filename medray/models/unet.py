@@ -167,7 +167,7 @@ def train_demo_unet(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % max(1, steps // 10) == 0:
             log.info("demo UNet: step %d/%d loss %.3f (%.0fs)", step + 1, steps, np.mean(losses[-20:]), time.perf_counter() - t0)
     model.eval()
@@ -247,7 +247,11 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
         sd, meta = read_checkpoint(checkpoint, trust=m.trust_checkpoint)
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
-    net = dict(m.net) if m.net else dict(meta.get("net") or {})
+    # The checkpoint's own record wins: model.net (which conf/model/demo_unet.yaml sets) is
+    # for state dicts saved without medray's meta.
+    net = dict(meta.get("net") or m.net or {})
+    if m.net and meta.get("net") and dict(m.net) != dict(meta["net"]) and m.checkpoint is not None:
+        log.info("model.net=%s differs from the checkpoint's meta %s: using the checkpoint's", dict(m.net), meta["net"])
     if not net:
         raise ConfigError(
             f"model.checkpoint={checkpoint}: no UNet settings in its meta; give them, e.g. "
