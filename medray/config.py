@@ -146,8 +146,8 @@ NNCF_PRESETS = ("performance", "mixed")
 @dataclass
 class OpenVINOConfig(BackendConfig):
     """OpenVINO on the CPU. Inside each actor (one per `streams`), the compiled model runs
-    ``num_requests`` infer requests concurrently through an AsyncInferQueue, each on a
-    slice of the batch; the performance hint decides how many OpenVINO streams (thread
+    ``num_requests`` asynchronous infer requests concurrently, each on a slice of the
+    batch; the performance hint decides how many OpenVINO streams (thread
     groups) serve them.  bf16/fp16 are execution-precision hints on the same fp32 IR;
     int8 is an NNCF-quantized IR.
     """

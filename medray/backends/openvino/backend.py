@@ -13,10 +13,11 @@ read back; a run whose compute layers do not execute the requested precision fai
 
 Concurrency ("streams"): as for every medray backend, ``streams`` is the number of Ray
 actors, each with its share of the node's cores (``threads``).  Inside an actor the
-compiled model serves an :class:`openvino.AsyncInferQueue` of ``backend.num_requests``
-infer requests (default: OpenVINO's optimal number for ``backend.performance_hint``);
-each batch is split into that many slices run concurrently on OpenVINO's own streams,
-then re-assembled in order.  ``performance_hint=latency`` gives one request per batch.
+compiled model has ``backend.num_requests`` infer requests (default: OpenVINO's
+``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` for ``backend.performance_hint``, i.e. one per
+OpenVINO stream); each batch is split into that many slices, started asynchronously
+together so OpenVINO's streams run them in parallel, and re-assembled in order.
+``performance_hint=latency`` gives one stream and one request per batch.
 """
 
 from __future__ import annotations
@@ -260,26 +261,28 @@ class OpenVINOBackend(Backend):
             config["NUM_STREAMS"] = int(cfg.num_streams)
         self._compiled = core.compile_model(core.read_model(spec.artifact["path"]), "CPU", config)
         n = cfg.num_requests or int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue = ov.AsyncInferQueue(self._compiled, n)
-        self._results: list = []
-        self._queue.set_callback(self._done)
+        # One infer request per concurrent slice, started together and waited on in order.
+        # Plain requests, not an AsyncInferQueue: a batch never has more slices than
+        # requests, so nothing needs queueing, and the queue's Python callback deadlocked
+        # on destruction (OpenVINO 2026.4: close() hung in AsyncInferQueue's destructor).
+        self._requests = [self._compiled.create_infer_request() for _ in range(n)]
         self._n_requests = n
-
-    def _done(self, request, index: int) -> None:
-        # Copy: the output tensor's memory belongs to the request, which is reused.
-        self._results[index] = request.get_output_tensor(0).data.copy()
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         k = min(self._n_requests, len(x))
         chunks = np.array_split(x, k) if k > 1 else [x]
-        self._results = [None] * len(chunks)
-        for i, chunk in enumerate(chunks):
-            self._queue.start_async({0: np.ascontiguousarray(chunk)}, userdata=i)
-        self._queue.wait_all()
-        return np.concatenate(self._results) if len(chunks) > 1 else self._results[0]
+        reqs = self._requests[: len(chunks)]
+        for req, chunk in zip(reqs, chunks):
+            req.start_async({0: np.ascontiguousarray(chunk)})
+        outs = []
+        for req in reqs:
+            req.wait()
+            # Copy: the output tensor's memory belongs to the request, which is reused.
+            outs.append(req.get_output_tensor(0).data.copy())
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     def _close(self) -> None:
-        self._queue = None
+        self._requests = []
         self._compiled = None
 
     def _effective_precision(self) -> dict:
