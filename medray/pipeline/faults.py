@@ -237,6 +237,19 @@ def explain_failure(run: str, e: BaseException, max_retries: int) -> BaseExcepti
     return WorkerFault(f"{run}: the pipeline failed: {type(chain[-1]).__name__}: {text}")
 
 
+def release(e: BaseException) -> BaseException:
+    """``e`` without its traceback and chain, after a garbage collection.
+
+    A failed Ray Data execution stays alive (with its actors and their resources) while
+    anything references its frames; the message already carries the cause.
+    """
+    import gc
+
+    e.__traceback__, e.__context__, e.__cause__ = None, None, None
+    gc.collect()
+    return e
+
+
 def raise_first_bad(batch: dict[str, np.ndarray], paths: dict[str, str]) -> None:
     """``data.on_error=fail`` on the driver: the first skipped row of ``batch`` stops the run.
 
