@@ -18,12 +18,14 @@ from typing import Any
 
 import pandas as pd
 
+from medray import io as medray_io
 from medray.backends import get_backend
 from medray.backends.artifacts import ArtifactCache
 from medray.backends.base import ModelSpec, RunSpec
 from medray.config import BackendConfig, ConfigError, EvalConfig, as_dict
 from medray.data.sources import calibration_samples, load_table, select_samples
 from medray.data.table import SampleTable
+from medray.monitoring import step
 from medray.pipeline.resources import PoolPlan, plan_pool
 
 log = logging.getLogger("medray.evaluate")
@@ -84,7 +86,10 @@ def prepare(cfg: EvalConfig) -> tuple[SampleTable, pd.DataFrame, list[RunSpec]]:
         cal_split = resolve_calibration_split(table, cfg.calibration.split, cfg.data.split)
         check_patient_overlap(table, cfg.data.split, cal_split)
     log.info("dataset %s: %d %s samples evaluated (%s)", table.name, len(samples), cfg.data.split, table.task)
-    model = resolve_model(cfg, table)
+    # Long steps outside Ray Data (demo training, exports, calibration, engine builds)
+    # log their start, a heartbeat every 30 s and their end.
+    with step("model: resolve checkpoint (trains the demo model if not cached)", log):
+        model = resolve_model(cfg, table)
     specs = build_specs(cfg, model)
     cache = ArtifactCache(cfg.cache_dir)
     # quantization: options of INT8 builds that are not a backend's own (NNCF max_drop).
@@ -94,7 +99,8 @@ def prepare(cfg: EvalConfig) -> tuple[SampleTable, pd.DataFrame, list[RunSpec]]:
             table, cfg.calibration.split, cfg.calibration.num_samples, cfg.calibration.seed, samples
         )
     for spec in specs:
-        spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
+        with step(f"{spec.name}: prepare artifact", log):
+            spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
     return table, samples, specs
 
 
@@ -158,6 +164,28 @@ def require_cluster_gpu(cfg: EvalConfig) -> None:
         )
 
 
+def wait_for_gpus(n: int, timeout_s: float, poll_s: float = 5.0) -> None:
+    """Ask the autoscaler for ``n`` GPUs (``ray.min_gpus``) and wait until the cluster has
+    them: the actor pool is sized on the GPUs present when a run starts, so GPU worker
+    nodes that scale from zero must be up first."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if have >= n:
+        return
+    request_resources(bundles=[{"GPU": 1}] * n)
+    t0 = time.perf_counter()
+    with step(f"ray.min_gpus={n}: waiting for the autoscaler (cluster has {have:g} GPU)", log):
+        while (have := float(ray.cluster_resources().get("GPU", 0))) < n:
+            if time.perf_counter() - t0 > timeout_s:
+                raise RuntimeError(
+                    f"ray.min_gpus={n}: the cluster has {have:g} GPU(s) after {timeout_s:g}s; check `ray status` "
+                    "(instance limits, spot capacity, max_workers in cluster.yaml) or raise ray.scale_timeout_s"
+                )
+            time.sleep(poll_s)
+
+
 def cluster_shape() -> tuple[float, float, int]:
     """(CPUs, GPUs, cores of the smallest alive node) of the connected cluster."""
     import ray
@@ -189,12 +217,23 @@ def _decode_task_args() -> dict:
     return {"num_cpus": 1}
 
 
+# Longest wait for a pool's actors to start (model load, a TensorRT engine build on a
+# new node) before the run fails with Ray Data's "Timed out while starting actors".
+POOL_START_TIMEOUT_S = 1800
+
+
 def predict(ds, spec: RunSpec, plan: PoolPlan):
     """Append the Predictor actor pool to a dataset of ``sample_id`` + ``image`` rows."""
     import ray.data
 
     from medray.pipeline.predictor import Predictor
 
+    # Dispatch only once every actor of the pool is up: otherwise the first actor ready
+    # (e.g. on the driver's node) takes a short run whole while the others still load,
+    # and streams=N would silently run as one stream.
+    # (The dataset's own context: Ray Data copies the current one when a dataset is made.)
+    if ds.context.wait_for_min_actors_s <= 0:
+        ds.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"spec": spec},
@@ -252,7 +291,16 @@ def read_block_size(n: int, batch_size: int, actors: int) -> int:
 
 def execute(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> list[RunResult]:
     """Run every spec on the connected Ray cluster, one after the other."""
+    import ray
+
+    from medray.pipeline.shipping import ship, should_ship
+
+    if cfg.ray.min_gpus:
+        wait_for_gpus(cfg.ray.min_gpus, cfg.ray.scale_timeout_s)
     cpus, gpus, cores = cluster_shape()
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    shipping = should_ship(cfg.ray.ship_artifacts, cfg.ray.address, alive)
+    shipped: dict = {}
     results = []
     for spec in specs:
         plan = plan_pool(
@@ -265,6 +313,8 @@ def execute(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> lis
             threads=spec.backend.threads,
         )
         spec = replace(spec, threads=plan.threads)
+        if shipping:  # actors on other nodes get the driver's files via the object store
+            spec = ship(spec, shipped)
         block = cfg.data.read_block_size or read_block_size(len(samples), spec.batch_size, plan.actors)
         log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
         df, wall, tput = run_pipeline(spec, samples, plan, block)
@@ -312,14 +362,19 @@ def run(cfg: EvalConfig) -> dict:
 
     from medray.report import build_metrics, write_outputs
 
-    out = Path(cfg.output_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    # output_dir: a local path, or a URI on shared storage (s3://, gs://, file://) — on a
+    # cluster the job's working directory is a temporary folder on the head node.
+    out = medray_io.normalize(cfg.output_dir)
+    medray_io.makedirs(out)
+    log.info("medray %s from %s; outputs to %s", _version(), Path(__file__).resolve().parents[1], out)
     t0 = time.perf_counter()
     preflight(cfg)
     started = False
     try:
         if cfg.device == "cuda" and (cfg.ray.address is not None or ray.is_initialized()):
             started = start_ray(cfg)
+            if cfg.ray.min_gpus:  # GPU workers scaling from zero: wait before checking
+                wait_for_gpus(cfg.ray.min_gpus, cfg.ray.scale_timeout_s)
             require_cluster_gpu(cfg)  # before building any artifact
         table, samples, specs = prepare(cfg)
         started = start_ray(cfg) or started
@@ -333,3 +388,19 @@ def run(cfg: EvalConfig) -> dict:
     write_outputs(out, as_dict(cfg), doc, results, table, samples)
     log.info("outputs in %s", out)
     return doc
+
+def _resume_dir(cfg: EvalConfig, out: str) -> str:
+    if medray_io.is_local(out):
+        return out
+    import hashlib
+
+    return str(Path(cfg.cache_dir) / "resume" / hashlib.sha256(out.encode()).hexdigest()[:16])
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("medray")
+    except Exception:
+        return "?"

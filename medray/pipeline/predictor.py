@@ -14,13 +14,19 @@ from medray.backends import get_backend
 from medray.backends.base import RunSpec
 from medray.data.preprocess import decode_gray, to_model_input
 from medray.data.tta import views as tta_views
+from medray.monitoring import PredictorMetrics, count_error, step
 
 log = logging.getLogger("medray.predictor")
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """CPU task: file paths → uint8 grey images at the model's input size."""
-    images = np.stack([decode_gray(str(p), size) for p in batch["path"]])
+    try:
+        # s3://, gs://... paths (data.root on shared storage) are read through pyarrow.fs.
+        images = np.stack([decode_gray(str(p), size) for p in batch["path"]])
+    except Exception:
+        count_error("decode")
+        raise
     return {"sample_id": batch["sample_id"], "image": images}
 
 
@@ -39,8 +45,15 @@ class Predictor:
 
     def __init__(self, spec: RunSpec):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        from medray.pipeline.shipping import materialise
+
+        # Checkpoint / artifact built on the driver: use it in place if this node has it
+        # (same node, shared mount), else fetch it from the object store (sha256-checked).
+        spec = materialise(spec)
         self.spec = spec
-        self.backend = get_backend(spec.backend.name)(spec).load()
+        # A heartbeat in the actor's log while it loads (a TensorRT engine build takes minutes).
+        with step(f"{spec.name}: load the {spec.backend.name} session", log):
+            self.backend = get_backend(spec.backend.name)(spec).load()
         self.uid = uuid.uuid4().hex[:8]
         self.pid = os.getpid()
         try:
@@ -50,8 +63,17 @@ class Predictor:
         except Exception:  # outside Ray (unit tests)
             self.node = "local"
         self.n_batches = 0
+        # Live metrics (Prometheus / Ray dashboard), tagged run/backend/precision/node.
+        self.metrics = PredictorMetrics(spec.name, spec.backend.name, spec.precision, self.node)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._predict(batch)
+        except Exception:
+            self.metrics.error("predict")  # counted, then raised: nothing is dropped
+            raise
+
+    def _predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t_start = time.time()  # wall clock: comparable across actors for throughput
         model = self.spec.model
         # One view without TTA; tta=tencrop: ten crops, each a backend call of the same
@@ -63,6 +85,7 @@ class Predictor:
             batch_ms += self.backend.last_ms
             probs = probs + probabilities(logits, model.task)
         n = len(batch["image"])
+        self.metrics.batch(n, batch_ms)
         probs = (probs / len(views)).astype(np.float32)
         uid = f"{self.uid}:{self.n_batches}"
         # The precision each session really executes travels back once per actor, on
