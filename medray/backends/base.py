@@ -27,6 +27,27 @@ class BackendError(RuntimeError):
     """A backend could not give exactly what the config asked for."""
 
 
+# How the libraries say "out of memory": torch raises torch.OutOfMemoryError; ONNX Runtime,
+# OpenVINO and TensorRT raise RuntimeErrors whose text is all there is to go by.
+_OOM_TEXT = (
+    "out of memory",
+    "failed to allocate memory",
+    "bad_alloc",
+    "cuda_error_out_of_memory",
+    "cudaerrormemoryallocation",
+    "could not be allocated",
+    "out of gpu resources",
+)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for a memory allocation failure of any backend (host or device)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e).lower()
+    return any(t in text for t in _OOM_TEXT)
+
+
 @dataclass
 class ModelSpec:
     """What an actor needs to rebuild the model: no Hydra objects, absolute paths."""
@@ -96,13 +117,14 @@ class Backend(ABC):
         """Load the session, record the precision really executed, run warm-up batches."""
         spec = self.spec
         t0 = time.perf_counter()
+        self._check_checkpoint()
         self._load()
         self.effective_precision = self._effective_precision()
         log.info("%s: loaded in %.2fs (threads=%d)", spec.name, time.perf_counter() - t0, spec.threads)
         if spec.warmup_batches:
             x = np.random.default_rng(0).standard_normal((spec.batch_size, *spec.model.input_shape), dtype=np.float32)
             for _ in range(spec.warmup_batches):
-                self._infer(x)
+                self._guarded_infer(x)
         self._loaded = True
         return self
 
@@ -120,12 +142,48 @@ class Backend(ABC):
                 f"(N, {', '.join(map(str, self.spec.model.input_shape))})"
             )
         t0 = time.perf_counter()
-        out = self._infer(x)
+        out = self._guarded_infer(x)
         self.last_ms = (time.perf_counter() - t0) * 1e3
         out = np.asarray(out, dtype=np.float32)
         if out.shape[0] != x.shape[0]:
             raise BackendError(f"{self.spec.name}: {out.shape[0]} outputs for a batch of {x.shape[0]}")
         return out
+
+    def _check_checkpoint(self) -> None:
+        """A backend that reads the checkpoint itself (no built artifact) reads the very
+        file the driver checked: baseline and candidate must run the same weights."""
+        m = self.spec.model
+        if self.spec.artifact is not None or not m.checkpoint or not m.checkpoint_sha256:
+            return
+        from medray.models.factory import file_sha256
+
+        if file_sha256(m.checkpoint) != m.checkpoint_sha256:
+            raise BackendError(
+                f"{self.spec.name}: model.checkpoint={m.checkpoint} changed since the run was prepared "
+                f"(sha256 {m.checkpoint_sha256[:12]}… expected); do not overwrite a checkpoint during a run"
+            )
+
+    def _guarded_infer(self, x: np.ndarray) -> np.ndarray:
+        """``_infer`` with out-of-memory errors turned into a BackendError that says what to change."""
+        try:
+            oom_at = self.spec.options.get("oom_at_batch_size")  # test hook: a device too small
+            if oom_at is not None and len(x) >= int(oom_at):
+                raise MemoryError(f"injected: cannot allocate the activations of a batch of {len(x)}")
+            return self._infer(x)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            spec = self.spec
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            fix = (
+                f"lower batch_size (e.g. batch_size={spec.batch_size // 2})"
+                if spec.batch_size > 1
+                else "the model does not fit even at batch_size=1: use a device with more memory"
+            )
+            raise BackendError(
+                f"{spec.name}: out of memory on {spec.device} at batch_size={spec.batch_size} "
+                f"(streams={spec.streams}, {type(e).__name__}: {first}); {fix}, or fewer streams per device"
+            ) from e
 
     def close(self) -> None:
         if self._loaded:

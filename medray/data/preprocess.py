@@ -69,6 +69,8 @@ def _decode_full_or_draft(src, size: int, draft: bool) -> np.ndarray:
             from medray.data.dicom import decode_dicom_gray
 
             return decode_dicom_gray(src)
+        if str(src).lower().endswith(".npy"):
+            return array_to_gray_u8(_load_npy(src))
     elif isinstance(src, bytes):
         if not src:
             raise DecodeError("empty file (0 bytes)")
@@ -96,7 +98,49 @@ def _decode_full_or_draft(src, size: int, draft: bool) -> np.ndarray:
         raise DecodeError(f"corrupt or truncated image ({str(e) or type(e).__name__})") from e
 
 
+def check_pixels(a: np.ndarray, channels: tuple[int, ...] | None = None, what: str = "pixels") -> np.ndarray:
+    """Reject arrays a model must never see: NaN/inf values, an unexpected channel count.
+
+    ``channels``: allowed sizes of the last axis of a 3-D array (None = not checked).
+    Raises DecodeError (the per-sample error that data.on_error fails on or skips).
+    """
+    if a.size == 0:
+        raise DecodeError(f"no {what} (array of shape {a.shape})")
+    if channels is not None and a.ndim == 3 and a.shape[-1] not in channels:
+        raise DecodeError(f"wrong channel count: {a.shape[-1]} (expected {' or '.join(map(str, channels))})")
+    if a.dtype.kind in "fc":
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise DecodeError(f"{bad} NaN/inf {what} of {a.size}")
+    return a
+
+
+def _load_npy(path) -> np.ndarray:
+    """A 2-D image saved with ``np.save`` (pickled object arrays are refused: data, not code)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise DecodeError(f"not a plain numeric .npy array ({e})") from e
+
+
+def array_to_gray_u8(a: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 1|3|4)`` array → uint8 grey; non-uint8 scaled by its range."""
+    check_pixels(a, channels=(1, 3, 4))
+    if a.ndim == 3:
+        a = a[..., 0] if a.shape[-1] == 1 else a[..., :3].astype(np.float32).mean(axis=-1)
+    if a.ndim != 2:
+        raise DecodeError(f"expected a 2-D image, got an array of shape {a.shape}")
+    if a.dtype == np.uint8:
+        return a
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return a.round().astype(np.uint8)
+
+
 def _to_gray_u8(im) -> np.ndarray:
+    if im.mode == "F":  # 32-bit float images can carry NaN/inf, which PIL's convert hides
+        check_pixels(np.asarray(im, dtype=np.float32))
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im, dtype=np.float32)
         lo, hi = float(a.min()), float(a.max())

@@ -19,7 +19,9 @@ class SampleTable:
     ``samples`` columns: ``sample_id`` (str, unique, derived from the file path — never
     from patient tags), ``path`` (absolute path or URI), ``split`` (train / calibration /
     test / val ...), ``target``: an int class index (multiclass) or a tuple of 0/1 per
-    label (multilabel).  Extra source-specific columns may follow.
+    label (multilabel).  Extra source-specific columns may follow; an optional ``problem``
+    column says why a row cannot be evaluated (e.g. an unknown label; "" = fine), which
+    ``data.on_error`` turns into a failure or a skipped sample.
     """
 
     name: str
@@ -58,9 +60,21 @@ def read_manifest_dir(root: str | Path) -> SampleTable:
     manifest = io.BytesIO(medray_io.read_bytes(medray_io.join(root, "manifest.csv")))
     df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     names = df["labels"].str.split("|")
+    # A row whose labels are not in the class list is marked, not fatal here: the run
+    # fails on it or skips it (data.on_error), never silently drops the unknown label.
+    problems = []
+    for n in names:
+        unknown = [x for x in n if x and x not in index]
+        if unknown:
+            problems.append(f"label {'|'.join(unknown)!r} not in the class list {classes}")
+        elif meta["task"] != "multilabel" and (len(n) != 1 or not n[0]):
+            problems.append(f"expected exactly one label, got {'|'.join(n)!r}")
+        else:
+            problems.append("")
     if meta["task"] == "multilabel":
         df["target"] = [tuple(int(c in set(n)) for c in classes) for n in names]
     else:
-        df["target"] = [index[n[0]] for n in names]
+        df["target"] = [index.get(n[0], -1) if len(n) == 1 else -1 for n in names]
+    df["problem"] = problems
     df["path"] = [medray_io.join(root, p) for p in df["path"]]
     return SampleTable(meta["name"], meta["task"], classes, str(root), df.drop(columns=["labels"]))

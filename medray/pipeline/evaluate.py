@@ -26,7 +26,19 @@ from medray.config import BackendConfig, ConfigError, EvalConfig, as_dict
 from medray.data.sources import calibration_samples, load_table, select_samples
 from medray.data.table import SampleTable
 from medray.monitoring import step
+from medray.pipeline.faults import (
+    BadSampleError,
+    apply_policy,
+    check_same_skipped,
+    dedupe_retried,
+    explain_failure,
+    raise_first_bad,
+    release,
+    runnable,
+    split_skipped,
+)
 from medray.pipeline.resources import PoolPlan, plan_pool
+from medray.pipeline.resume import ResumeState
 
 log = logging.getLogger("medray.evaluate")
 
@@ -41,6 +53,12 @@ class RunResult:
     throughput_sps: float
     pool: PoolPlan
     effective_precision: dict
+    # Samples that could not be read (data.on_error=skip): sample_id, reason.
+    skipped: pd.DataFrame | None = None
+    # {"from_previous": n, "processed": n} when resume=true found finished samples.
+    resumed: dict | None = None
+    # Second copies of samples a retried batch delivered again (identical, dropped).
+    n_deduplicated: int = 0
 
 
 # --------------------------------------------------------------------------- driver prep
@@ -85,6 +103,8 @@ def prepare(cfg: EvalConfig) -> tuple[SampleTable, pd.DataFrame, list[RunSpec]]:
 
         cal_split = resolve_calibration_split(table, cfg.calibration.split, cfg.data.split)
         check_patient_overlap(table, cfg.data.split, cal_split)
+    # Missing files / unknown labels: fail now (data.on_error=fail) or mark them skipped.
+    samples = apply_policy(samples, cfg.data.on_error)
     log.info("dataset %s: %d %s samples evaluated (%s)", table.name, len(samples), cfg.data.split, table.task)
     # Long steps outside Ray Data (demo training, exports, calibration, engine builds)
     # log their start, a heartbeat every 30 s and their end.
@@ -136,6 +156,20 @@ def local_gpu_count() -> int:
 
 def preflight(cfg: EvalConfig) -> None:
     """Fail before any work when the embedded Ray could not give the device asked for."""
+    if cfg.ray.address is None and cfg.ray.num_gpus:
+        have = local_gpu_count()
+        if cfg.ray.num_gpus > have:
+            raise ConfigError(
+                f"ray.num_gpus={cfg.ray.num_gpus}: this machine shows {have} GPU(s) to CUDA, and an embedded Ray "
+                f"must not advertise GPUs it does not have; use ray.num_gpus<={have} or null"
+            )
+    if cfg.ray.address is None and cfg.ray.num_cpus is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if cfg.ray.num_cpus > cores:
+            raise ConfigError(
+                f"ray.num_cpus={cfg.ray.num_cpus}: this machine has {cores} CPU cores; advertising more would "
+                f"oversubscribe them (threads are sized from Ray's count); use ray.num_cpus<={cores} or null"
+            )
     if cfg.device == "cuda" and cfg.ray.address is None:
         gpus = cfg.ray.num_gpus if cfg.ray.num_gpus is not None else local_gpu_count()
         if gpus < 1:
@@ -195,7 +229,7 @@ def cluster_shape() -> tuple[float, float, int]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0)), max(1, min(cores or [os.cpu_count() or 1]))
 
 
-def read_dataset(samples: pd.DataFrame, size: int, block_size: int):
+def read_dataset(samples: pd.DataFrame, size: int, block_size: int, on_error: str = "fail"):
     """Ray Dataset of decoded uint8 images: one decode task per block of samples."""
     import ray.data
 
@@ -204,7 +238,7 @@ def read_dataset(samples: pd.DataFrame, size: int, block_size: int):
     blocks = [samples.iloc[i : i + block_size][["sample_id", "path"]] for i in range(0, len(samples), block_size)]
     return ray.data.from_pandas(blocks).map_batches(
         decode_batch,
-        fn_kwargs={"size": size},
+        fn_kwargs={"size": size, "on_error": on_error},
         batch_format="numpy",
         batch_size=None,
         # A ray_remote_args_fn keeps Ray Data from fusing the decode into the actor: fused,
@@ -222,8 +256,12 @@ def _decode_task_args() -> dict:
 POOL_START_TIMEOUT_S = 1800
 
 
-def predict(ds, spec: RunSpec, plan: PoolPlan):
-    """Append the Predictor actor pool to a dataset of ``sample_id`` + ``image`` rows."""
+def predict(ds, spec: RunSpec, plan: PoolPlan, max_retries: int = 3):
+    """Append the Predictor actor pool to a dataset of ``sample_id`` + ``image`` rows.
+
+    A dead actor is restarted and its batch retried at most ``max_retries`` times (Ray
+    Data's default is forever: a backend that crashes every time would hang the run).
+    """
     import ray.data
 
     from medray.pipeline.predictor import Predictor
@@ -242,19 +280,40 @@ def predict(ds, spec: RunSpec, plan: PoolPlan):
         batch_format="numpy",
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus or None,
+        max_restarts=max_retries,
+        max_task_retries=max_retries,
+        **_actor_placement(),
     )
 
 
-def collect(ds) -> tuple[pd.DataFrame, float, float]:
+def _actor_placement() -> dict:
+    """Inside a placement group (a sweep trial reserves one for its actors), the pool
+    goes into it: Ray Data's default SPREAD would start the actors outside, on CPUs the
+    group does not hold.  Decode tasks stay outside (Ray Data's own tasks refuse to
+    inherit a group), on the CPUs the sweep leaves free for them."""
+    import ray
+
+    pg = ray.util.get_current_placement_group()
+    if pg is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)}
+
+
+def collect(ds, on_batch=None) -> tuple[pd.DataFrame, float, float]:
     """Stream the results to the driver.
 
     Returns the per-sample rows, the wall time and the steady-state throughput
-    (:func:`steady_throughput`).
+    (:func:`steady_throughput`).  ``on_batch(batch)`` sees every batch as it arrives
+    (the resume parts writer).
     """
     parts = []
     t0 = time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         batch = dict(batch)
+        if on_batch is not None:
+            on_batch(batch)
         batch["probs"] = list(batch["probs"])
         parts.append(pd.DataFrame(batch))
     wall = time.perf_counter() - t0
@@ -289,8 +348,22 @@ def read_block_size(n: int, batch_size: int, actors: int) -> int:
     return batch_size * max(1, min(max(1, 64 // batch_size), per_actor))
 
 
-def execute(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> list[RunResult]:
-    """Run every spec on the connected Ray cluster, one after the other."""
+def execute(
+    cfg: EvalConfig,
+    samples: pd.DataFrame,
+    specs: list[RunSpec],
+    state: ResumeState | None = None,
+    pool: PoolPlan | None = None,
+    progress=None,
+) -> list[RunResult]:
+    """Run every spec on the connected Ray cluster, one after the other.
+
+    Rows of ``samples`` with a ``problem`` (:func:`~medray.pipeline.faults.apply_policy`)
+    are skipped without decoding.  With ``state``, every received batch is written as a
+    resume part and samples already in parts are not evaluated again.  ``pool`` replaces
+    the pool sized on the whole cluster (a sweep trial sizes it to its placement group);
+    ``progress(batch)`` sees every received batch (a sweep trial's intermediate reports).
+    """
     import ray
 
     from medray.pipeline.shipping import ship, should_ship
@@ -298,12 +371,13 @@ def execute(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> lis
     if cfg.ray.min_gpus:
         wait_for_gpus(cfg.ray.min_gpus, cfg.ray.scale_timeout_s)
     cpus, gpus, cores = cluster_shape()
+    to_run, pre_skipped = runnable(samples)
     alive = sum(1 for n in ray.nodes() if n.get("Alive"))
     shipping = should_ship(cfg.ray.ship_artifacts, cfg.ray.address, alive)
     shipped: dict = {}
     results = []
     for spec in specs:
-        plan = plan_pool(
+        plan = pool if pool is not None else plan_pool(
             device=spec.device,
             streams=spec.streams,
             cluster_cpus=cpus,
@@ -315,14 +389,63 @@ def execute(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> lis
         spec = replace(spec, threads=plan.threads)
         if shipping:  # actors on other nodes get the driver's files via the object store
             spec = ship(spec, shipped)
-        block = cfg.data.read_block_size or read_block_size(len(samples), spec.batch_size, plan.actors)
+        done = state.load(spec.name) if state is not None else pd.DataFrame()
+        todo = to_run[~to_run["sample_id"].isin(set(done["sample_id"]))] if len(done) else to_run
+        block = cfg.data.read_block_size or read_block_size(len(todo), spec.batch_size, plan.actors)
         log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
-        df, wall, tput = run_pipeline(spec, samples, plan, block)
-        check_complete(spec.name, samples["sample_id"], df)
+        new, wall, tput = pd.DataFrame(), 0.0, 0.0
+        if len(todo):
+            # Decode tasks always mark bad rows; data.on_error=fail is applied here, on the
+            # driver, where the error keeps its path and reason (see raise_first_bad).
+            ds = predict(read_dataset(todo, spec.model.input_size, block, "skip"), spec, plan, cfg.ray.max_retries)
+            on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None, progress)
+            failure = None
+            try:
+                new, wall, tput = collect(ds, on_batch=on_batch)
+            except BadSampleError as e:
+                failure = e
+            except Exception as e:  # Ray's wrappers → the cause (OOM, dying worker, backend error)
+                failure = explain_failure(spec.name, e, cfg.ray.max_retries)
+            if failure is not None:
+                # The failed execution's traceback holds its executor, whose actors keep their
+                # CPUs/GPUs until collected: drop it so the next run (Tune, tests) gets them.
+                ds = on_batch = None
+                raise release(failure)
+        if len(done):
+            log.info("%s: %d samples from the interrupted run, %d evaluated now", spec.name, len(done), len(new))
+        df = pd.concat([d for d in (done, new) if len(d)], ignore_index=True) if len(done) else new
+        df, n_dup = dedupe_retried(spec.name, df)
+        check_complete(spec.name, to_run["sample_id"], df)
         eff = [json.loads(s) for s in df.pop("effective_precision") if s]
-        results.append(RunResult(spec, df, wall, tput, plan, summarise_effective(eff)))
-        log.info("%s: %d samples in %.1fs (%.1f samples/s steady)", spec.name, len(df), wall, tput)
+        df, skipped = split_skipped(df)
+        # Sorted by id: the predictions file of a resumed or retried run equals a clean one's.
+        df = df.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        skipped = pd.concat([pre_skipped, skipped], ignore_index=True).sort_values("sample_id").reset_index(drop=True)
+        # Throughput of the samples predicted by this process (skipped rows are not work).
+        fresh = split_skipped(new)[0] if len(new) else df
+        tput = steady_throughput(fresh, wall or 1.0) if len(fresh) else tput
+        resumed = {"from_previous": int(len(done)), "processed": int(len(new))} if len(done) else None
+        results.append(RunResult(spec, df, wall, tput, plan, summarise_effective(eff), skipped, resumed, n_dup))
+        log.info(
+            "%s: %d samples in %.1fs (%.1f samples/s steady), %d skipped", spec.name, len(df), wall, tput, len(skipped)
+        )
+    check_same_skipped({r.spec.name: r.skipped for r in results})
     return results
+
+
+def _batch_hook(on_error: str, todo: pd.DataFrame, writer, progress=None):
+    """What the driver does with each received batch: the fail policy, then the resume part."""
+    paths = dict(zip(todo["sample_id"].astype(str), todo["path"].astype(str)))
+
+    def hook(batch):
+        if on_error == "fail":
+            raise_first_bad(batch, paths)
+        if writer is not None:
+            writer(batch)
+        if progress is not None:
+            progress(batch)
+
+    return hook
 
 
 def check_complete(name: str, expected: pd.Series, df: pd.DataFrame) -> None:
@@ -377,8 +500,11 @@ def run(cfg: EvalConfig) -> dict:
                 wait_for_gpus(cfg.ray.min_gpus, cfg.ray.scale_timeout_s)
             require_cluster_gpu(cfg)  # before building any artifact
         table, samples, specs = prepare(cfg)
+        # Resume parts are local files: beside the outputs, or on the driver's disk when
+        # the outputs go to a remote URI (resume then works from the same head node).
+        state = ResumeState.open(_resume_dir(cfg, out), cfg, samples, specs)  # refuses a different config before Ray
         started = start_ray(cfg) or started
-        results = execute(cfg, samples, specs)
+        results = execute(cfg, samples, specs, state)
     finally:
         if started:
             ray.shutdown()
@@ -388,6 +514,7 @@ def run(cfg: EvalConfig) -> dict:
     write_outputs(out, as_dict(cfg), doc, results, table, samples)
     log.info("outputs in %s", out)
     return doc
+
 
 def _resume_dir(cfg: EvalConfig, out: str) -> str:
     if medray_io.is_local(out):

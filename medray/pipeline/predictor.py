@@ -15,19 +15,31 @@ from medray.backends.base import RunSpec
 from medray.data.preprocess import decode_gray, to_model_input
 from medray.data.tta import views as tta_views
 from medray.monitoring import PredictorMetrics, count_error, step
+from medray.pipeline.faults import SAMPLE_ERRORS, BadSampleError, describe, inject_faults
 
 log = logging.getLogger("medray.predictor")
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """CPU task: file paths → uint8 grey images at the model's input size."""
-    try:
-        # s3://, gs://... paths (data.root on shared storage) are read through pyarrow.fs.
-        images = np.stack([decode_gray(str(p), size) for p in batch["path"]])
-    except Exception:
-        count_error("decode")
-        raise
-    return {"sample_id": batch["sample_id"], "image": images}
+def decode_batch(batch: dict[str, np.ndarray], size: int, on_error: str = "fail") -> dict[str, np.ndarray]:
+    """CPU task: file paths → uint8 grey images at the model's input size.
+
+    A file that cannot be decoded stops the run (``on_error="fail"``: BadSampleError with
+    its path and reason) or becomes a row with a ``skipped_reason`` and a blank image
+    (``"skip"``) that the Predictor passes through without inference.
+    """
+    paths = batch["path"]
+    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    reasons = np.full(len(paths), "", dtype=object)
+    for i, p in enumerate(paths):
+        try:
+            # s3://, gs://... paths (data.root on shared storage) are read through pyarrow.fs.
+            images[i] = decode_gray(str(p), size)
+        except SAMPLE_ERRORS as e:
+            count_error("decode")
+            if on_error != "skip":
+                raise BadSampleError(str(p), describe(e)) from e
+            reasons[i] = describe(e)
+    return {"sample_id": batch["sample_id"], "image": images, "skipped_reason": reasons}
 
 
 def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
@@ -68,10 +80,47 @@ class Predictor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            return self._predict(batch)
+            return self._call(batch)
         except Exception:
             self.metrics.error("predict")  # counted, then raised: nothing is dropped
             raise
+
+    def _call(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.spec.options:
+            inject_faults(self.spec.options, self.n_batches)
+        reasons = batch.pop("skipped_reason", None)
+        if reasons is not None and any(reasons):
+            return self._skip_rows(batch, reasons)
+        out = self._predict(batch)
+        # Every block has the same columns (Ray Data unifies block schemas).
+        out["skipped_reason"] = np.full(len(out["sample_id"]), "", dtype=object)
+        return out
+
+    def _skip_rows(self, batch: dict[str, np.ndarray], reasons: np.ndarray) -> dict[str, np.ndarray]:
+        """Predict the good rows; pass skipped rows through with blank outputs.
+
+        A batch with no good row still runs one (blank) image so that its columns have
+        the usual shapes; that output is not a prediction and is blanked too.
+        """
+        ok = np.array([not r for r in reasons], dtype=bool)
+        n = len(ok)
+        sub = {k: (v[ok] if ok.any() else v[:1]) for k, v in batch.items()}
+        out = self._predict(sub)
+        full: dict[str, np.ndarray] = {}
+        for k, v in out.items():
+            kind = v.dtype.kind
+            fill, dtype = (np.nan, v.dtype) if kind == "f" else (0, v.dtype) if kind in "iub" else ("", object)
+            arr = np.full((n, *v.shape[1:]), fill, dtype=dtype)
+            if ok.any():
+                arr[ok] = v
+            full[k] = arr
+        if "batch_size" in full:
+            full["batch_size"][~ok] = 0
+        if not ok.any() and "effective_precision" in out:  # keep the actor's one-time report
+            full["effective_precision"][0] = out["effective_precision"][0]
+        full["sample_id"] = batch["sample_id"]
+        full["skipped_reason"] = np.asarray(reasons, dtype=object)
+        return full
 
     def _predict(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t_start = time.time()  # wall clock: comparable across actors for throughput
