@@ -90,7 +90,8 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict
     m = spec.model
     parts = {
         "from": fp32["key"],
-        "quantize": "static-qdq-s8s8",
+        "quantize": "static-qdq",
+        "activation": cfg.quant_activation,
         "method": cfg.quant_method,
         "per_channel": cfg.quant_per_channel,
         "calibration": calibration_ids(calib_df) if calib_df is not None else None,
@@ -102,7 +103,10 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict
 
     def build(path):
         calib = load_calibration(calib_df, m.input_size, m.in_chans)
-        quantize_int8(fp32["path"], path, calib, method=cfg.quant_method, per_channel=cfg.quant_per_channel)
+        quantize_int8(
+            fp32["path"], path, calib, method=cfg.quant_method, per_channel=cfg.quant_per_channel,
+            activation=cfg.quant_activation,
+        )
 
     art = cache.get_or_build("onnx-int8", parts, "model.onnx", build).to_dict()
     return {**art, "reference": _reference(fp32), "calibration": parts["calibration"]}

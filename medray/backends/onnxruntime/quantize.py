@@ -93,8 +93,9 @@ def quantize_int8(
     calib: CalibrationSet,
     method: str = "minmax",
     per_channel: bool = True,
+    activation: str = "uint8",
 ) -> dict:
-    """Static QDQ INT8 (signed 8-bit activations and weights) calibrated on ``calib``.
+    """Static QDQ INT8 (int8 weights, ``activation`` uint8 or int8) calibrated on ``calib``.
 
     The fp32 model is first pre-processed (shape inference + ORT's graph optimisations:
     BatchNorm folded into Conv, ...) as ORT's quantization guide asks, so the Q/DQ
@@ -120,10 +121,10 @@ def quantize_int8(
             str(dst),
             reader,
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             calibrate_method=getattr(CalibrationMethod, QUANT_METHODS[method]),
             extra_options={"CalibStridedMinMax": stride},
         )
-    return {"format": "QDQ", "activations": "int8", "weights": "int8", "per_channel": per_channel, "method": method}
+    return {"format": "QDQ", "activations": activation, "weights": "int8", "per_channel": per_channel, "method": method}
