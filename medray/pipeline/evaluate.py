@@ -293,7 +293,7 @@ def _actor_placement() -> dict:
     inherit a group), on the CPUs the sweep leaves free for them."""
     import ray
 
-    pg = ray.util.get_current_placement_group()
+    pg = ray.util.get_current_placement_group() if ray.is_initialized() else None
     if pg is None:
         return {}
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
