@@ -1,0 +1,342 @@
+"""A two-node Ray cluster on one machine: `ray start --head` + `ray start --address=...`
+as separate processes (token authentication on, loopback only), `jobs/evaluate.py`
+submitted through the jobs API with `ray job submit --working-dir`, actors on both nodes,
+custom metrics scraped from the head's Prometheus endpoint while the job runs, and metrics
+equal to a single-node run on the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import REPO, TINY_ARCH
+
+pytestmark = pytest.mark.slow
+
+# 127.0.0.2 is loopback too, but Ray does not swap it for the machine's network address
+# (as it does 127.0.0.1): all the cluster's traffic stays on this machine's loopback.
+NODE_IP = "127.0.0.2"
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+N_TEST = 120
+DATA = {"n_train": 8, "n_calibration": 8, "n_test": N_TEST, "image_size": 64}
+MODEL_SIZE = 96
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ports(worker_base: int) -> list[str]:
+    """Every port a node opens, chosen here: two raylets on one machine must not collide."""
+    args = []
+    for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port"):
+        args += [flag, str(_free_port())]
+    return args + ["--min-worker-port", str(worker_base), "--max-worker-port", str(worker_base + 199)]
+
+
+def _worker_port_base() -> int:
+    """Start of two free 200-port ranges for the nodes' worker processes."""
+    for base in range(21000, 60000, 400):
+        ports = (base, base + 199, base + 200, base + 399)
+        try:
+            for p in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.2", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+class Cluster:
+    """Head and worker `ray start --block` processes; terminating them stops their nodes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.token = secrets.token_hex(32)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        self.env.update(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            RAY_USAGE_STATS_ENABLED="0",
+            # export custom metrics every 0.5 s (default 10 s) so a short job shows them
+            RAY_metrics_report_interval_ms="500",
+            # stop at once on SIGTERM (no 30 s drain: nothing runs on the nodes any more)
+            RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        )
+        self.gcs, self.dash = _free_port(), _free_port()
+        self.metrics = {"head": _free_port(), "worker": _free_port()}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dash}"
+
+    def _start(self, name: str, args: list[str]) -> None:
+        self.logs[name] = self.root / f"{name}.log"
+        self.procs[name] = subprocess.Popen(
+            [*RAY, "start", "--block", f"--node-ip-address={NODE_IP}", "--num-cpus=2", "--num-gpus=0",
+             f"--metrics-export-port={self.metrics[name]}", f"--temp-dir={self.root / name}",
+             "--disable-usage-stats", *args],
+            env=self.env, stdout=open(self.logs[name], "w"), stderr=subprocess.STDOUT,
+        )
+
+    def start(self, timeout: float = 120.0) -> None:
+        base = _worker_port_base()
+        self._start("head", ["--head", f"--port={self.gcs}", "--include-dashboard=true",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash}",
+                             "--ray-client-server-port", str(_free_port()), *_node_ports(base)])
+        self._wait(lambda: self._http_status("/api/version") in (200, 401), "the head's dashboard", timeout)
+        self._start("worker", [f"--address={NODE_IP}:{self.gcs}", *_node_ports(base + 200)])
+        self._wait(lambda: len(self.alive_nodes()) == 2, "two alive nodes", timeout)
+
+    def _wait(self, ready, what: str, timeout: float) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"ray start ({name}) exited {p.returncode}:\n{self.tail(name)}")
+            try:
+                if ready():
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"no {what} after {timeout:g}s:\n" + "\n".join(self.tail(n) for n in self.procs))
+
+    def tail(self, name: str, n: int = 30) -> str:
+        return "\n".join(self.logs[name].read_text(errors="replace").splitlines()[-n:])
+
+    def _http_status(self, path: str, token: str | None = None) -> int:
+        req = urllib.request.Request(self.dashboard + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def get(self, path: str):
+        req = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def alive_nodes(self) -> list[str]:
+        nodes = self.get("/api/v0/nodes?limit=100")["data"]["result"]["result"]
+        return sorted(n["node_id"] for n in nodes if n["state"] == "ALIVE")
+
+    def stop(self) -> None:
+        for name in ("worker", "head"):  # the head last
+            p = self.procs.get(name)
+            if p is None or p.poll() is not None:
+                continue
+            p.terminate()  # `ray start --block` stops its node's processes on SIGTERM
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("aiohttp", reason="ray job submission needs the dashboard: pip install 'ray[default]'")
+    # Unix socket paths must stay short: not under pytest's deep tmp_path.
+    root = Path(tempfile.mkdtemp(prefix="mr7-", dir="/tmp"))
+    c = Cluster(root)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-weight 2-class resnet10t at MODEL_SIZE px: big enough that the actors,
+    not the decode tasks, are the bottleneck, so work queues up and both actors get some
+    (Ray Data hands an input-starved pool's blocks to whichever actor is idle first)."""
+    import torch
+
+    from medray.models.factory import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("mn-ckpt") / "tiny96.pt"
+    meta = {"arch": TINY_ARCH, "num_classes": 2, "in_chans": 3, "input_size": MODEL_SIZE}
+    return save_checkpoint(build_model(TINY_ARCH, 2, 3), path, meta)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny synthetic set with one unreadable test image (counted as a decode error)."""
+    from medray.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic("binary", tmp_path_factory.mktemp("mn") / "data", **DATA)
+    bad = sorted((root / "test").glob("*.png"))[7]
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    return root, bad.stem
+
+
+def _overrides(data_root: Path, checkpoint: Path, out: str, cache: Path, streams: int) -> list[str]:
+    return [
+        # one run (no baseline) keeps the test short; ONNX Runtime actors also exercise the
+        # artifact shipped from the driver
+        "backend=onnxruntime", "baseline=null", "data=synthetic", f"data.root=file://{data_root}",
+        *[f"data.{k}={v}" for k, v in DATA.items()], "data.on_error=skip",
+        "model.name=tiny", f"model.arch={TINY_ARCH}", f"model.checkpoint={checkpoint}",
+        f"model.input_size={MODEL_SIZE}", "batch_size=8", f"streams={streams}", "warmup_batches=1",
+        f"output_dir={out}", f"cache_dir={cache}",
+    ]
+
+
+def _scrape(port: int) -> list[tuple[str, dict, float]]:
+    """medray's samples from one node's Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("ray_medray_"):
+            continue
+        m = re.match(r"(\w+)\{(.*)\}\s+(\S+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def test_evaluate_job_on_two_nodes(cluster, dataset, checkpoint, tmp_path):
+    data_root, bad_id = dataset
+    nodes = cluster.alive_nodes()
+    head_node = cluster.get("/api/v0/nodes?limit=100")["data"]["result"]["result"]
+    head_node = next(n["node_id"] for n in head_node if n["is_head_node"])
+    # the jobs API refuses a client without the token
+    assert cluster._http_status("/api/jobs/") == 401
+    assert cluster._http_status("/api/jobs/", token="wrong") == 403
+
+    out = tmp_path / "out"
+    job_log = tmp_path / "job.log"
+    cmd = [
+        *RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
+        "--runtime-env-json", json.dumps({"excludes": [".git", ".pytest_cache", "outputs", "multirun", "**/__pycache__"]}),
+        "--", "python", "jobs/evaluate.py", "ray=cluster",
+        *_overrides(data_root, checkpoint, f"file://{out}", tmp_path / "cache", streams=2),
+    ]
+    client_env = {**cluster.env, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    t0 = time.monotonic()
+    job = subprocess.Popen(cmd, env=client_env, cwd=REPO, stdout=open(job_log, "w"), stderr=subprocess.STDOUT)
+    seen: dict[str, list] = {"head": [], "worker": []}
+    while job.poll() is None:  # scrape both nodes' endpoints while the job runs
+        for name, port in cluster.metrics.items():
+            try:
+                seen[name] += _scrape(port)
+            except OSError:
+                pass
+        if time.monotonic() - t0 > 300:
+            job.kill()
+            pytest.fail("the job did not finish in 300 s:\n" + job_log.read_text()[-3000:])
+        time.sleep(0.3)
+    log = job_log.read_text(errors="replace")
+    assert job.returncode == 0, log[-4000:]
+    assert re.search(r"Job '\w+' succeeded", log)
+    # the job imported the medray shipped with --working-dir, not an installed copy
+    src = re.search(r"medray \S+ from (\S+); outputs to", log).group(1)
+    assert "runtime_resources" in src and "working_dir_files" in src, src
+
+    # actors ran on both nodes, for both runs
+    doc = json.loads((out / "metrics.json").read_text())
+    assert [r["name"] for r in doc["runs"]] == ["onnxruntime-fp32"]
+    for r in doc["runs"]:
+        pred = pd.read_parquet(out / "predictions" / f"{r['name']}.parquet")
+        assert sorted(pred["node_id"].unique()) == nodes, r["name"]
+        assert r["pool"]["nodes"] == nodes and r["pool"]["actors"] == 2
+        assert r["n_samples"] == N_TEST - 1 and r["n_skipped"] == 1
+    assert [s["sample_id"] for s in doc["skipped"]] == [bad_id]
+
+    # custom metrics were on the head's endpoint during the run, tagged run/backend/precision/node
+    names = {n for n, _, _ in seen["head"]}
+    assert {"ray_medray_samples_processed_total", "ray_medray_batch_latency_ms_bucket",
+            "ray_medray_samples_per_second"} <= names, names
+    processed = [(lab, v) for n, lab, v in seen["head"] if n == "ray_medray_samples_processed_total"]
+    assert processed and all(lab["node"] == head_node for lab, _ in processed)
+    assert {(lab["run"], lab["backend"], lab["precision"]) for lab, _ in processed} == {("onnxruntime-fp32", "onnxruntime", "fp32")}
+    assert max(v for _, v in processed) > 0
+    both = seen["head"] + seen["worker"]
+    assert {lab["node"] for n, lab, _ in both if n == "ray_medray_samples_processed_total"} == set(nodes)
+    errors = [lab for n, lab, v in both if n == "ray_medray_errors_total" and v >= 1]
+    assert errors and all(lab["stage"] == "decode" for lab in errors)
+
+    # the same evaluation on one node (embedded Ray, one actor) gives the same metrics
+    import ray
+
+    from medray.config import to_config
+    from medray.pipeline.evaluate import run
+
+    single_out = tmp_path / "single"
+    # (same cache_dir: the ONNX export is reused, as a second run on the head would)
+    cfg = _compose([*_overrides(data_root, checkpoint, str(single_out), tmp_path / "cache", streams=1),
+                    "ray=local", "ray.num_cpus=2", "ray.include_dashboard=false"])
+    try:
+        single = run(to_config(cfg))
+    finally:
+        ray.shutdown()
+    for multi_run, single_run in zip(doc["runs"], single["runs"]):
+        assert single_run["pool"]["actors"] == 1 and len(single_run["pool"]["nodes"]) == 1
+        for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro"):
+            assert multi_run["metrics"][k] == pytest.approx(single_run["metrics"][k], abs=1e-9), k
+        a = pd.read_parquet(out / "predictions" / f"{multi_run['name']}.parquet").set_index("sample_id")
+        b = pd.read_parquet(single_out / "predictions" / f"{multi_run['name']}.parquet").set_index("sample_id")
+        assert list(a.index) == list(b.index)
+        np.testing.assert_allclose(np.stack(a["probs"]), np.stack(b["probs"]), atol=1e-6)
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from medray.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="evaluate", overrides=overrides)
+
+
+def test_min_gpus_asks_the_autoscaler_and_waits(monkeypatch):
+    """ray.min_gpus: request GPUs from the autoscaler, wait until they are there, or fail
+    after ray.scale_timeout_s with what to check (no cluster needed: Ray's calls faked)."""
+    import ray
+    import ray.autoscaler.sdk as sdk
+
+    from medray.config import ConfigError, RayConfig
+    from medray.pipeline.evaluate import wait_for_gpus
+
+    gpus = iter([0, 0, 1, 2])
+    asked = []
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8, "GPU": next(gpus)})
+    monkeypatch.setattr(sdk, "request_resources", lambda bundles: asked.append(bundles))
+    wait_for_gpus(2, timeout_s=10, poll_s=0.01)
+    assert asked == [[{"GPU": 1}, {"GPU": 1}]]
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8})
+    with pytest.raises(RuntimeError, match=r"ray.min_gpus=3: the cluster has 0 GPU\(s\) after 0.05s; check `ray status`"):
+        wait_for_gpus(3, timeout_s=0.05, poll_s=0.01)
+    with pytest.raises(ConfigError, match=r"ray.min_gpus=-1: use 0"):
+        RayConfig(min_gpus=-1)
