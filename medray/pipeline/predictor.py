@@ -71,7 +71,8 @@ class Predictor:
         try:
             import ray
 
-            self.node = ray.get_runtime_context().get_node_id()
+            # is_initialized first: get_runtime_context() would start a Ray outside one.
+            self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
         except Exception:  # outside Ray (unit tests)
             self.node = "local"
         self.n_batches = 0

@@ -186,6 +186,13 @@ def test_predictor_passes_skipped_rows_through(test_rows, tiny_spec):
     np.testing.assert_array_equal(clean["probs"], out["probs"][[0, 2]])
 
 
+def test_on_error_is_validated():
+    from medray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.on_error='ignore': use fail .* or skip"):
+        DataConfig(on_error="ignore")
+
+
 def test_accounting_and_pairing_checks_raise():
     with pytest.raises(RuntimeError, match=r"38 evaluated \+ 1 skipped != 40 selected samples"):
         check_accounting(38, 1, 40, "torch-fp32")
@@ -255,7 +262,7 @@ def test_skip_end_to_end_excludes_the_same_samples_from_both_runs(ray_local, bad
 
     # fail inside the pipeline: a file that only the decode task finds broken
     fail_cfg = make_cfg(bad_root, tmp_path, tiny_checkpoint, "fail")
-    only_decode = samples[~samples["sample_id"].isin(expected - {"test_00003"})].reset_index(drop=True)
+    only_decode = samples[samples["sample_id"].isin({"test_00000", "test_00001", "test_00002", "test_00003"})]
     with pytest.raises(BadSampleError) as e:
         execute(fail_cfg, only_decode, specs[:1])
     assert e.value.path.endswith("test_00003.png") and "truncated" in str(e.value) and SKIP_HINT in str(e.value)

@@ -1,62 +1,99 @@
-"""Worker faults, bounded retries and explained resource errors.
+"""Worker faults, bounded retries, resumable runs and explained resource errors.
 
-A Predictor killed mid-run is restarted by Ray and its batch retried: the run ends with
-every sample exactly once and the very metrics of a clean run.  A crash or an exception
-that repeats fails the run with its cause instead of retrying forever.  Out-of-memory
-errors and configs asking for more than the cluster has say what to change.
+One Ray and one uninterrupted reference run (``jobs/evaluate.py``'s config, composed by
+Hydra) serve every end-to-end test of this module:
+
+* a Predictor killed mid-run is restarted by Ray and its batch retried: every sample
+  exactly once, the very metrics and probabilities of the reference;
+* a crash that repeats fails after ``ray.max_retries``; an exception (out of memory)
+  fails at once with its cause and a smaller batch size to use;
+* a driver killed after part of the data (the real CLI in a subprocess, exiting like a
+  kill after K part files), then ``resume=true``: only the remaining samples are
+  evaluated and the outputs equal the reference's.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from helpers import TINY_ARCH, TINY_SIZE
+from helpers import REPO, TINY_ARCH, TINY_SIZE
+from hydra import compose, initialize_config_dir
 
 from medray.backends.base import Backend, BackendError, is_out_of_memory
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, RayConfig, TorchConfig
+from medray.config import ConfigError, RayConfig, register_configs, to_config
 from medray.pipeline.faults import WorkerFault, dedupe_retried
 from medray.pipeline.resources import plan_pool
+from medray.pipeline.resume import EXIT_AFTER_PARTS_ENV, STATE_FILE, read_part
 
 N_TEST = 40
+BATCH = 4
+RUN = "torch-fp32"
+KILL_AFTER = 2  # resume parts (one per block of Predictor output) written before the driver dies
+TIMING = {"batch_uid", "batch_ms", "batch_size", "node_id", "worker_pid", "t_start", "t_end"}
 
 
-def make_cfg(root, tmp, checkpoint, **kw) -> EvalConfig:
-    base = dict(
-        backend=TorchConfig(),
-        baseline=None,
-        data=DataConfig(name="synthetic", root=str(root), n_train=4, n_calibration=4, n_test=N_TEST,
-                        image_size=64, read_block_size=8),
-        model=ModelConfig(name="tiny", arch=TINY_ARCH, checkpoint=str(checkpoint), input_size=TINY_SIZE),
-        ray=RayConfig(num_cpus=2),
-        batch_size=4,
-        output_dir=str(tmp / "out"),
-        cache_dir=str(tmp / "cache"),
-        warmup_batches=0,
-    )
-    base.update(kw)
-    return EvalConfig(**base)
+def overrides(tmp, checkpoint, out, *extra):
+    return [
+        "backend=torch",
+        "baseline=null",
+        f"data.root={tmp / 'data'}",
+        "data.n_train=4",
+        "data.n_calibration=4",
+        f"data.n_test={N_TEST}",
+        "data.image_size=64",
+        "data.read_block_size=8",
+        "model.name=tiny",
+        f"model.arch={TINY_ARCH}",
+        f"model.checkpoint={checkpoint}",
+        f"model.input_size={TINY_SIZE}",
+        f"batch_size={BATCH}",
+        "warmup_batches=0",
+        f"output_dir={out}",
+        f"cache_dir={tmp / 'cache'}",
+        *extra,
+    ]
+
+
+def config(*ov):
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return to_config(compose(config_name="evaluate", overrides=list(ov)))
+
+
+def predictions(out, run=RUN):
+    """The predictions file without its timing/worker columns."""
+    t = pq.read_table(out / "predictions" / f"{run}.parquet")
+    return t.select([c for c in t.column_names if c not in TIMING])
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tiny_checkpoint):
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("rel")
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, tmp, tiny_checkpoint):
+    """The uninterrupted run (also generates the data)."""
+    from medray.pipeline.evaluate import run
+
+    out = tmp / "uninterrupted"
+    return run(config(*overrides(tmp, tiny_checkpoint, out))), out
+
+
+@pytest.fixture(scope="module")
+def prepared(reference, tmp, tiny_checkpoint):
     from medray.pipeline.evaluate import prepare
 
-    tmp = tmp_path_factory.mktemp("rel")
-    cfg = make_cfg(tmp / "data", tmp, tiny_checkpoint)
+    cfg = config(*overrides(tmp, tiny_checkpoint, tmp / "faults"))
     table, samples, specs = prepare(cfg)
     return cfg, table, samples, specs
-
-
-@pytest.fixture(scope="module")
-def clean(ray_local, prepared):
-    from medray.pipeline.evaluate import execute
-    from medray.report import build_metrics
-
-    cfg, table, samples, specs = prepared
-    results = execute(cfg, samples, specs)
-    return results, build_metrics(cfg, table, samples, results)
 
 
 def with_options(specs, **options):
@@ -67,14 +104,13 @@ def with_options(specs, **options):
 
 
 @pytest.mark.slow
-def test_killed_worker_is_retried_with_identical_metrics_and_no_duplicates(clean, prepared, tmp_path):
+def test_killed_worker_is_retried_with_identical_metrics_and_no_duplicates(reference, prepared, tmp_path):
     from medray.pipeline.evaluate import execute
     from medray.report import build_metrics
 
     cfg, table, samples, specs = prepared
     marker = tmp_path / "killed-once"
-    faulty = with_options(specs, fail_after_batches=3, fail_once_marker=str(marker))
-    results = execute(cfg, samples, faulty)
+    results = execute(cfg, samples, with_options(specs, fail_after_batches=3, fail_once_marker=str(marker)))
     doc = build_metrics(cfg, table, samples, results)
 
     assert marker.exists(), "the fault was not injected"
@@ -82,14 +118,15 @@ def test_killed_worker_is_retried_with_identical_metrics_and_no_duplicates(clean
     # the restarted actor is a new process: two worker pids, every sample once
     assert df["worker_pid"].nunique() >= 2
     assert not df["sample_id"].duplicated().any() and sorted(df["sample_id"]) == sorted(samples["sample_id"])
-    ref_results, ref = clean
+    ref, ref_out = reference
     assert doc["runs"][0]["n_samples"] == ref["runs"][0]["n_samples"] == N_TEST
     assert doc["runs"][0]["metrics"] == ref["runs"][0]["metrics"]
-    np.testing.assert_array_equal(np.stack(df["probs"]), np.stack(ref_results[0].predictions["probs"]))
+    ref_probs = predictions(ref_out).column("probs").to_numpy(zero_copy_only=False)
+    np.testing.assert_array_equal(np.stack(df["probs"]), np.stack(ref_probs))
 
 
 @pytest.mark.slow
-def test_worker_that_keeps_crashing_fails_after_bounded_retries(ray_local, prepared):
+def test_worker_that_keeps_crashing_fails_after_bounded_retries(prepared):
     from medray.pipeline.evaluate import execute
 
     cfg, _, samples, specs = prepared
@@ -97,32 +134,120 @@ def test_worker_that_keeps_crashing_fails_after_bounded_retries(ray_local, prepa
     with pytest.raises(WorkerFault) as e:
         execute(cfg, samples, with_options(specs, fail_after_batches=0))  # dies on every batch
     msg = str(e.value)
-    assert msg.startswith("torch-fp32: a Predictor worker died and kept dying after 1 restarts/retries")
+    assert msg.startswith(f"{RUN}: a Predictor worker died and kept dying after 1 restarts/retries")
     assert "ray.max_retries=1" in msg
 
 
 @pytest.mark.slow
-def test_backend_exception_fails_the_run_with_its_cause_without_retry(ray_local, prepared, tmp_path):
+def test_out_of_memory_in_a_worker_fails_at_once_naming_a_smaller_batch(prepared, tmp_path):
     from medray.pipeline.evaluate import execute
 
     cfg, _, samples, specs = prepared
     attempts = tmp_path / "attempts"
-    with pytest.raises(WorkerFault) as e:
-        execute(cfg, samples, with_options(specs, raise_after_batches=2, attempts_file=str(attempts)))
-    assert "torch-fp32: the pipeline failed in a worker: RuntimeError: injected backend fault after 2 batches" in str(e.value)
-    assert len(attempts.read_text().splitlines()) == 1  # an application error is not retried
+    with pytest.raises(BackendError) as e:
+        execute(cfg, samples, with_options(specs, oom_at_batch_size=BATCH, attempts_file=str(attempts)))
+    msg = str(e.value)
+    assert f"{RUN}: out of memory on cpu at batch_size={BATCH}" in msg
+    assert f"lower batch_size (e.g. batch_size={BATCH // 2})" in msg and "MemoryError" in msg
+    assert len(attempts.read_text().splitlines()) == 1  # an exception is not retried: it is the answer
+
+
+# --------------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def resumed(reference, ray_local, tmp, tiny_checkpoint):
+    """The CLI killed after KILL_AFTER parts, then ``resume=true`` in the same output_dir."""
+    from medray.pipeline.evaluate import run
+
+    out = tmp / "interrupted"
+    env = {**os.environ, EXIT_AFTER_PARTS_ENV: str(KILL_AFTER)}
+    addr = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, str(REPO / "jobs" / "evaluate.py"), *overrides(tmp, tiny_checkpoint, out, f"ray.address={addr}")]
+    killed = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    parts = sorted((out / "predictions" / f"{RUN}.parts").glob("*.parquet"))
+    rows = sum(len(read_part(p)) for p in parts)
+    doc = run(config(*overrides(tmp, tiny_checkpoint, out, "resume=true")))
+    return dict(out=out, killed=killed, parts=parts, rows=rows, doc=doc)
 
 
 @pytest.mark.slow
-def test_out_of_memory_in_a_worker_names_the_batch_size_to_use(ray_local, prepared):
-    from medray.pipeline.evaluate import execute
+def test_killed_driver_left_whole_parts_and_the_resume_did_the_rest(resumed):
+    k = resumed["killed"]
+    assert k.returncode == 75, (k.returncode, k.stderr[-3000:])
+    assert len(resumed["parts"]) == KILL_AFTER
+    assert 0 < resumed["rows"] < N_TEST  # killed part-way through the data
+    assert not list(resumed["out"].glob("predictions/*.parts/*.tmp"))  # atomic writes: no half part
+    r = resumed["doc"]["runs"][0]
+    # the second run evaluated only what the first had not written
+    assert r["resumed"] == {"from_previous": resumed["rows"], "processed": N_TEST - resumed["rows"]}
+    assert r["n_samples"] == N_TEST and r["n_skipped"] == 0
+    md = (resumed["out"] / "report.md").read_text()
+    assert f"resumed — {resumed['rows']} samples from the interrupted run, {N_TEST - resumed['rows']} evaluated now" in md
 
-    cfg, _, samples, specs = prepared
-    with pytest.raises(BackendError) as e:
-        execute(cfg, samples, with_options(specs, oom_at_batch_size=4))
+
+@pytest.mark.slow
+def test_resumed_outputs_equal_the_uninterrupted_run(resumed, reference):
+    ref, ref_out = reference
+    assert resumed["doc"]["runs"][0]["metrics"] == ref["runs"][0]["metrics"]
+    a, b = predictions(ref_out), predictions(resumed["out"])
+    assert a.column_names == b.column_names == ["sample_id", "target", "probs"]
+    assert a.equals(b), "predictions differ from the uninterrupted run"
+    parts = [read_part(p) for p in sorted((resumed["out"] / "predictions" / f"{RUN}.parts").glob("*.parquet"))]
+    ids = [s for p in parts for s in p["sample_id"]]
+    assert len(ids) == len(set(ids)) == N_TEST  # nothing lost, nothing twice
+
+
+@pytest.mark.slow
+def test_resume_of_a_finished_run_evaluates_nothing(resumed, reference, tmp, tiny_checkpoint):
+    from medray.pipeline.evaluate import run
+
+    again = run(config(*overrides(tmp, tiny_checkpoint, resumed["out"], "resume=true")))
+    assert again["runs"][0]["resumed"] == {"from_previous": N_TEST, "processed": 0}
+    assert again["runs"][0]["metrics"] == reference[0]["runs"][0]["metrics"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_different_config(resumed, tmp, tiny_checkpoint):
+    from medray.pipeline.evaluate import run
+
+    out = resumed["out"]
+    state = json.loads((out / STATE_FILE).read_text())
+    with pytest.raises(ConfigError) as e:
+        run(config(*overrides(tmp, tiny_checkpoint, out, "resume=true", "batch_size=8")))
     msg = str(e.value)
-    assert "torch-fp32: out of memory on cpu at batch_size=4" in msg
-    assert "lower batch_size (e.g. batch_size=2)" in msg and "MemoryError" in msg
+    assert msg.startswith(f"resume=true: output_dir={out} holds a run of a different configuration (")
+    assert "batch_size: 4 → 8" in msg and "use another output_dir" in msg
+    assert json.loads((out / STATE_FILE).read_text()) == state  # nothing overwritten
+
+
+def test_fresh_run_clears_old_parts_and_damaged_parts_are_redone(tmp_path):
+    import pandas as pd
+
+    from medray.config import DataConfig, EvalConfig, TorchConfig
+    from medray.pipeline.resume import ResumeState
+
+    out = tmp_path / "o"
+    parts = out / "predictions" / f"{RUN}.parts"
+    parts.mkdir(parents=True)
+    (parts / "000000.parquet").write_bytes(b"old")
+    cfg = EvalConfig(backend=TorchConfig(), baseline=None, data=DataConfig(), output_dir=str(out), cache_dir=str(tmp_path))
+    # resume=false over a directory with parts starts over: the parts are removed
+    state = ResumeState.open(out, cfg, pd.DataFrame({"sample_id": ["a", "b"]}), [])
+    assert not parts.exists() and (out / STATE_FILE).is_file()
+
+    w = state.writer(RUN)
+    w({"sample_id": np.array(["a"], dtype=object), "probs": np.array([[0.25, 0.75]], np.float32),
+       "effective_precision": np.array(['{"executed": "fp32"}'], dtype=object)})
+    w({"sample_id": np.array(["b"], dtype=object), "probs": np.array([[0.5, 0.5]], np.float32),
+       "effective_precision": np.array([""], dtype=object)})
+    got = state.load(RUN)
+    assert list(got["sample_id"]) == ["a", "b"] and got["probs"][0].dtype == np.float32
+    np.testing.assert_array_equal(got["probs"][0], [0.25, 0.75])
+    # a damaged part is deleted (logged) and its samples count as not done
+    (parts / "000001.parquet").write_bytes(b"PAR1 truncated")
+    assert state.done_ids(RUN) == {"a"} and not (parts / "000001.parquet").exists()
+    assert state.writer(RUN).next == 1
 
 
 # --------------------------------------------------------------------------- dedupe
@@ -219,17 +344,16 @@ def test_fractional_gpu_cluster_fails_with_the_numbers():
     assert (p.actors, p.num_gpus) == (2, 0.5)
 
 
-def test_embedded_ray_cannot_advertise_more_than_the_machine(tmp_path, tiny_checkpoint, monkeypatch):
-    import os
-
+def test_embedded_ray_cannot_advertise_more_than_the_machine(tmp_path, monkeypatch):
     import medray.pipeline.evaluate as ev
+    from medray.config import EvalConfig, TorchConfig
 
     cores = len(os.sched_getaffinity(0))
-    cfg = make_cfg(tmp_path / "d", tmp_path, tiny_checkpoint, ray=RayConfig(num_cpus=cores + 1))
+    cfg = EvalConfig(backend=TorchConfig(), ray=RayConfig(num_cpus=cores + 1), cache_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=rf"ray.num_cpus={cores + 1}: this machine has {cores} CPU cores"):
         ev.preflight(cfg)
     monkeypatch.setattr(ev, "local_gpu_count", lambda: 0)
-    cfg = make_cfg(tmp_path / "d", tmp_path, tiny_checkpoint, ray=RayConfig(num_gpus=2))
+    cfg = EvalConfig(backend=TorchConfig(), ray=RayConfig(num_gpus=2), cache_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"ray.num_gpus=2: this machine shows 0 GPU\(s\) to CUDA"):
         ev.preflight(cfg)
 
