@@ -251,11 +251,6 @@ def _decode_task_args() -> dict:
     return {"num_cpus": 1}
 
 
-# Longest wait for a pool's actors to start (model load, a TensorRT engine build on a
-# new node) before the run fails with Ray Data's "Timed out while starting actors".
-POOL_START_TIMEOUT_S = 1800
-
-
 def predict(ds, spec: RunSpec, plan: PoolPlan, max_retries: int = 3):
     """Append the Predictor actor pool to a dataset of ``sample_id`` + ``image`` rows.
 
@@ -266,12 +261,6 @@ def predict(ds, spec: RunSpec, plan: PoolPlan, max_retries: int = 3):
 
     from medray.pipeline.predictor import Predictor
 
-    # Dispatch only once every actor of the pool is up: otherwise the first actor ready
-    # (e.g. on the driver's node) takes a short run whole while the others still load,
-    # and streams=N would silently run as one stream.
-    # (The dataset's own context: Ray Data copies the current one when a dataset is made.)
-    if ds.context.wait_for_min_actors_s <= 0:
-        ds.context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"spec": spec},
