@@ -37,3 +37,15 @@ def test_bad_config_fails_fast_without_starting_ray(args, expect, tmp_path):
     assert expect in p.stderr + p.stdout
     assert "ray.init" not in p.stderr and "Started a local Ray instance" not in p.stderr
     assert time.perf_counter() - t0 < 60
+
+
+def test_train_job_refuses_a_user_checkpoint(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "train.py"), f"model.checkpoint={REPO / 'pyproject.toml'}", f"output_dir={tmp_path}/o"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert p.returncode == 2
+    assert "jobs/train.py trains the demo model only" in p.stderr

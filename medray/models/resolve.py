@@ -147,3 +147,25 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
         trust_checkpoint=m.trust_checkpoint,
         task=task,
     )
+
+
+def train_job(cfg) -> dict:
+    """``jobs/train.py``: make sure the demo model of ``cfg.data`` is trained and cached.
+
+    With ``retrain=true`` the cached demo checkpoint is deleted and trained again.
+    """
+    from medray.data.sources import load_table
+
+    if cfg.model.checkpoint is not None:
+        raise ConfigError(
+            f"model.checkpoint={cfg.model.checkpoint}: jobs/train.py trains the demo model only; "
+            "drop model.checkpoint (your own model is trained by your own code)"
+        )
+    table = load_table(cfg.data, cfg.data_root)
+    spec = resolve_model(cfg, table)  # trains if absent
+    if getattr(cfg, "retrain", False):
+        Path(spec.checkpoint).unlink()
+        log.info("retrain=true: removed %s, training again", spec.checkpoint)
+        spec = resolve_model(cfg, table)
+    print(f"medray: demo model for {table.name}: {spec.checkpoint}")
+    return {"checkpoint": spec.checkpoint}
