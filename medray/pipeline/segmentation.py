@@ -469,7 +469,7 @@ def build_segmentation_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.
         },
         "sliding_window": {**as_dict(cfg.sliding_window), "roi_size": list(results[0].spec.model.spatial) if results else None},
         "runs": runs,
-        "cases": list(cases.values()),
+        "cases": [c for c in cases.values() if "shape" in c],  # skipped cases are listed under "skipped"
         # Cases that could not be read (data.on_error=skip), the same for every run.
         "skipped": results[0].skipped.to_dict("records") if results else [],
         "warnings": _warnings(runs),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ from medray.config import (
     backend_config,
 )
 from medray.data.msd import load_case
+from medray.data.phantoms import ensure_phantoms, phantom_tag
 from medray.metrics.segmentation import dice_per_class
 from medray.models.factory import file_sha256, save_checkpoint
 from medray.models.unet import build_unet
@@ -119,8 +122,15 @@ def test_config_rules_for_segmentation(tmp_path, unet_checkpoint):
 
 @pytest.fixture(scope="module")
 def evaluated(ray_local, tmp_path_factory, unet_checkpoint):
+    """3 good test cases and one whose voxel data is cut short (header fine): with
+    data.on_error=skip the read task reports it and both runs list it as skipped."""
     tmp = tmp_path_factory.mktemp("seg")
-    cfg = seg_cfg(tmp, unet_checkpoint)
+    data = DataConfig(name="msd", n_train=1, n_calibration=1, n_test=4, image_size=24, on_error="skip")
+    cfg = seg_cfg(tmp, unet_checkpoint, data=data)
+    root = ensure_phantoms(Path(cfg.data_root) / phantom_tag(1, 1, 4, 24, 0), 1, 1, 4, 24, 0)
+    bad = root / "imagesTs" / "phantom_test_003.nii.gz"
+    raw = gzip.decompress(bad.read_bytes())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     table, samples, specs, prep = prepare(cfg)
     out = tmp / "out"
     results = execute(cfg, samples, specs, prep, out, len(table.classes))
@@ -133,9 +143,12 @@ def test_pipeline_dice_is_the_dice_of_the_saved_masks(evaluated):
     cfg, table, samples, prep, results, doc, out = evaluated
     assert [r.spec.name for r in results] == ["torch-fp32", "onnxruntime-fp32"]
     assert [r.spec.batch_size for r in results] == [3, 3]  # windows per backend call
+    assert samples["sample_id"].tolist()[-1] == "phantom_test_003"
     for r in results:
         df = r.predictions
-        assert df["sample_id"].tolist() == samples["sample_id"].tolist() == ["phantom_test_000", "phantom_test_001", "phantom_test_002"]
+        assert df["sample_id"].tolist() == ["phantom_test_000", "phantom_test_001", "phantom_test_002"]
+        assert r.skipped["sample_id"].tolist() == ["phantom_test_003"]
+        assert "imagesTs/phantom_test_003.nii.gz: cannot be read as a NIfTI volume" in r.skipped["reason"].iat[0]
         for row in df.itertuples():
             case = load_case(samples.set_index("sample_id").loc[row.sample_id, "path"],
                              samples.set_index("sample_id").loc[row.sample_id, "label_path"], prep, 3)
@@ -150,7 +163,7 @@ def test_pipeline_dice_is_the_dice_of_the_saved_masks(evaluated):
         # MONAI's "mean": per-case mean over classes, then over cases
         assert run["metrics"]["dice_mean"] == pytest.approx(np.mean([np.nanmean(d) for d in per_case]))
         assert run["latency_ms"]["per_sample_mean"] == pytest.approx(df["latency_ms"].mean())
-        assert run["n_samples"] == 3 and run["n_skipped"] == 0
+        assert run["n_samples"] == 3 and run["n_skipped"] == 1
 
 
 def test_candidate_vs_baseline_and_outputs(evaluated):
@@ -165,7 +178,10 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
     json.dumps(doc)  # JSON-serialisable as it is
     md = render_segmentation_report(doc)
     assert "| Subject | Shape | Baseline latency | Candidate latency | Speed-up | Dice vs baseline (mean)" in md
-    assert sum(line.startswith("| phantom_test_") for line in md.splitlines()) == 3
+    # three evaluated cases in the per-case table, the skipped one in its own section
+    assert sum(line.startswith("| phantom_test_00") for line in md.splitlines()) == 3 + 1
+    assert [c["sample_id"] for c in doc["cases"]] == ["phantom_test_000", "phantom_test_001", "phantom_test_002"]
+    assert "## Skipped samples" in md and doc["skipped"][0]["sample_id"] == "phantom_test_003"
     pq = pd.read_parquet(out / "predictions" / "onnxruntime-fp32.parquet")
     assert len(pq) == 3 and {"sample_id", "dice_organ", "dice_lesion", "dice_mean", "dice_vs_baseline_organ",
                              "latency_ms", "sw_ms", "shape", "mask_file"} <= set(pq.columns)
