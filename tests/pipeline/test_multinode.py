@@ -175,7 +175,7 @@ def cluster():
 def checkpoint(tmp_path_factory) -> Path:
     """A random-weight 2-class resnet10t at MODEL_SIZE px: big enough that the actors,
     not the decode tasks, are the bottleneck, so work queues up and both actors get some
-    (Ray Data hands an input-starved pool's blocks to whichever actor is idle first)."""
+    (Ray Data hands an input-starved pool's blocks to the same idle actor)."""
     import torch
 
     from medray.models.factory import build_model, save_checkpoint
@@ -237,7 +237,12 @@ def test_evaluate_job_on_two_nodes(cluster, dataset, checkpoint, tmp_path):
     job_log = tmp_path / "job.log"
     cmd = [
         *RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
-        "--runtime-env-json", json.dumps({"excludes": [".git", ".pytest_cache", "outputs", "multirun", "**/__pycache__"]}),
+        "--runtime-env-json", json.dumps({
+            "excludes": [".git", ".pytest_cache", "outputs", "multirun", "**/__pycache__"],
+            # Ray Data starts dispatching when the first actor is up; the test needs both
+            # nodes' actors to get work, so the pool waits for all of them first.
+            "env_vars": {"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "600"},
+        }),
         "--", "python", "jobs/evaluate.py", "ray=cluster",
         *_overrides(data_root, checkpoint, f"file://{out}", tmp_path / "cache", streams=2),
     ]
