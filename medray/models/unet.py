@@ -68,11 +68,24 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load_split(table: SampleTable, split: str, prep: Preprocessing) -> list[dict]:
+# Preprocessed training volumes held in memory at most (a real MSD task is tens of GB).
+TRAIN_MEMORY_BYTES = 2 << 30
+
+
+def load_split(table: SampleTable, split: str, prep: Preprocessing, max_bytes: int | None = None) -> list[dict]:
+    """Preprocessed cases of ``split``, in order, until ``max_bytes`` of volumes are loaded."""
     from medray.data.msd import load_case
 
     df = table.split(split)
-    return [load_case(p, lp or None, prep, len(table.classes)) for p, lp in zip(df["path"], df["label_path"])]
+    cases, total = [], 0
+    for p, lp in zip(df["path"], df["label_path"]):
+        if max_bytes is not None and cases and total >= max_bytes:
+            log.warning("demo UNet: training on the first %d of %d %s cases (%.1f GiB of volumes in memory)",
+                        len(cases), len(df), split, total / 2**30)
+            break
+        cases.append(load_case(p, lp or None, prep, len(table.classes)))
+        total += cases[-1]["image"].nbytes + (cases[-1]["label"].nbytes if cases[-1]["label"] is not None else 0)
+    return cases
 
 
 def _pad_to(x: np.ndarray, roi) -> np.ndarray:
@@ -146,8 +159,10 @@ def train_demo_unet(
     torch.manual_seed(seed)
     torch.set_num_threads(_cpu_count())
     rng = np.random.default_rng(seed)
-    train = load_split(table, "train", prep)
-    if not train or any(c["label"] is None for c in train):
+    if not len(table.split("train")) or (table.split("train")["label_path"] == "").any():
+        raise ValueError(f"{table.name}: the demo UNet needs a labelled train split (dataset.json 'training')")
+    train = load_split(table, "train", prep, TRAIN_MEMORY_BYTES)
+    if any(c["label"] is None for c in train):
         raise ValueError(f"{table.name}: the demo UNet needs a labelled train split (dataset.json 'training')")
     k = len(table.classes)
     in_chans = int(train[0]["image"].shape[0])
@@ -238,7 +253,15 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
         if not path.is_file():
             _check_roi(roi, net, "sliding_window.roi_size")
             log.info("demo UNet not cached: training on %s (about 2-3 minutes on 2 CPUs)", table.name)
-            summary = train_demo_unet(table, prep, path, net=net, roi=roi, **train)
+            try:
+                summary = train_demo_unet(table, prep, path, net=net, roi=roi, **train)
+            except ValueError as e:
+                if "labelled train split" not in str(e):
+                    raise
+                raise ConfigError(
+                    f"model=demo: {e}; the demo UNet is trained on the dataset's labelled cases — pass your model: "
+                    "model.arch=monai_unet model.checkpoint=<state dict> (+ model.net if it has no medray meta)"
+                ) from None
             log.info("demo UNet trained: %s", {a: b for a, b in summary.items() if not isinstance(b, (list, dict))})
         checkpoint = str(path)
     elif m.arch not in SEGMENTATION_ARCHS:
