@@ -149,7 +149,9 @@ def test_out_of_memory_in_a_worker_fails_at_once_naming_a_smaller_batch(prepared
     msg = str(e.value)
     assert f"{RUN}: out of memory on cpu at batch_size={BATCH}" in msg
     assert f"lower batch_size (e.g. batch_size={BATCH // 2})" in msg and "MemoryError" in msg
-    assert len(attempts.read_text().splitlines()) == 1  # an exception is not retried: it is the answer
+    # an exception is not retried (it is the answer): no batch ran twice, no actor restarted
+    pids, batches = zip(*(line.split() for line in attempts.read_text().splitlines()))
+    assert len(set(pids)) == 1 and len(batches) == len(set(batches)), attempts.read_text()
 
 
 # --------------------------------------------------------------------------- resume
