@@ -267,6 +267,24 @@ def test_dedupe_keeps_identical_copies_once_and_refuses_different_ones():
         dedupe_retried("r", df)
 
 
+def test_worker_errors_forwarded_as_text_are_explained():
+    from medray.pipeline.faults import explain_failure, inject_faults
+
+    # Ray Data re-raises a worker's error as a wrapper whose text is the worker traceback
+    text = (
+        "ray::MapBatches(Predictor)() (pid=1, ip=1.2.3.4)\n  File \"x.py\", line 1, in f\n"
+        "medray.backends.base.BackendError: torch-fp32: out of memory on cuda at batch_size=64 (...)\n\n"
+        "ray.exceptions.UserCodeException: UDF failed to process a data block."
+    )
+    got = explain_failure(RUN, RuntimeError(text), 3)
+    assert isinstance(got, BackendError) and str(got).startswith("torch-fp32: out of memory on cuda at batch_size=64")
+    with pytest.raises(RuntimeError, match="injected backend fault after 2 batches") as e:
+        inject_faults({"raise_after_batches": 2}, 2)
+    got = explain_failure(RUN, RuntimeError(f"ray::X()\nbuiltins.RuntimeError: {e.value}"), 3)
+    assert str(got) == f"{RUN}: the pipeline failed in a worker: RuntimeError: injected backend fault after 2 batches"
+    inject_faults({"raise_after_batches": 2}, 1)  # not yet
+
+
 # --------------------------------------------------------------------------- out of memory
 
 
