@@ -159,3 +159,28 @@ def test_load_calibration_is_what_int8_builds_use(data):
     calib = load_calibration(data["calibration"], TINY_SIZE, 3)
     r = CalibrationReader(calib, batch_size=16)
     np.testing.assert_array_equal(r.get_next()["input"], calib.inputs)
+
+
+def test_report_warns_when_lower_precision_is_not_smaller_or_faster():
+    from medray.report import _warnings
+
+    def run(name, precision, ms, executed=None, art=None, factor=None):
+        backend = name.split("-")[0]
+        return {"name": name, "backend": backend, "precision": precision, "device": "cpu",
+                "latency_ms": {"per_sample_mean": ms}, "artifact": art,
+                "effective_precision": {"executed": executed or precision},
+                "speedup": {"factor": factor} if factor is not None else None}
+
+    runs = [
+        run("torch-fp32", "fp32", 10.0),
+        run("onnxruntime-fp32", "fp32", 4.0, art={"bytes": 100}),
+        run("onnxruntime-int8", "int8", 5.0, art={"bytes": 120, "reference": {"bytes": 100, "precision": "fp32"}}, factor=2.0),
+        run("onnxruntime-fp16", "fp16", 3.0, executed="fp32", art={"bytes": 50, "reference": {"bytes": 100}}, factor=3.3),
+    ]
+    w = _warnings(runs)
+    assert "onnxruntime-int8: int8 is not faster than onnxruntime-fp32 (5.000 vs 4.000 ms per sample)" in w
+    assert any(s.startswith("onnxruntime-int8: the int8 artifact (0.0 MB) is not smaller than the fp32 one") for s in w)
+    assert "onnxruntime-fp16: asked for fp16 but the backend executes fp32" in w
+    # faster and smaller: nothing to say about the fp16 run's speed or size
+    assert not any(s.startswith("onnxruntime-fp16") and ("smaller" in s or "faster" in s) for s in w)
+    assert len(w) == 3
