@@ -20,7 +20,8 @@ def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:
     """Validate ``cfg`` against ``schema`` (before Ray starts), then ``run`` it.
 
     A ConfigError exits with status 2 and its message, without a traceback: it is the
-    user's input that is wrong, and the message says how to fix it.  Ray is always shut
+    user's input that is wrong, and the message says how to fix it.  A bad input file
+    with ``data.on_error=fail`` exits with status 3 the same way.  Ray is always shut
     down on failure.
     """
     try:
@@ -31,7 +32,17 @@ def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:
         _shutdown_ray()
         print(f"medray: configuration error: {e}", file=sys.stderr)
         sys.exit(2)
-    except BaseException:
+    except Exception as e:
+        from medray.pipeline.faults import BadSampleError
+
+        _shutdown_ray()
+        if not isinstance(e, BadSampleError):
+            raise
+        # A bad input file is the user's data, not a medray bug: the message names the
+        # file, the reason and the `data.on_error=skip` hint; a traceback adds nothing.
+        print(f"medray: bad input: {e}", file=sys.stderr)
+        sys.exit(3)
+    except BaseException:  # KeyboardInterrupt / SystemExit
         _shutdown_ray()
         raise
     out = (doc or {}).get("output_dir")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import REPO
@@ -49,3 +50,27 @@ def test_train_job_refuses_a_user_checkpoint(tmp_path):
     )
     assert p.returncode == 2
     assert "jobs/train.py trains the demo model only" in p.stderr
+
+
+def test_bad_input_exits_with_the_file_and_the_hint(tmp_path, tiny_checkpoint):
+    """A manifest row whose file is gone: found on the driver, clean message, exit 3."""
+    from helpers import TINY_ARCH, TINY_SIZE
+
+    from medray.data.synthetic import ensure_synthetic
+    from medray.data.table import read_manifest_dir
+
+    root = ensure_synthetic("binary", tmp_path / "data", n_train=4, n_calibration=4, n_test=12, image_size=64)
+    gone = read_manifest_dir(root).split("test")["path"].iloc[3]
+    Path(gone).unlink()
+    p = subprocess.run(
+        [
+            sys.executable, str(REPO / "jobs" / "evaluate.py"), "data=synthetic", f"data.root={root}",
+            "data.n_train=4", "data.n_calibration=4", "data.n_test=12", "data.image_size=64",
+            "model.name=tiny", f"model.arch={TINY_ARCH}", f"model.checkpoint={tiny_checkpoint}",
+            f"model.input_size={TINY_SIZE}", "baseline=null", f"output_dir={tmp_path}/o",
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "medray: bad input:" in p.stderr and Path(gone).name in p.stderr and "data.on_error=skip" in p.stderr
+    assert "Traceback" not in p.stderr
