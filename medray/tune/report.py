@@ -97,7 +97,10 @@ def render(doc: dict) -> str:
     ds, base = doc["dataset"], doc["baseline"]
     c = doc["constraints"]
     rec_id = (doc.get("recommended") or {}).get("trial_id")
-    limits = ", ".join(f"{k}={v:g}" for k, v in c.items() if v is not None) or "none"
+    # Only the limits that apply to the task (Dice for segmentation, the AUC family otherwise).
+    seg = ds["task"] == "segmentation"
+    applies = {k: v for k, v in c.items() if v is not None and (k == "min_agreement" or (k == "max_dice_drop") == seg)}
+    limits = ", ".join(f"{k}={v:g}" for k, v in applies.items()) or "none"
     lines = [
         f"# medray sweep — {ds['name']}",
         "",

@@ -476,10 +476,9 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
                 tune_config=tune.TuneConfig(
                     metric=space.METRIC,
                     mode=space.MODE,
-                    search_alg=space.search_algorithm(cfg),
+                    search_alg=space.search_algorithm(cfg, concurrent),
                     scheduler=space.scheduler(cfg),
                     num_samples=cfg.sweep.num_samples,
-                    max_concurrent_trials=concurrent,
                     # A trial's process (imports, Ray Data driver) is reused when the next
                     # trial asks for the same placement group.
                     reuse_actors=True,

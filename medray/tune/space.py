@@ -72,23 +72,29 @@ def param_space(cfg: SweepJobConfig) -> dict:
     return {k: tune.choice(v) for k, v in ax.items()}
 
 
-def search_algorithm(cfg: SweepJobConfig):
-    """None (Tune's BasicVariantGenerator) for grid and random; OptunaSearch for optuna."""
+def search_algorithm(cfg: SweepJobConfig, max_concurrent: int):
+    """The search algorithm, with the concurrency limit built in.
+
+    grid/random: Tune's BasicVariantGenerator; optuna: OptunaSearch behind a
+    ConcurrencyLimiter.  The limit is set here because Tune ignores
+    ``TuneConfig.max_concurrent_trials`` once a generator instance is passed — and more
+    trials than the cluster holds would take the decode tasks' CPUs and hang.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
     sw = cfg.sweep
     if sw.search == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(metric=METRIC, mode=MODE, seed=sw.seed)
+            searcher = OptunaSearch(seed=sw.seed)  # metric/mode come from TuneConfig
         except (ImportError, AssertionError) as e:  # Tune asserts optuna is importable
             raise ConfigError(
                 f"sweep.search='optuna': Optuna is not installed ({e}); pip install optuna, or use sweep.search=grid|random"
             ) from None
-    if sw.search == "random":
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        return BasicVariantGenerator(random_state=sw.seed)
-    return None
+        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+    return BasicVariantGenerator(random_state=sw.seed, max_concurrent=max_concurrent)
 
 
 def scheduler(cfg: SweepJobConfig):
@@ -100,7 +106,8 @@ def scheduler(cfg: SweepJobConfig):
     if cfg.sweep.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode=MODE, max_t=10_000, grace_period=1, reduction_factor=2)
+        # metric/mode come from TuneConfig (Tune refuses them twice).
+        return ASHAScheduler(time_attr="training_iteration", max_t=10_000, grace_period=1, reduction_factor=2)
     return None
 
 
