@@ -5,6 +5,8 @@
     python jobs/sweep.py sweep.resume=true output_dir=outputs/sweep-...   # finish an interrupted sweep
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -22,7 +24,11 @@ def main(cfg: DictConfig) -> None:
 
     # The group options chosen here (data=..., model=...) go into the reproduce command.
     choices = {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None and "/" not in k}
-    main_wrapper(cfg, SweepJobConfig, lambda c: run(c, choices=choices))
+    doc = main_wrapper(cfg, SweepJobConfig, lambda c: run(c, choices=choices))
+    if doc and doc.get("status") == "interrupted":  # Ctrl-C: scripts must not take it as done
+        print(f"medray: sweep interrupted; finish it with: python jobs/sweep.py <same overrides> sweep.resume=true "
+              f"output_dir={doc['output_dir']}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -359,7 +359,8 @@ def _collect(grid, statuses: dict[str, str]) -> list[dict]:
     records = []
     for r in grid:
         m = r.metrics or {}
-        tid = m.get("trial_id") or Path(r.path).name.rsplit("_", 1)[-1]
+        # Trial folders are "<label>_<trial id>" (labels have no "_"; ids do: "7d263_00004").
+        tid = m.get("trial_id") or Path(r.path).name.split("_", 1)[-1]
         saved = statuses.get(tid, "PENDING")
         if m.get("final") and m.get("record"):
             rec = json.loads(m["record"])
@@ -432,6 +433,7 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
             "sweep.sw_batch_size are accepted but not yet wired to medray.pipeline.segmentation); "
             "sweep classification models, or evaluate segmentation configs with jobs/evaluate.py"
         )
+    space.search_algorithm(cfg, 1)  # an unavailable search library fails now, not after the baseline
     out = Path(medray_io.local_path(cfg.output_dir))
     _check_output_dir(cfg, out)
     out.mkdir(parents=True, exist_ok=True)

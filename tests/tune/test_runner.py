@@ -1,0 +1,60 @@
+"""Trial configs and result collection, without Ray."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from medray.config import ConfigError, OnnxRuntimeConfig, SweepConfig, SweepJobConfig, TorchConfig
+from medray.tune.runner import _collect, expected_trials, trial_eval_config
+
+
+def root(**sweep) -> SweepJobConfig:
+    return SweepJobConfig(backend=TorchConfig(threads=1), batch_size=8, sweep=SweepConfig(**sweep))
+
+
+def test_trial_eval_config_is_the_root_with_the_point():
+    cfg = root(limit=100, backend_options={"onnxruntime": {"graph_optimization": "basic"}})
+    t = trial_eval_config(cfg, {"run": "onnxruntime-fp32", "batch_size": 64, "streams": 2})
+    assert isinstance(t.backend, OnnxRuntimeConfig) and t.backend.graph_optimization == "basic"
+    assert (t.precision, t.batch_size, t.streams, t.data.limit, t.baseline) == ("fp32", 64, 2, 100, None)
+    assert t.device == cfg.device == "cpu" and t.model == cfg.model
+    # The baseline backend keeps the root's own backend options (backend.threads=1 here).
+    b = trial_eval_config(cfg, {"run": "torch-fp32", "batch_size": 8, "streams": 1}, with_baseline=True)
+    assert b.backend.threads == 1 and b.baseline == "torch-fp32"
+    # An unsupported pair is rejected by the evaluate config's own validation, at trial time.
+    with pytest.raises(ConfigError, match=r"precision='int8': backend=torch on device=cpu supports"):
+        trial_eval_config(cfg, {"run": "torch-int8", "batch_size": 8, "streams": 1})
+
+
+def test_expected_trials():
+    assert expected_trials(root(backends={"torch": ["fp32", "bf16"]}, batch_sizes=[1, 2, 4], streams=[1])) == 6
+    assert expected_trials(root(search="random", num_samples=5)) == 5
+    assert expected_trials(root(num_samples=2)) == 2 * 2 * 2
+
+
+def _result(tid, config, metrics=None, error=None, path="/x"):
+    return SimpleNamespace(metrics=metrics or {}, error=error, config=config, checkpoint=None, path=f"{path}/t_{tid}")
+
+
+def test_collect_classifies_every_trial(tmp_path):
+    point = {"run": "onnxruntime-fp32", "batch_size": 16, "streams": 1}
+    done = {"trial_id": "a", "label": "x", "status": "ok", "run_uid": "u"}
+    ck = tmp_path / "t_a" / "checkpoint_000000"
+    ck.mkdir(parents=True)
+    grid = [
+        _result("a", point, {"final": True, "record": json.dumps(done), "trial_id": "a"}, path=str(tmp_path)),
+        _result("b", point, {"trial_id": "b"}, error=RuntimeError("worker died: OOM")),  # process killed
+        _result("c", point, {"final": False, "throughput_sps": 50.0, "trial_id": "c"}),  # ASHA stopped it
+        _result("d", point, {"final": False, "trial_id": "d"}),  # running when interrupted
+        _result("e", point),  # never started
+    ]
+    statuses = {"a": "TERMINATED", "b": "ERROR", "c": "TERMINATED", "d": "RUNNING", "e": "PENDING"}
+    recs = {r["trial_id"]: r for r in _collect(grid, statuses)}
+    assert recs["a"]["status"] == "ok" and recs["a"]["checkpoint"] == str(ck)
+    assert recs["b"]["status"] == "failed" and "worker died: OOM" in recs["b"]["error"]
+    assert recs["c"]["status"] == "stopped" and recs["c"]["throughput_sps"] == 50.0
+    assert recs["d"]["status"] == recs["e"]["status"] == "unfinished"
+    assert recs["e"]["label"] == "onnxruntime-fp32-b16-s1"
