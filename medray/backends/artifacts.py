@@ -1,7 +1,7 @@
 """Content-addressed cache of built artifacts (ONNX files, IR, INT8 models, engines).
 
 An entry lives in ``<cache>/artifacts/<kind>-<key16>/`` with the artifact file and a
-``meta.json`` recording the key's inputs, the file's sha256, its size and build time.
+``meta.json`` recording the key's inputs, every file's sha256, the size and build time.
 An entry is used only if the recorded hash matches the file on disk; otherwise it is
 rebuilt.  Builds hold an exclusive file lock so concurrent jobs build once.
 """
@@ -98,6 +98,11 @@ class ArtifactCache:
                 "parts": parts,
                 "file": filename,
                 "sha256": file_sha256(tmp / filename),
+                # Every file of the entry (an OpenVINO IR's weights live in model.bin
+                # beside model.xml): a corrupted companion file is a miss, not garbage.
+                "files": {
+                    str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+                },
                 "bytes": size,
                 "build_s": build_s,
             }
@@ -117,4 +122,8 @@ class ArtifactCache:
             return None
         if meta.get("key") != key or meta.get("sha256") != file_sha256(path):
             return None
+        for rel, digest in (meta.get("files") or {}).items():
+            f = d / rel
+            if not f.is_file() or file_sha256(f) != digest:
+                return None
         return meta

@@ -91,3 +91,20 @@ def test_input_shape_is_checked(tiny_spec, cache):
     b = OnnxRuntimeBackend(spec).load()
     with pytest.raises(BackendError, match=r"input shape \(2, 1, 32, 32\) does not match the model's \(N, 3, 32, 32\)"):
         b.infer(np.zeros((2, 1, 32, 32), np.float32))
+
+
+def test_corrupted_companion_file_is_a_cache_miss(tmp_path):
+    """An entry whose second file (e.g. an IR's model.bin) changed is rebuilt."""
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def build(path):
+        calls.append(path)
+        path.write_text("xml")
+        (path.parent / "model.bin").write_bytes(b"weights")
+
+    a = cache.get_or_build("ir", {"k": 1}, "model.xml", build)
+    (tmp_path / "artifacts" / a.path.split("/")[-2] / "model.bin").write_bytes(b"garbage")
+    b = cache.get_or_build("ir", {"k": 1}, "model.xml", build)
+    assert not b.cache_hit and len(calls) == 2
+    assert cache.get_or_build("ir", {"k": 1}, "model.xml", build).cache_hit
