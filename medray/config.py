@@ -400,8 +400,9 @@ class DataConfig:
 class TrainConfig:
     """How the demo model is trained when its checkpoint is not cached."""
 
-    epochs: int = 8
-    batch_size: int = 64
+    # Measured on 2 CPUs (medray/models/demo.py): 6 epochs of batch 32 at 96 px.
+    epochs: int = 6
+    batch_size: int = 32
     lr: float = 3e-3
     seed: int = 0
 
@@ -417,7 +418,7 @@ class ModelConfig:
     # null = the dataset's class count.
     num_classes: int | None = None
     in_chans: int = 3
-    input_size: int = 128
+    input_size: int = 96
     trust_checkpoint: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     # Constructor arguments of non-timm architectures (arch=monai_unet: channels, strides,
