@@ -28,7 +28,7 @@ log = logging.getLogger("medray.data")
 
 # Bump when the rendering changes: a dataset made by another version is a different
 # dataset, and must not be silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 BINARY_CLASSES = ["NORMAL", "PNEUMONIA"]
 CHESTXRAY14_CLASSES = [

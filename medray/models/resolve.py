@@ -21,7 +21,8 @@ def demo_checkpoint_path(cfg: EvalConfig, table: SampleTable) -> Path:
     # table.root may be a URI (a synthetic set uploaded to s3://...).
     gen = json.loads(medray_io.read_text(medray_io.join(table.root, "dataset.json"))).get("generator", {})
     tag = f"{table.name}-{m.arch}-{m.in_chans}x{m.input_size}-e{m.train.epochs}-s{m.train.seed}"
-    tag += f"-n{gen.get('n_train', 'x')}-g{gen.get('seed', 'x')}"
+    # The generator version is part of the tag: a demo trained on other images is another model.
+    tag += f"-n{gen.get('n_train', 'x')}-g{gen.get('seed', 'x')}-v{gen.get('version', 'x')}"
     return Path(cfg.cache_dir) / "models" / f"demo-{tag}.pt"
 
 
