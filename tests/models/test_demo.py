@@ -23,7 +23,10 @@ def binary_table(tmp_path_factory):
 def test_tiny_binary_run_writes_a_loadable_checkpoint(binary_table, tmp_path):
     threads = torch.get_num_threads()
     out = tmp_path / "ckpt" / "demo.pt"
-    s = train_demo(binary_table, ARCH, input_size=64, in_chans=3, out_path=out, epochs=2, batch_size=32)
+    # threads=1: these few tiny steps gain nothing from more, and a busy CI machine
+    # makes multi-threaded torch several times slower.
+    s = train_demo(binary_table, ARCH, input_size=64, in_chans=3, out_path=out, epochs=2, batch_size=32,
+                   threads=1)
     assert torch.get_num_threads() == threads  # the caller's setting is given back
     assert s["checkpoint"] == str(out) and s["n_train"] == 200 and s["n_test"] == 40
     assert 0.0 <= s["test_auc"] <= 1.0 and np.isfinite(s["final_loss"])
@@ -56,7 +59,7 @@ def test_tiny_binary_run_writes_a_loadable_checkpoint(binary_table, tmp_path):
 def test_tiny_multilabel_run(tmp_path):
     table = read_manifest_dir(ensure_synthetic("multilabel", tmp_path / "ds", 64, 0, 48, 64, seed=2))
     s = train_demo(table, ARCH, input_size=48, in_chans=1, out_path=tmp_path / "m.pt", epochs=1,
-                   batch_size=32)
+                   batch_size=32, threads=1)
     _, meta = read_checkpoint(tmp_path / "m.pt")
     assert meta["task"] == "multilabel" and meta["classes"] == CHESTXRAY14_CLASSES
     assert meta["num_classes"] == 14 and meta["in_chans"] == 1 and meta["input_size"] == 48
