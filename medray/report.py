@@ -345,14 +345,15 @@ def write_outputs(out: str | Path, config: dict, doc: dict, results: list[RunRes
     out = medray_io.normalize(str(out))
     medray_io.makedirs(out)
     medray_io.write_text(medray_io.join(out, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
-    medray_io.write_text(medray_io.join(out, "metrics.json"), json.dumps(doc, indent=2, default=_json_default))
+    medray_io.write_text(medray_io.join(out, "metrics.json"), json.dumps(doc, indent=2, default=json_default))
     medray_io.write_text(medray_io.join(out, "report.md"), render_report(doc))
     for r in results:
         t = _targets(table, samples, r.predictions["sample_id"]) if table is not None else np.zeros(len(r.predictions))
         write_predictions(medray_io.join(out, "predictions", f"{r.spec.name}.parquet"), r.predictions, t)
 
 
-def _json_default(o):
+def json_default(o):
+    """``json.dumps`` fallback for numpy scalars/arrays (and anything else as str)."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -503,7 +504,7 @@ def write_segmentation_outputs(out: Path, config: dict, doc: dict, results: list
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=json_default))
     (out / "report.md").write_text(render_segmentation_report(doc))
     for r in results:
         write_segmentation_predictions(out / "predictions" / f"{r.spec.name}.parquet", r.predictions, doc["dataset"]["classes"])

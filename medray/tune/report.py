@@ -19,17 +19,11 @@ import numpy as np
 import pandas as pd
 
 from medray.config import SweepJobConfig, as_dict
+from medray.report import json_default
 from medray.tune import select
 
 log = logging.getLogger("medray.tune")
 
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def _nan_to_none(x: Any) -> Any:
@@ -294,7 +288,7 @@ def finish(cfg: SweepJobConfig, out: Path, table, samples, baseline, records: li
     }
     if plot(doc, out / "pareto.png"):
         doc["plot"] = "pareto.png"
-    doc = _nan_to_none(json.loads(json.dumps(doc, default=_json_default)))
+    doc = _nan_to_none(json.loads(json.dumps(doc, default=json_default)))
     (out / "config.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=str)), sort_keys=False))
     (out / "sweep.json").write_text(json.dumps(doc, indent=2))
     (out / "sweep.md").write_text(render(doc))
