@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,30 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402  (benchmarks/ is not a package)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import PIL
+def machine_with_decoder() -> dict:
+    """The shared machine description plus whether Pillow decodes with libjpeg-turbo."""
     from PIL import features
 
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    return {**machine(), "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo"))}
 
 
 def write_radiographs(
@@ -138,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(row)
     doc = {
         "benchmark": "decode",
-        "machine": machine(),
+        "machine": machine_with_decoder(),
         "images": {"n": a.num_images, "width": a.width, "height": a.height, "mean_mb": round(mb, 3),
                    "quality": 90, "noise": a.noise, "grey_and_rgb": True, "generate_s": round(gen_s, 2)},
         "results": results,

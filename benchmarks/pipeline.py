@@ -6,8 +6,8 @@ Measures, in one run on one machine, for one model/backend/precision/batch:
   (c) predecoded— the same pipeline with decoding removed (uint8 tensors fed through Ray Data)
   (d) dataloader— what a user writes by hand: a PyTorch DataLoader with workers feeding the
                   same backend
-and prints images/s with the ratios b/a, c/a, b/d (median and spread over repeats), plus the
-FLOP utilisation of (a) against a measured fp32 matmul peak.
+and prints images/s (median and spread over repeats) with the ratios b/a, c/a, b/d (taken within
+each repeat, then their median and spread), plus the FLOP utilisation of (a) against a measured fp32 matmul peak.
 
     python benchmarks/pipeline.py --model densenet121 --backend onnxruntime --precision fp32 \\
         --batch-size 16 --num-images 512 --json out.json
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,29 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-
-def machine() -> dict:
-    """CPU model, cores, memory and library versions (so numbers can be compared)."""
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    versions = {}
-    for mod in ("torch", "onnxruntime", "openvino", "ray", "numpy"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": mem, "python": platform.python_version(), **versions}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402  (benchmarks/ is not a package)
 
 
 def write_images(root: Path, n: int, size: int, seed: int = 0) -> pd.DataFrame:
@@ -144,17 +122,17 @@ def bench_dataloader(backend, samples: pd.DataFrame, args, workers: int) -> floa
         torch.set_num_threads(1)
 
     loader = DataLoader(Images(), batch_size=args.batch_size, num_workers=workers, worker_init_fn=init, prefetch_factor=4)
-    t0 = time.perf_counter()
-    n = 0
-    first = None
+    # The same window as the pipeline's steady_throughput (actor clocks): from the start of
+    # the first backend call to the end of the last, so worker start-up is left out of
+    # both and the first batch (decoding still competing for the cores) is in both.
+    n, t_first = 0, None
     for batch in loader:
+        if t_first is None:
+            t_first = time.perf_counter()
         x = to_model_input(batch.numpy(), 3)
         backend.infer(x)
         n += len(x)
-        if first is None:  # like the pipeline: steady state after the first batch
-            first = (time.perf_counter(), n)
-    t_end = time.perf_counter()
-    return (n - first[1]) / (t_end - first[0]) if n > first[1] else n / (t_end - t0)
+    return n / (time.perf_counter() - t_first)
 
 
 def bench_pipeline(spec, samples: pd.DataFrame, images: np.ndarray | None, cores: int) -> float:
@@ -204,7 +182,7 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=1024, help="side of the JPEG files written (px)")
     p.add_argument("--input-size", type=int, default=224, help="model input side (px)")
     p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores)")
     p.add_argument("--workdir", default=None, help="where to write images/cache (default: a temp dir)")
@@ -238,19 +216,29 @@ def main(argv=None) -> dict:
     backend = get_backend(args.backend)(spec).load()
 
     res: dict[str, list[float]] = {"bare": [], "pipeline": [], "predecoded": [], "dataloader": []}
+    measures = {
+        "bare": lambda: bench_bare(backend, x, args.batch_size),
+        "dataloader": lambda: bench_dataloader(backend, samples, args, args.workers or cores),
+        "pipeline": lambda: bench_pipeline(spec, samples, None, cores),
+        "predecoded": lambda: bench_pipeline(spec, samples, u8, cores),
+    }
+    order = list(measures)
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
         for r in range(args.repeats):
-            res["bare"].append(bench_bare(backend, x, args.batch_size))
-            res["dataloader"].append(bench_dataloader(backend, samples, args, args.workers or cores))
-            res["pipeline"].append(bench_pipeline(spec, samples, None, cores))
-            res["predecoded"].append(bench_pipeline(spec, samples, u8, cores))
+            # Rotated each repeat so that no measure always runs first (or right after Ray
+            # Data's actors exit); the ratios are taken within a repeat, where drift of a
+            # shared or throttled machine hits the four measures alike.
+            for k in order[r % 4 :] + order[: r % 4]:
+                res[k].append(measures[k]())
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in res.items()), flush=True)
     finally:
         ray.shutdown()
         backend.close()
 
     med = {k: statistics.median(v) for k, v in res.items()}
+    pairs = {"b/a": ("pipeline", "bare"), "c/a": ("predecoded", "bare"), "b/d": ("pipeline", "dataloader")}
+    paired = {name: [n / d for n, d in zip(res[num], res[den])] for name, (num, den) in pairs.items()}
     peak = matmul_peak_gflops(cores)
     out = {
         "model": args.model,
@@ -261,23 +249,27 @@ def main(argv=None) -> dict:
         "num_images": args.num_images,
         "image_size": args.image_size,
         "input_size": args.input_size,
+        "repeats": args.repeats,
         "artifact_path": artifact_path,
         "bare_sps": med["bare"],
         "pipeline_sps": med["pipeline"],
         "pipeline_predecoded_sps": med["predecoded"],
         "dataloader_sps": med["dataloader"],
-        "ratios": {
-            "b/a": med["pipeline"] / med["bare"],
-            "c/a": med["predecoded"] / med["bare"],
-            "b/d": med["pipeline"] / med["dataloader"],
-        },
+        # Median of the per-repeat ratios (both measures of a ratio from the same repeat).
+        "ratios": {name: statistics.median(v) for name, v in paired.items()},
+        "ratio_spread": {name: summary(v) for name, v in paired.items()},
+        # The ratio of the medians, for comparison: mixes repeats, so drift can move it.
+        "ratios_of_medians": {name: med[num] / med[den] for name, (num, den) in pairs.items()},
         "spread": {k: summary(v) for k, v in res.items()},
         "model_gflops_per_image": gflops,
         "matmul_peak_gflops": peak,
         "bare_flop_utilisation": gflops * med["bare"] / peak,
         "machine": machine(),
     }
-    print(json.dumps({k: out[k] for k in ("bare_sps", "pipeline_sps", "pipeline_predecoded_sps", "dataloader_sps", "ratios")}, indent=2))
+    print(json.dumps({k: out[k] for k in ("bare_sps", "pipeline_sps", "pipeline_predecoded_sps", "dataloader_sps", "ratios",
+                                          "ratios_of_medians")}, indent=2))
+    for name, sp in out["ratio_spread"].items():
+        print(f"{name}: median {sp['median']:.3f} [{sp['min']:.3f}-{sp['max']:.3f}] over {len(sp['runs'])} repeats")
     print(f"FLOP utilisation of the bare loop: {100 * out['bare_flop_utilisation']:.0f}% of a {peak:.0f} GFLOP/s matmul peak")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
