@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from medray.data.generated import write_once
 
 log = logging.getLogger("medray.data")
 
@@ -123,38 +122,7 @@ def ensure_phantoms(
     gen = {"kind": "msd_phantom", "version": GENERATOR_VERSION, "n_train": int(n_train),
            "n_calibration": int(n_calibration), "n_test": int(n_test), "size": int(size),
            "seed": int(seed), "n_classes": int(n_classes)}
-    if _matches(root, gen):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write(tmp, gen)
-        try:
-            if root.is_dir() and not any(root.iterdir()):
-                root.rmdir()
-            tmp.rename(root)
-        except OSError:
-            if not _matches(root, gen):  # another process may have written it first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def _matches(root: Path, gen: dict) -> bool:
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
-        return False
-    try:
-        have = json.loads((root / "dataset.json").read_text()).get("generator")
-    except (OSError, json.JSONDecodeError):
-        have = None
-    if have == gen:
-        return True
-    raise ValueError(
-        f"{root} exists but is not the phantom set asked for (recorded {have}, asked {gen}); "
-        "pick another data.root or delete that folder"
-    )
+    return write_once(root, gen, lambda tmp: _write(tmp, gen), "phantom set")
 
 
 def _write(tmp: Path, gen: dict) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from medray.data.generated import write_once
 
 log = logging.getLogger("medray.data")
 
@@ -81,75 +81,8 @@ def ensure_synthetic(
     gen = {"kind": kind, "n_train": int(n_train), "n_calibration": int(n_calibration),
            "n_test": int(n_test), "image_size": int(image_size), "seed": int(seed),
            "version": GENERATOR_VERSION}
-    if _matches(root, gen):
-        return root
-
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(root)
-    tmp = root.parent / f".{root.name}.tmp-{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_dataset(tmp, gen, workers or min(os.cpu_count() or 1, 8))
-        if root.exists() and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()  # an empty directory (e.g. made by the user) is fine to replace
-        try:
-            tmp.rename(root)
-        except OSError:
-            # Another process may have finished the same dataset first: that is fine.
-            if not _matches(root, gen):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def _matches(root: Path, gen: dict) -> bool:
-    """True if ``root`` is this very dataset; False if absent; ValueError if different."""
-    meta_path = root / "dataset.json"
-    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
-        return False
-    if not meta_path.is_file():
-        raise ValueError(
-            f"data.root={root} exists and is not a synthetic dataset (no dataset.json). "
-            "Pick another data.root or delete that directory."
-        )
-    try:
-        have = json.loads(meta_path.read_text()).get("generator")
-    except (OSError, json.JSONDecodeError):
-        have = None
-    if have == gen:
-        return True
-    diff = (
-        ", ".join(f"{k}: {have.get(k)!r} there, {v!r} asked" for k, v in gen.items() if have.get(k) != v)
-        if isinstance(have, dict) else "no generator arguments recorded"
-    )
-    raise ValueError(
-        f"data.root={root} holds a synthetic dataset made with other arguments ({diff}). "
-        "Pick another data.root or delete that directory to regenerate it."
-    )
-
-
-def _host_tag() -> str:
-    import hashlib
-    import socket
-
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _remove_stale_tmp(root: Path) -> None:
-    """Delete temp dirs left by killed generators — best effort.
-
-    Only this host's, and only when their process is gone: on a shared file system
-    another node may be generating right now (its pid means nothing here).
-    """
-    for p in root.parent.glob(f".{root.name}.tmp-{_host_tag()}-*"):
-        try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError, OSError):
-            continue
+    return write_once(root, gen, lambda tmp: _write_dataset(tmp, gen, workers or min(os.cpu_count() or 1, 8)),
+                      "synthetic dataset")
 
 
 def _write_dataset(tmp: Path, gen: dict, workers: int) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medray.data import synthetic
+from medray.data import generated, synthetic
 from medray.data.preprocess import decode_gray
 from medray.data.synthetic import BINARY_CLASSES, CHESTXRAY14_CLASSES, ensure_synthetic
 from medray.data.table import read_manifest_dir
@@ -157,7 +157,7 @@ def test_killed_generation_leaves_nothing(tmp_path, monkeypatch):
 
     # Left by a process of this host that is gone, and by one on another host (kept:
     # on a shared file system it may still be running).
-    (tmp_path / f".ds.tmp-{synthetic._host_tag()}-999999999-deadbeef").mkdir()
+    (tmp_path / f".ds.tmp-{generated.host_tag()}-999999999-deadbeef").mkdir()
     (tmp_path / ".ds.tmp-0othernd-999999999-deadbeef").mkdir()
     monkeypatch.setattr(synthetic, "render_binary", dies_midway)
     with pytest.raises(KeyboardInterrupt):
