@@ -5,3 +5,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARCH = "resnet10t"
 TINY_SIZE = 32
+
+
+def margin_corr(a, b) -> float:
+    """Correlation of two binary models' logit margins (class 1 - class 0)."""
+    import numpy as np
+
+    return float(np.corrcoef(a[:, 1] - a[:, 0], b[:, 1] - b[:, 0])[0, 1])

@@ -13,11 +13,6 @@ from medray.backends.onnxruntime.backend import OnnxRuntimeBackend
 RTOL, ATOL = 1e-3, 1e-5
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return ArtifactCache(tmp_path_factory.mktemp("cache"))
-
-
 def _batch(n=5, size=32, seed=0):
     return np.random.default_rng(seed).standard_normal((n, 3, size, size), dtype=np.float32)
 

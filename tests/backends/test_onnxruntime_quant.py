@@ -10,44 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TINY_SIZE
+from helpers import TINY_SIZE, margin_corr
 
-from medray.backends import get_backend
-from medray.backends.artifacts import ArtifactCache
 from medray.backends.onnxruntime.backend import OnnxRuntimeBackend, graph_precision
 from medray.backends.onnxruntime.quantize import CalibrationReader, _chunk_stride
 from medray.data.calibration import CalibrationError, CalibrationSet, load_calibration
-from medray.data.preprocess import decode_gray, to_model_input
-from medray.data.sources import calibration_samples, select_samples
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return ArtifactCache(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Synthetic images: calibration split for INT8, test split to compare outputs on."""
-    from medray.data.synthetic import ensure_synthetic
-    from medray.data.table import read_manifest_dir
-
-    root = tmp_path_factory.mktemp("syn") / "synthetic"
-    ensure_synthetic("binary", root, n_train=2, n_calibration=16, n_test=24, image_size=48, seed=0)
-    table = read_manifest_dir(root)
-    evaluated = select_samples(table, "test", None, 0)
-    cal = calibration_samples(table, "calibration", 16, 0, evaluated)
-    x = to_model_input(np.stack([decode_gray(p, TINY_SIZE) for p in evaluated["path"]]), 3)
-    return {"table": table, "evaluated": evaluated, "calibration": cal, "x": x}
-
-
-@pytest.fixture(scope="module")
-def torch_logits(tiny_spec, data):
-    return get_backend("torch")(tiny_spec("torch")).load().infer(data["x"])
-
-
-def _margin_corr(a, b):
-    return float(np.corrcoef(a[:, 1] - a[:, 0], b[:, 1] - b[:, 0])[0, 1])
 
 
 def test_fp16_artifact_and_what_the_cpu_provider_really_runs(tiny_spec, cache, data, torch_logits):
@@ -88,7 +55,7 @@ def test_int8_qdq_is_quantized_smaller_and_agrees(tiny_spec, cache, data, torch_
     assert eff["compute_ops"]["int8"] > eff["compute_ops"].get("fp32", 0)
     y = b.infer(data["x"])
     assert (y.argmax(1) == torch_logits.argmax(1)).mean() >= 0.9
-    assert _margin_corr(y, torch_logits) >= 0.95
+    assert margin_corr(y, torch_logits) >= 0.95
 
     with caplog.at_level("INFO", logger="medray.artifacts"):
         again = OnnxRuntimeBackend.prepare(spec, cache, data)

@@ -12,13 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_ARCH, TINY_SIZE
+from helpers import TINY_ARCH, TINY_SIZE, margin_corr
 
 from medray.backends import BackendError, get_backend
-from medray.backends.artifacts import ArtifactCache
 from medray.config import ConfigError, EvalConfig, OnnxRuntimeConfig, OpenVINOConfig, QuantizationConfig
-from medray.data.preprocess import decode_gray, to_model_input
-from medray.data.sources import calibration_samples, select_samples
 from medray.pipeline.predictor import probabilities
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
@@ -27,40 +24,12 @@ pytestmark = pytest.mark.openvino
 CAPS = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return ArtifactCache(tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from medray.data.synthetic import ensure_synthetic
-    from medray.data.table import read_manifest_dir
-
-    root = tmp_path_factory.mktemp("syn") / "synthetic"
-    ensure_synthetic("binary", root, n_train=2, n_calibration=16, n_test=24, image_size=48, seed=0)
-    table = read_manifest_dir(root)
-    evaluated = select_samples(table, "test", None, 0)
-    cal = calibration_samples(table, "calibration", 16, 0, evaluated)
-    x = to_model_input(np.stack([decode_gray(p, TINY_SIZE) for p in evaluated["path"]]), 3)
-    return {"table": table, "evaluated": evaluated, "calibration": cal, "x": x}
-
-
-@pytest.fixture(scope="module")
-def torch_logits(tiny_spec, data):
-    return get_backend("torch")(tiny_spec("torch")).load().infer(data["x"])
-
-
 def _load(tiny_spec, cache, data, precision, **backend):
     spec = tiny_spec("openvino", precision, threads=2)
     for k, v in backend.items():
         setattr(spec.backend, k, v)
     spec.artifact = get_backend("openvino").prepare(spec, cache, data)
     return get_backend("openvino")(spec).load()
-
-
-def _margin_corr(a, b):
-    return float(np.corrcoef(a[:, 1] - a[:, 0], b[:, 1] - b[:, 0])[0, 1])
 
 
 def test_fp32_hint_matches_torch_within_1e4(tiny_spec, cache, data, torch_logits):
@@ -148,7 +117,7 @@ def test_int8_nncf(tiny_spec, cache, data, torch_logits, caplog):
     assert eff["compute_ops"]["int8"] >= 14 and eff["kept_in_float"] == q["kept_in_float"]
     y = b.infer(data["x"])
     assert (y.argmax(1) == torch_logits.argmax(1)).mean() >= 0.9
-    assert _margin_corr(y, torch_logits) >= 0.95
+    assert margin_corr(y, torch_logits) >= 0.95
 
     spec = b.spec
     with caplog.at_level("INFO", logger="medray.artifacts"):

@@ -51,11 +51,6 @@ def _gpu_and_trt() -> str | None:
 NO_GPU = _gpu_and_trt()
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return ArtifactCache(tmp_path_factory.mktemp("trtcache"))
-
-
 def trt_spec(tiny_spec, precision="fp32", batch_size=4, **backend):
     spec = tiny_spec("onnxruntime", precision, batch_size=batch_size)
     return replace(spec, name=f"trt-{precision}", backend=TensorRTConfig(**backend), device="cuda")
