@@ -31,7 +31,7 @@ def demo_checkpoint_path(cfg: EvalConfig, table: SampleTable) -> Path:
 # `data=synthetic` / `data=synthetic_multilabel` runs train and cache.
 DEMO_DATA = {
     "binary": {"name": "synthetic", "n_train": 2000, "n_calibration": 300, "n_test": 1000, "image_size": 256},
-    "multilabel": {"name": "synthetic_multilabel", "n_train": 3000, "n_calibration": 300, "n_test": 1000, "image_size": 256},
+    "multilabel": {"name": "synthetic_multilabel", "n_train": 2000, "n_calibration": 300, "n_test": 1000, "image_size": 256},
 }
 
 
