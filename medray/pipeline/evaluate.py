@@ -26,6 +26,7 @@ from medray.config import BackendConfig, ConfigError, EvalConfig, as_dict
 from medray.data.sources import calibration_samples, load_table, select_samples
 from medray.data.table import SampleTable
 from medray.monitoring import step
+from medray.pipeline import ray_remote_args_accepted
 from medray.pipeline.faults import (
     BadSampleError,
     apply_policy,
@@ -236,15 +237,16 @@ def read_dataset(samples: pd.DataFrame, size: int, block_size: int, on_error: st
     from medray.pipeline.predictor import decode_batch
 
     blocks = [samples.iloc[i : i + block_size][["sample_id", "path"]] for i in range(0, len(samples), block_size)]
-    return ray.data.from_pandas(blocks).map_batches(
-        decode_batch,
-        fn_kwargs={"size": size, "on_error": on_error},
-        batch_format="numpy",
-        batch_size=None,
-        # A ray_remote_args_fn keeps Ray Data from fusing the decode into the actor: fused,
-        # each actor would decode then infer serially instead of overlapping the two.
-        ray_remote_args_fn=_decode_task_args,
-    )
+    with ray_remote_args_accepted():
+        return ray.data.from_pandas(blocks).map_batches(
+            decode_batch,
+            fn_kwargs={"size": size, "on_error": on_error},
+            batch_format="numpy",
+            batch_size=None,
+            # A ray_remote_args_fn keeps Ray Data from fusing the decode into the actor: fused,
+            # each actor would decode then infer serially instead of overlapping the two.
+            ray_remote_args_fn=_decode_task_args,
+        )
 
 
 def _decode_task_args() -> dict:
@@ -261,18 +263,19 @@ def predict(ds, spec: RunSpec, plan: PoolPlan, max_retries: int = 3):
 
     from medray.pipeline.predictor import Predictor
 
-    return ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={"spec": spec},
-        compute=ray.data.ActorPoolStrategy(size=plan.actors),
-        batch_size=spec.batch_size,
-        batch_format="numpy",
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus or None,
-        max_restarts=max_retries,
-        max_task_retries=max_retries,
-        **_actor_placement(),
-    )
+    with ray_remote_args_accepted():
+        return ds.map_batches(
+            Predictor,
+            fn_constructor_kwargs={"spec": spec},
+            compute=ray.data.ActorPoolStrategy(size=plan.actors),
+            batch_size=spec.batch_size,
+            batch_format="numpy",
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus or None,
+            max_restarts=max_retries,
+            max_task_retries=max_retries,
+            **_actor_placement(),
+        )
 
 
 def _actor_placement() -> dict:

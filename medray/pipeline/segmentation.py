@@ -39,6 +39,7 @@ from medray.data.msd import (
     resolve_preprocessing,
 )
 from medray.data.table import SampleTable
+from medray.pipeline import ray_remote_args_accepted
 from medray.pipeline.resources import PoolPlan, plan_pool
 
 log = logging.getLogger("medray.segmentation")
@@ -256,13 +257,14 @@ def read_cases(samples: pd.DataFrame, prep: Preprocessing, num_classes: int, on_
     import ray.data
 
     blocks = [samples.iloc[[i]][["sample_id", "path", "label_path"]] for i in range(len(samples))]
-    return ray.data.from_pandas(blocks).map_batches(
-        read_case_batch,
-        fn_kwargs={"prep": prep.to_dict(), "num_classes": num_classes, "on_error": on_error},
-        batch_format="numpy",
-        batch_size=None,
-        ray_remote_args_fn=_read_task_args,
-    )
+    with ray_remote_args_accepted():
+        return ray.data.from_pandas(blocks).map_batches(
+            read_case_batch,
+            fn_kwargs={"prep": prep.to_dict(), "num_classes": num_classes, "on_error": on_error},
+            batch_format="numpy",
+            batch_size=None,
+            ray_remote_args_fn=_read_task_args,
+        )
 
 
 def predict_cases(ds, spec: RunSpec, plan: PoolPlan, sliding: dict, mask_dir: Path, num_classes: int):

@@ -61,3 +61,20 @@ def test_sharded_equals_single_actor_equals_sklearn(ray_local, data_dir, tiny_ch
     assert cand["agreement"]["top1"] == 1.0 and cand["agreement"]["max_abs_prob_diff"] < 1e-4
     assert cand["latency_ms"]["per_sample_mean"] > 0 and cand["throughput_sps"] > 0
     assert cand["effective_precision"]["executed"] == "fp32"
+
+
+def test_building_the_pipeline_shows_no_ray_remote_args_deprecation(ray_local, data_dir, tiny_checkpoint):
+    """Ray 2.60 warns about the remote args medray must pass (no replacement yet): users
+    should not see that on every run, whatever warning filters are in force."""
+    import warnings
+
+    from medray.pipeline.evaluate import predict, read_dataset
+    from medray.pipeline.resources import plan_pool
+
+    cfg = make_cfg(data_dir, tiny_checkpoint)
+    _, samples, specs = prepare(cfg)
+    plan = plan_pool(device="cpu", streams=1, cluster_cpus=2, cluster_gpus=0, node_cores=2, reserve_cpus=1, threads=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict(read_dataset(samples, TINY_SIZE, 8), specs[-1], plan)  # built, not executed
+    assert not [w for w in caught if "ray_remote_args" in str(w.message)], [str(w.message) for w in caught]
