@@ -58,14 +58,17 @@ def matches(root: Path, gen: dict, what: str) -> bool:
         have = None
     if have == gen:
         return True
-    diff = (
-        ", ".join(f"{k}: {have.get(k)!r} there, {v!r} asked" for k, v in gen.items() if have.get(k) != v)
-        if isinstance(have, dict) else "no generator arguments recorded"
-    )
     raise ValueError(
-        f"data.root={root} exists but is not the {what} asked for ({diff}). "
+        f"data.root={root} exists but is not the {what} asked for ({', '.join(generator_diff(have, gen))}). "
         "Pick another data.root or delete that directory to regenerate it."
     )
+
+
+def generator_diff(have, want: dict) -> list[str]:
+    """``"key: <recorded> there, <asked> asked"`` for every argument that differs."""
+    if not isinstance(have, dict):
+        return ["no generator arguments recorded"]
+    return [f"{k}: {have.get(k)!r} there, {v!r} asked" for k, v in want.items() if have.get(k) != v]
 
 
 def host_tag() -> str:

@@ -56,6 +56,7 @@ def _read_uploaded_synthetic(data: DataConfig, root: str) -> SampleTable:
     import json
 
     from medray import io as medray_io
+    from medray.data.generated import generator_diff
 
     meta_uri = medray_io.join(root, "dataset.json")
     if not medray_io.exists(meta_uri):
@@ -66,8 +67,7 @@ def _read_uploaded_synthetic(data: DataConfig, root: str) -> SampleTable:
     gen = json.loads(medray_io.read_text(meta_uri)).get("generator") or {}
     want = {"kind": _SYNTHETIC_KIND[data.name], "n_train": data.n_train, "n_calibration": data.n_calibration,
             "n_test": data.n_test, "image_size": data.image_size, "seed": data.seed}
-    diff = [f"{k}: {gen.get(k)!r} there, {v!r} asked" for k, v in want.items() if gen.get(k) != v]
-    if diff:
+    if diff := generator_diff(gen, want):
         raise ConfigError(
             f"data.root={root!r} holds a synthetic set made with other arguments ({', '.join(diff)}); "
             "set data.* to match it or upload the set you mean"
