@@ -30,11 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402  (benchmarks/ is not a package)
+
 DEFAULT_CONFIGS = "torch-fp32,onnxruntime-fp32,onnxruntime-int8,openvino-fp32,openvino-bf16,openvino-int8"
 
 
 def _sibling(name: str):
-    """Import benchmarks/<name>.py (machine description and JPEG writer are shared)."""
+    """Import benchmarks/<name>.py (the JPEG writer of pipeline.py is shared)."""
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -166,7 +169,7 @@ def main(argv=None) -> dict:
     shared = _sibling("pipeline")
     threads = args.threads or len(os.sched_getaffinity(0))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medray-bench-backends-"))
-    mach = shared.machine()
+    mach = machine()
     print(f"machine: {mach}", flush=True)
     calib = shared.write_images(work / "calibration", args.calib_samples, max(args.input_size, 256), seed=1)
     torch.manual_seed(0)

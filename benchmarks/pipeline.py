@@ -215,7 +215,6 @@ def main(argv=None) -> dict:
     x = to_model_input(u8, 3)
     backend = get_backend(args.backend)(spec).load()
 
-    res: dict[str, list[float]] = {"bare": [], "pipeline": [], "predecoded": [], "dataloader": []}
     measures = {
         "bare": lambda: bench_bare(backend, x, args.batch_size),
         "dataloader": lambda: bench_dataloader(backend, samples, args, args.workers or cores),
@@ -223,6 +222,7 @@ def main(argv=None) -> dict:
         "predecoded": lambda: bench_pipeline(spec, samples, u8, cores),
     }
     order = list(measures)
+    res: dict[str, list[float]] = {k: [] for k in order}
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
         for r in range(args.repeats):
