@@ -45,8 +45,8 @@ def _sibling(name: str):
 
 
 def make_spec(backend: str, precision: str, args, ckpt: Path, sha: str, threads: int):
-    from medray.backends.base import ModelSpec, RunSpec
     from medray.config import backend_config
+    from medray.specs import ModelSpec, RunSpec
 
     cfg = backend_config(backend)
     if backend == "openvino" and args.ov_hint:

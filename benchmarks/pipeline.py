@@ -77,8 +77,8 @@ def model_gflops(model, input_shape) -> float:
 
 
 def make_spec(args, ckpt: Path, sha: str, threads: int):
-    from medray.backends.base import ModelSpec, RunSpec
     from medray.config import backend_config
+    from medray.specs import ModelSpec, RunSpec
 
     model = ModelSpec(args.model, args.num_classes, 3, args.input_size, str(ckpt), sha)
     return RunSpec(

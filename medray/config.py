@@ -21,12 +21,8 @@ TASKS = ("classification", "segmentation")
 TTA_MODES = ("none", "tencrop")
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which key and how to fix it."""
-
-
-def _fail(key: str, value: Any, fix: str) -> None:
-    raise ConfigError(f"{key}={value!r}: {fix}")
+from medray.errors import ConfigError  # noqa: E402,F401  (medray.config.ConfigError is public)
+from medray.errors import fail as _fail  # noqa: E402
 
 
 def default_cache_dir() -> str:
@@ -516,11 +512,10 @@ class RayConfig:
 
 
 def parse_run_name(value: str, key: str = "baseline") -> tuple[str, str]:
-    """``"torch-fp32"`` → ``("torch", "fp32")``."""
-    parts = value.split("-")
-    if len(parts) != 2 or not all(parts):
-        _fail(key, value, "use <backend>-<precision>, e.g. torch-fp32, or null to skip the baseline")
-    return parts[0], parts[1]
+    """``"torch-fp32"`` → ``("torch", "fp32")`` (see :class:`medray.specs.RunName`)."""
+    from medray.specs import RunName
+
+    return RunName.parse(value, key)
 
 
 @dataclass

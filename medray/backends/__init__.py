@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from medray.backends.base import Backend, BackendError, ModelSpec, RunSpec
+from medray.backends.base import Backend, BackendError
 
 REGISTRY: dict[str, str] = {
     "torch": "medray.backends.torch.backend:TorchBackend",
@@ -28,4 +28,4 @@ def get_backend(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Backend", "BackendError", "ModelSpec", "RunSpec", "REGISTRY", "get_backend"]
+__all__ = ["Backend", "BackendError", "REGISTRY", "get_backend"]

@@ -11,12 +11,11 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from medray.config import BackendConfig
+from medray.specs import ModelSpec, RunSpec  # noqa: F401  (re-exported for backends)
 
 if TYPE_CHECKING:
     from medray.backends.artifacts import ArtifactCache
@@ -47,53 +46,6 @@ def is_out_of_memory(e: BaseException) -> bool:
         return True
     text = str(e).lower()
     return any(t in text for t in _OOM_TEXT)
-
-
-@dataclass
-class ModelSpec:
-    """What an actor needs to rebuild the model: no Hydra objects, absolute paths."""
-
-    arch: str
-    num_classes: int
-    in_chans: int
-    input_size: int
-    checkpoint: str | None
-    checkpoint_sha256: str | None = None
-    trust_checkpoint: bool = False
-    task: str = "multiclass"
-    # Spatial input shape when it is not input_size × input_size: the sliding-window ROI
-    # (D, H, W) of a 3D segmentation model.
-    spatial: tuple[int, ...] | None = None
-    # Constructor arguments of non-timm architectures (MONAI UNet channels/strides...).
-    net: dict = field(default_factory=dict)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """One sample's input shape without the batch axis: ``(C, *spatial)``."""
-        if self.spatial is not None:
-            return (self.in_chans, *(int(v) for v in self.spatial))
-        return (self.in_chans, self.input_size, self.input_size)
-
-
-@dataclass
-class RunSpec:
-    """One evaluated configuration (baseline or candidate), as shipped to the actors."""
-
-    name: str
-    role: str
-    backend: BackendConfig
-    precision: str
-    device: str
-    batch_size: int
-    streams: int
-    model: ModelSpec
-    threads: int = 1
-    warmup_batches: int = 2
-    artifact: dict | None = None  # {"path", "bytes", "build_s", "cache_hit", "key"}
-    options: dict = field(default_factory=dict)
-    # Test-time augmentation (medray.data.tta): the Predictor runs every view through
-    # the backend and averages probabilities; latency covers all the views.
-    tta: str = "none"
 
 
 class Backend(ABC):

@@ -6,10 +6,10 @@ import json
 import logging
 from pathlib import Path
 
-from medray.backends.base import ModelSpec
 from medray.config import ConfigError, EvalConfig
 from medray.data.table import SampleTable
 from medray.models.factory import CheckpointError, classifier_out_features, file_sha256, read_checkpoint
+from medray.specs import ModelSpec
 
 log = logging.getLogger("medray.models")
 

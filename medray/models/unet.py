@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from medray.backends.base import ModelSpec
     from medray.config import EvalConfig
     from medray.data.msd import Preprocessing
     from medray.data.table import SampleTable
+    from medray.specs import ModelSpec
 
 log = logging.getLogger("medray.train")
 
@@ -223,9 +223,9 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
     config names); a user's checkpoint must be a MONAI UNet with ``net`` settings from
     ``model.net`` or its meta, and is checked against the dataset's labels.
     """
-    from medray.backends.base import ModelSpec
     from medray.config import ConfigError
     from medray.models.factory import CheckpointError, file_sha256, read_checkpoint
+    from medray.specs import ModelSpec
 
     if prep is None:
         from medray.data.msd import modalities, read_dataset_json, resolve_preprocessing

@@ -21,7 +21,6 @@ import pandas as pd
 from medray import io as medray_io
 from medray.backends import get_backend
 from medray.backends.artifacts import ArtifactCache
-from medray.backends.base import ModelSpec, RunSpec
 from medray.config import BackendConfig, ConfigError, EvalConfig, as_dict
 from medray.data.sources import calibration_samples, load_table, select_samples
 from medray.data.table import SampleTable
@@ -40,6 +39,7 @@ from medray.pipeline.faults import (
 )
 from medray.pipeline.resources import PoolPlan, plan_pool
 from medray.pipeline.resume import ResumeState
+from medray.specs import ModelSpec, RunSpec
 
 log = logging.getLogger("medray.evaluate")
 

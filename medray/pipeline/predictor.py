@@ -11,11 +11,11 @@ import uuid
 import numpy as np
 
 from medray.backends import get_backend
-from medray.backends.base import RunSpec
 from medray.data.preprocess import decode_gray, to_model_input
 from medray.data.tta import views as tta_views
 from medray.monitoring import PredictorMetrics, count_error, step
 from medray.pipeline.faults import SAMPLE_ERRORS, BadSampleError, describe, inject_faults
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.predictor")
 

@@ -32,8 +32,8 @@ import pandas as pd
 from medray.config import ConfigError, as_dict
 
 if TYPE_CHECKING:
-    from medray.backends.base import RunSpec
     from medray.config import EvalConfig
+    from medray.specs import RunSpec
 
 log = logging.getLogger("medray.resume")
 

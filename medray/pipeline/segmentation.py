@@ -28,7 +28,6 @@ import pandas as pd
 
 from medray.backends import get_backend
 from medray.backends.artifacts import ArtifactCache
-from medray.backends.base import RunSpec
 from medray.config import ConfigError, EvalConfig, as_dict
 from medray.data.msd import (
     Preprocessing,
@@ -41,6 +40,7 @@ from medray.data.msd import (
 from medray.data.table import SampleTable
 from medray.pipeline import ray_remote_args_accepted
 from medray.pipeline.resources import PoolPlan, plan_pool
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.segmentation")
 

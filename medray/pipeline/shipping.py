@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medray.backends.base import RunSpec
 from medray.models.factory import file_sha256
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.shipping")
 

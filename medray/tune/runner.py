@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medray.backends.base import ModelSpec, RunSpec
 from medray.config import BACKEND_CONFIGS, ConfigError, EvalConfig, SweepJobConfig, as_dict, parse_run_name
 from medray.data.table import SampleTable
 from medray.pipeline.resources import PoolPlan
+from medray.specs import ModelSpec, RunSpec
 from medray.tune import select, space
 
 log = logging.getLogger("medray.tune")

@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 
 from medray.backends import REGISTRY
-from medray.backends.base import Backend, ModelSpec, RunSpec
+from medray.backends.base import Backend
 from medray.config import BackendConfig
 from medray.pipeline.resources import plan_pool
+from medray.specs import ModelSpec, RunSpec
 
 HERE = Path(__file__).resolve().parent
 FAKE = "fakegpu"

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medray.backends.base import BackendError, ModelSpec, RunSpec
+from medray.backends.base import BackendError
 from medray.config import (
     ConfigError,
     DataConfig,
@@ -31,6 +31,7 @@ from medray.models.factory import file_sha256, save_checkpoint
 from medray.models.unet import build_unet
 from medray.pipeline.segmentation import SegPredictor, build_segmentation_metrics, execute, load_mask, prepare
 from medray.report import render_segmentation_report, write_segmentation_outputs
+from medray.specs import ModelSpec, RunSpec
 
 NET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 ROI = [16, 16, 16]

@@ -11,8 +11,9 @@ import tempfile
 import numpy as np
 
 from medray.backends.artifacts import ArtifactCache
-from medray.backends.base import Backend, BackendError, RunSpec
+from medray.backends.base import Backend, BackendError
 from medray.models.export import INPUT_NAME
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.onnxruntime")
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from medray.backends.artifacts import ArtifactCache
-from medray.backends.base import Backend, BackendError, RunSpec
+from medray.backends.base import Backend, BackendError
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.openvino")
 

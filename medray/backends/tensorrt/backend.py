@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medray.backends.artifacts import ArtifactCache
-from medray.backends.base import Backend, BackendError, RunSpec
+from medray.backends.base import Backend, BackendError
 from medray.backends.tensorrt.build import (
     ENGINE_FILE,
     batch_profile,
@@ -38,6 +38,7 @@ from medray.backends.tensorrt.build import (
     prepare_graph,
     summarise_layers,
 )
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.tensorrt")
 

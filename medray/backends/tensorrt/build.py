@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from medray.backends.artifacts import ArtifactCache
-from medray.backends.base import BackendError, RunSpec
+from medray.backends.base import BackendError
+from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.tensorrt")
 

@@ -1,0 +1,81 @@
+"""What crosses into the actors: plain dataclasses and absolute paths, never Hydra objects.
+
+:class:`ModelSpec` (how to rebuild the model), :class:`RunSpec` (one evaluated
+configuration) and :class:`RunName` (the ``<backend>-<precision>`` name of a run, built
+and parsed only here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+from medray.errors import fail
+
+if TYPE_CHECKING:
+    from medray.config import BackendConfig
+
+
+class RunName(NamedTuple):
+    """``<backend>-<precision>``: the name of a run in outputs, logs and sweeps."""
+
+    backend: str
+    precision: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+    @classmethod
+    def parse(cls, value: str, key: str = "baseline") -> RunName:
+        """``"torch-fp32"`` → ``RunName("torch", "fp32")``; a ConfigError naming ``key`` otherwise."""
+        parts = str(value).split("-")
+        if len(parts) != 2 or not all(parts):
+            fail(key, value, "use <backend>-<precision>, e.g. torch-fp32, or null to skip the baseline")
+        return cls(parts[0], parts[1])
+
+
+@dataclass
+class ModelSpec:
+    """What an actor needs to rebuild the model: no Hydra objects, absolute paths."""
+
+    arch: str
+    num_classes: int
+    in_chans: int
+    input_size: int
+    checkpoint: str | None
+    checkpoint_sha256: str | None = None
+    trust_checkpoint: bool = False
+    task: str = "multiclass"
+    # Spatial input shape when it is not input_size × input_size: the sliding-window ROI
+    # (D, H, W) of a 3D segmentation model.
+    spatial: tuple[int, ...] | None = None
+    # Constructor arguments of non-timm architectures (MONAI UNet channels/strides...).
+    net: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's input shape without the batch axis: ``(C, *spatial)``."""
+        if self.spatial is not None:
+            return (self.in_chans, *(int(v) for v in self.spatial))
+        return (self.in_chans, self.input_size, self.input_size)
+
+
+@dataclass
+class RunSpec:
+    """One evaluated configuration (baseline or candidate), as shipped to the actors."""
+
+    name: str
+    role: str
+    backend: BackendConfig
+    precision: str
+    device: str
+    batch_size: int
+    streams: int
+    model: ModelSpec
+    threads: int = 1
+    warmup_batches: int = 2
+    artifact: dict | None = None  # {"path", "bytes", "build_s", "cache_hit", "key"}
+    options: dict = field(default_factory=dict)
+    # Test-time augmentation (medray.data.tta): the Predictor runs every view through
+    # the backend and averages probabilities; latency covers all the views.
+    tta: str = "none"
