@@ -11,18 +11,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from omegaconf import MISSING
+
+from medray.backends import REGISTRY, config_class
+from medray.backends.config import BackendConfig
+from medray.errors import ConfigError  # noqa: F401  (medray.config.ConfigError is public)
+from medray.errors import fail as _fail
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda")
 TASKS = ("classification", "segmentation")
 TTA_MODES = ("none", "tencrop")
-
-
-from medray.errors import ConfigError  # noqa: E402,F401  (medray.config.ConfigError is public)
-from medray.errors import fail as _fail  # noqa: E402
 
 
 def default_cache_dir() -> str:
@@ -32,233 +33,8 @@ def default_cache_dir() -> str:
 # --------------------------------------------------------------------------- backends
 
 
-@dataclass
-class BackendConfig:
-    """Options common to every backend; one subclass per backend adds its own.
-
-    ``SUPPORTED`` is the backend × device × precision matrix of DESIGN.md: a pair that
-    is not listed is a config error naming the supported ones.
-    """
-
-    name: str = "torch"
-    # Intra-op threads per stream; null = the node's cores divided by `streams`.
-    threads: int | None = None
-
-    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {}
-    # The device used when the config leaves `device` null (trt: cuda).
-    DEFAULT_DEVICE: ClassVar[str] = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            _fail("backend.threads", self.threads, "use a positive thread count or null (automatic)")
-
-    def check_run(self, device: str, precision: str, batch_size: int) -> None:
-        """Checks of backend options against the run (device, batch); none by default."""
-
-    def check_pair(self, device: str, precision: str, key: str = "precision") -> None:
-        """Raise ConfigError unless ``device``/``precision`` is supported by this backend."""
-        if device not in self.SUPPORTED:
-            _fail(
-                "device",
-                device,
-                f"backend={self.name} runs on {sorted(self.SUPPORTED)}; choose one of those or another backend",
-            )
-        if precision not in self.SUPPORTED[device]:
-            pairs = "; ".join(f"{d}: {', '.join(p)}" for d, p in self.SUPPORTED.items())
-            _fail(
-                key,
-                precision,
-                f"backend={self.name} on device={device} supports {list(self.SUPPORTED[device])} "
-                f"(all devices — {pairs})",
-            )
-
-
-@dataclass
-class TorchConfig(BackendConfig):
-    """PyTorch eager: the baseline."""
-
-    name: str = "torch"
-    channels_last: bool = False
-
-    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
-        "cpu": ("fp32", "bf16"),
-        "cuda": ("fp32", "tf32", "fp16", "bf16"),
-    }
-
-
-@dataclass
-class OnnxRuntimeConfig(BackendConfig):
-    """ONNX Runtime on the execution provider that matches ``device`` — never another."""
-
-    name: str = "onnxruntime"
-    opset: int = 17
-    # ORT graph optimisation level: disable | basic | extended | all
-    graph_optimization: str = "all"
-    # precision=int8 (static QDQ): activation range calibration minmax | entropy | percentile.
-    quant_method: str = "minmax"
-    # precision=int8: one weight scale per output channel (the usual choice for CNNs).
-    quant_per_channel: bool = True
-    # precision=int8: activation type, uint8 | int8 (weights are int8). uint8 on x86: ORT's
-    # CPU kernels are u8s8 and convert int8 activations to uint8, a rewrite that left 54 of
-    # DenseNet121's 120 convolutions unfused in fp32 (slower than fp32); uint8 fuses all.
-    quant_activation: str = "uint8"
-    # Execution provider: null = the device's own (CPU / CUDA); tensorrt = ORT's TensorRT
-    # EP (device=cuda only). The session must get exactly this provider, never a fallback.
-    provider: str | None = None
-
-    # fp16 on cpu is listed but, on x86, ORT's CPU provider has fp16 kernels for few ops:
-    # it inserts casts and runs convolutions in fp32 (slower than fp32). The backend warns,
-    # and effective_precision (read from ORT's optimised graph) then says "fp32".
-    # int8 on cuda is not listed: the CUDA provider has no int8 convolutions (use trt).
-    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
-        "cpu": ("fp32", "fp16", "int8"),
-        "cuda": ("fp32", "fp16"),
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.graph_optimization not in ("disable", "basic", "extended", "all"):
-            _fail(
-                "backend.graph_optimization",
-                self.graph_optimization,
-                "use one of disable, basic, extended, all",
-            )
-        if not 13 <= self.opset <= 23:
-            _fail("backend.opset", self.opset, "use an ONNX opset between 13 and 23 (17 is a safe default)")
-        if self.quant_method not in QUANT_METHODS:
-            _fail("backend.quant_method", self.quant_method, f"use one of {', '.join(QUANT_METHODS)}")
-        if self.quant_activation not in ("uint8", "int8"):
-            _fail("backend.quant_activation", self.quant_activation, "use uint8 (x86 CPUs) or int8")
-        if self.provider not in ORT_PROVIDERS:
-            _fail("backend.provider", self.provider, f"use null (the device's provider) or one of {', '.join(ORT_PROVIDERS[1:])}")
-
-    def check_run(self, device: str, precision: str, batch_size: int) -> None:
-        if self.provider in ("cuda", "tensorrt") and device != "cuda":
-            _fail("backend.provider", self.provider, f"the {self.provider} provider runs on GPUs: add device=cuda, or drop backend.provider")
-        if self.provider == "cpu" and device != "cpu":
-            _fail("backend.provider", self.provider, f"device={device} asks for the GPU: use device=cpu, or drop backend.provider")
-
-
-QUANT_METHODS = ("minmax", "entropy", "percentile")
-ORT_PROVIDERS = (None, "cpu", "cuda", "tensorrt")
-OV_HINTS = ("latency", "throughput")
-NNCF_PRESETS = ("performance", "mixed")
-
-
-@dataclass
-class OpenVINOConfig(BackendConfig):
-    """OpenVINO on the CPU. Inside each actor (one per `streams`), the compiled model runs
-    ``num_requests`` asynchronous infer requests concurrently, each on a slice of the
-    batch; the performance hint decides how many OpenVINO streams (thread
-    groups) serve them.  bf16/fp16 are execution-precision hints on the same fp32 IR;
-    int8 is an NNCF-quantized IR.
-    """
-
-    name: str = "openvino"
-    # latency: 1 OpenVINO stream, the whole batch in one request; throughput: OpenVINO
-    # picks streams for the actor's threads and the batch is split across requests.
-    performance_hint: str = "throughput"
-    # Infer requests per actor (null = the compiled model's optimal number for the hint).
-    num_requests: int | None = None
-    # OpenVINO streams per actor (null = chosen by the performance hint).
-    num_streams: int | None = None
-    # Pin inference threads to cores. Off by default: several actors on one node would pin
-    # to the same cores and fight; turn on with streams=1 on a dedicated node.
-    cpu_pinning: bool = False
-    # precision=int8 (NNCF post-training quantization).
-    nncf_preset: str = "performance"
-    fast_bias_correction: bool = True
-
-    # fp16 needs a CPU whose OPTIMIZATION_CAPABILITIES list FP16 (checked when loading).
-    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
-        "cpu": ("fp32", "fp16", "bf16", "int8"),
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.performance_hint not in OV_HINTS:
-            _fail("backend.performance_hint", self.performance_hint, f"use one of {', '.join(OV_HINTS)}")
-        if self.num_requests is not None and self.num_requests < 1:
-            _fail("backend.num_requests", self.num_requests, "use a positive number or null (OpenVINO's optimum)")
-        if self.num_streams is not None and self.num_streams < 1:
-            _fail("backend.num_streams", self.num_streams, "use a positive number or null (from the performance hint)")
-        if self.nncf_preset not in NNCF_PRESETS:
-            _fail("backend.nncf_preset", self.nncf_preset, f"use one of {', '.join(NNCF_PRESETS)}")
-
-
-@dataclass
-class TensorRTConfig(BackendConfig):
-    """TensorRT engines built from the ONNX export, on the GPU that runs them.
-
-    Precision lives in the graph (strongly typed network — the only mode TensorRT 11
-    has): fp32/tf32 build the fp32 export (TF32 tactics off / on), fp16 an fp16-converted
-    graph, int8 a Q/DQ graph calibrated on the calibration split.
-    """
-
-    name: str = "trt"
-    opset: int = 17
-    # Builder scratch memory (GiB) for tactics; too small excludes fast kernels.
-    workspace_gb: float = 4.0
-    # Optimisation profile over the batch axis: null = 1 / batch_size / batch_size.
-    min_batch: int | None = None
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    # 0 (fast build) .. 5 (slowest build, most tactics); TensorRT's default is 3.
-    builder_optimization_level: int = 3
-    # precision=int8: activation range calibration (ONNX Runtime's static QDQ quantizer).
-    quant_method: str = "minmax"
-    quant_per_channel: bool = True
-    # Engines are GPU-specific and built by the actors: null = <cache_dir> on each node.
-    engine_cache_dir: str | None = None
-
-    SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "tf32", "fp16", "int8")}
-    DEFAULT_DEVICE: ClassVar[str] = "cuda"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 13 <= self.opset <= 23:
-            _fail("backend.opset", self.opset, "use an ONNX opset between 13 and 23 (17 is a safe default)")
-        if not self.workspace_gb > 0:
-            _fail("backend.workspace_gb", self.workspace_gb, "use a positive size in GiB (e.g. 4)")
-        if not 0 <= self.builder_optimization_level <= 5:
-            _fail("backend.builder_optimization_level", self.builder_optimization_level, "use 0..5 (3 is TensorRT's default)")
-        for k in ("min_batch", "opt_batch", "max_batch"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                _fail(f"backend.{k}", v, "use a positive batch size or null (from batch_size)")
-        if self.quant_method not in QUANT_METHODS:
-            _fail("backend.quant_method", self.quant_method, f"use one of {', '.join(QUANT_METHODS)}")
-
-    def check_pair(self, device: str, precision: str, key: str = "precision") -> None:
-        if device != "cuda":
-            _fail(
-                "device",
-                device,
-                "backend=trt runs only on NVIDIA GPUs: use device=cuda (its default), "
-                "or backend=onnxruntime / openvino on the CPU",
-            )
-        super().check_pair(device, precision, key)
-
-    def profile(self, batch_size: int) -> tuple[int, int, int]:
-        """(min, opt, max) batch of the engine's optimisation profile."""
-        return (self.min_batch or 1, self.opt_batch or batch_size, self.max_batch or batch_size)
-
-    def check_run(self, device: str, precision: str, batch_size: int) -> None:
-        lo, opt, hi = self.profile(batch_size)
-        if hi < batch_size:
-            _fail("backend.max_batch", hi, f"the engine must accept batch_size={batch_size}: use max_batch >= {batch_size} or null")
-        if lo > 1:
-            _fail("backend.min_batch", lo, "the last batch of a split can be smaller: use min_batch=1 or null")
-        if not lo <= opt <= hi:
-            _fail("backend.opt_batch", opt, f"the optimisation profile needs min_batch ({lo}) <= opt_batch <= max_batch ({hi})")
-
-
-BACKEND_CONFIGS: dict[str, type[BackendConfig]] = {
-    "torch": TorchConfig,
-    "onnxruntime": OnnxRuntimeConfig,
-    "openvino": OpenVINOConfig,
-    "trt": TensorRTConfig,
-}
+# name -> options class, from the one registry (medray.backends.REGISTRY).
+BACKEND_CONFIGS: dict[str, type[BackendConfig]] = {name: config_class(name) for name in REGISTRY}
 
 
 def backend_config(name: str) -> BackendConfig:

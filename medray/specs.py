@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from medray.errors import fail
 
 if TYPE_CHECKING:
-    from medray.config import BackendConfig
+    from medray.backends.config import BackendConfig
 
 
 class RunName(NamedTuple):

@@ -6,15 +6,9 @@ import pytest
 from helpers import REPO
 from hydra import compose, initialize_config_dir
 
-from medray.config import (
-    BACKEND_CONFIGS,
-    ConfigError,
-    EvalConfig,
-    OnnxRuntimeConfig,
-    TorchConfig,
-    register_configs,
-    to_config,
-)
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.backends.torch.config import TorchConfig
+from medray.config import BACKEND_CONFIGS, ConfigError, EvalConfig, register_configs, to_config
 
 register_configs()
 

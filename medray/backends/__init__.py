@@ -1,31 +1,63 @@
-"""Backend registry: the registry key is the backend's name everywhere.
+"""The backend registry: the one list of backend names.
 
-Entries are import paths so that heavy libraries (tensorrt, openvino, nncf) are imported
-only when their backend is used.
+A backend's name is the same word everywhere: the key here, ``conf/backend/<name>.yaml``,
+the CLI value (``backend=trt``) and the README table (a test ties them together).  Each
+entry names its options class (``<package>/config.py``, plain dataclasses) and its
+:class:`~medray.backends.base.Backend` class (``<package>/backend.py``) as import paths,
+so that the inference libraries (tensorrt, openvino, nncf...) are imported only when their
+backend runs, and ``import medray.config`` imports none of them.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, NamedTuple
 
 from medray.backends.base import Backend, BackendError
 
-REGISTRY: dict[str, str] = {
-    "torch": "medray.backends.torch.backend:TorchBackend",
-    "onnxruntime": "medray.backends.onnxruntime.backend:OnnxRuntimeBackend",
-    "openvino": "medray.backends.openvino.backend:OpenVINOBackend",
-    "trt": "medray.backends.tensorrt.backend:TensorRTBackend",
+if TYPE_CHECKING:
+    from medray.backends.config import BackendConfig
+
+
+class Registered(NamedTuple):
+    """Import paths (``module:Class``) of a backend's options and implementation."""
+
+    config: str
+    backend: str
+
+
+REGISTRY: dict[str, Registered] = {
+    "torch": Registered("medray.backends.torch.config:TorchConfig", "medray.backends.torch.backend:TorchBackend"),
+    "onnxruntime": Registered(
+        "medray.backends.onnxruntime.config:OnnxRuntimeConfig", "medray.backends.onnxruntime.backend:OnnxRuntimeBackend"
+    ),
+    "openvino": Registered(
+        "medray.backends.openvino.config:OpenVINOConfig", "medray.backends.openvino.backend:OpenVINOBackend"
+    ),
+    "trt": Registered("medray.backends.tensorrt.config:TensorRTConfig", "medray.backends.tensorrt.backend:TensorRTBackend"),
 }
 
 
-def get_backend(name: str) -> type[Backend]:
-    """The Backend class registered as ``name``."""
+def _load(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _entry(name: str) -> Registered:
     try:
-        target = REGISTRY[name]
+        return REGISTRY[name]
     except KeyError:
         raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Backend", "BackendError", "REGISTRY", "get_backend"]
+def get_backend(name: str) -> type[Backend]:
+    """The Backend class registered as ``name`` (imports its library)."""
+    return _load(_entry(name).backend)
+
+
+def config_class(name: str) -> type[BackendConfig]:
+    """The options dataclass of backend ``name`` (imports no inference library)."""
+    return _load(_entry(name).config)
+
+
+__all__ = ["REGISTRY", "Backend", "BackendError", "Registered", "config_class", "get_backend"]

@@ -21,7 +21,8 @@ import pandas as pd
 from medray import io as medray_io
 from medray.backends import get_backend
 from medray.backends.artifacts import ArtifactCache
-from medray.config import BackendConfig, ConfigError, EvalConfig, as_dict
+from medray.backends.config import BackendConfig
+from medray.config import ConfigError, EvalConfig, as_dict
 from medray.data.sources import calibration_samples, load_table, select_samples
 from medray.data.table import SampleTable
 from medray.monitoring import step

@@ -15,7 +15,9 @@ import pytest
 from helpers import TINY_ARCH, TINY_SIZE, margin_corr
 
 from medray.backends import BackendError, get_backend
-from medray.config import ConfigError, EvalConfig, OnnxRuntimeConfig, OpenVINOConfig, QuantizationConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.backends.openvino.config import OpenVINOConfig
+from medray.config import ConfigError, EvalConfig, QuantizationConfig
 from medray.pipeline.predictor import probabilities
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")

@@ -16,6 +16,7 @@ from helpers import REPO, TINY_ARCH, TINY_SIZE
 
 from medray.backends import BackendError, get_backend
 from medray.backends.artifacts import ArtifactCache, cache_key
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.backends.tensorrt.build import (
     CALIB_CACHE_FILE,
     CALIB_IDS_FILE,
@@ -27,7 +28,8 @@ from medray.backends.tensorrt.build import (
     qdq_stats,
     summarise_layers,
 )
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OnnxRuntimeConfig, RayConfig, TensorRTConfig
+from medray.backends.tensorrt.config import TensorRTConfig
+from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, RayConfig
 
 A100 = {"gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "tensorrt": "11.4.0.106"}
 

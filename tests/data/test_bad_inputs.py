@@ -15,7 +15,8 @@ import pytest
 from helpers import TINY_ARCH, TINY_SIZE
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from medray.config import DataConfig, EvalConfig, ModelConfig, OnnxRuntimeConfig, RayConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
 from medray.data.preprocess import DecodeError, check_pixels
 from medray.data.synthetic import ensure_synthetic
 from medray.data.table import read_manifest_dir

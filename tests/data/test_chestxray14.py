@@ -11,7 +11,8 @@ import pytest
 from helpers import REPO, TINY_ARCH, TINY_SIZE
 from PIL import Image
 
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OnnxRuntimeConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig
 from medray.data.chestxray14 import LABELS, parse_findings, read_chestxray14
 from medray.data.sources import check_patient_overlap, load_table, resolve_calibration_split
 

@@ -13,7 +13,8 @@ import yaml
 from helpers import REPO, TINY_ARCH, TINY_SIZE
 from PIL import Image
 
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, OnnxRuntimeConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig
 from medray.data.imagefolder import read_imagefolder
 from medray.data.preprocess import DecodeError, decode_gray
 from medray.data.sources import calibration_samples, load_table, resolve_calibration_split, select_samples

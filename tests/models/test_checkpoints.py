@@ -69,7 +69,8 @@ def test_safetensors_loads_without_pickle(model, tmp_path):
 def test_resolve_turns_a_refused_checkpoint_into_a_config_error(model, tmp_path):
     import pandas as pd
 
-    from medray.config import ConfigError, EvalConfig, ModelConfig, TorchConfig
+    from medray.backends.torch.config import TorchConfig
+    from medray.config import ConfigError, EvalConfig, ModelConfig
     from medray.data.table import SampleTable
     from medray.models.resolve import resolve_model
 

@@ -7,7 +7,8 @@ import pytest
 from helpers import TINY_ARCH, TINY_SIZE
 from sklearn.metrics import roc_auc_score
 
-from medray.config import DataConfig, EvalConfig, ModelConfig, OnnxRuntimeConfig, RayConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
 from medray.pipeline.evaluate import execute, prepare
 from medray.report import build_metrics
 

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medray.backends import REGISTRY
+from medray.backends import REGISTRY, Registered
 from medray.backends.base import Backend
-from medray.config import BackendConfig
+from medray.backends.config import BackendConfig
 from medray.pipeline.resources import plan_pool
 from medray.specs import ModelSpec, RunSpec
 
@@ -59,7 +59,7 @@ class FakeGPUBackend(Backend):
 
 def register_fake_backend() -> None:
     """Worker setup hook: the registry entry the Predictor looks the backend up in."""
-    REGISTRY[FAKE] = f"{__name__}:FakeGPUBackend"
+    REGISTRY[FAKE] = Registered("medray.backends.config:BackendConfig", f"{__name__}:FakeGPUBackend")
 
 
 @pytest.fixture(scope="module")

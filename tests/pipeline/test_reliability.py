@@ -226,7 +226,8 @@ def test_resume_refuses_a_different_config(resumed, tmp, tiny_checkpoint):
 def test_fresh_run_clears_old_parts_and_damaged_parts_are_redone(tmp_path):
     import pandas as pd
 
-    from medray.config import DataConfig, EvalConfig, TorchConfig
+    from medray.backends.torch.config import TorchConfig
+    from medray.config import DataConfig, EvalConfig
     from medray.pipeline.resume import ResumeState
 
     out = tmp_path / "o"
@@ -366,7 +367,8 @@ def test_fractional_gpu_cluster_fails_with_the_numbers():
 
 def test_embedded_ray_cannot_advertise_more_than_the_machine(tmp_path, monkeypatch):
     import medray.pipeline.evaluate as ev
-    from medray.config import EvalConfig, TorchConfig
+    from medray.backends.torch.config import TorchConfig
+    from medray.config import EvalConfig
 
     cores = len(os.sched_getaffinity(0))
     cfg = EvalConfig(backend=TorchConfig(), ray=RayConfig(num_cpus=cores + 1), cache_dir=str(tmp_path))

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from medray.backends.base import BackendError
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.config import (
     ConfigError,
     DataConfig,
     EvalConfig,
     ModelConfig,
-    OnnxRuntimeConfig,
     RayConfig,
     SlidingWindowConfig,
     VolumeConfig,

@@ -7,7 +7,8 @@ import pytest
 import torch
 from helpers import TINY_SIZE
 
-from medray.config import ConfigError, EvalConfig, OnnxRuntimeConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.config import ConfigError, EvalConfig
 from medray.data.tta import decode_size, ten_crop, views
 
 

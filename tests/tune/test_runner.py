@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from medray.config import ConfigError, OnnxRuntimeConfig, SweepConfig, SweepJobConfig, TorchConfig
+from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+from medray.backends.torch.config import TorchConfig
+from medray.config import ConfigError, SweepConfig, SweepJobConfig
 from medray.tune.runner import _collect, expected_trials, trial_eval_config
 
 

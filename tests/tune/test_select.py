@@ -7,7 +7,8 @@ import shlex
 import pytest
 from helpers import REPO
 
-from medray.config import ConstraintsConfig, EvalConfig, TorchConfig
+from medray.backends.torch.config import TorchConfig
+from medray.config import ConstraintsConfig, EvalConfig
 from medray.tune.select import _fmt, metric_drop, pareto_front, reproduce_command, select, violations
 
 

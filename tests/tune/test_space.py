@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medray.config import ConfigError, RayConfig, SweepConfig, SweepJobConfig, TorchConfig
+from medray.backends.torch.config import TorchConfig
+from medray.config import ConfigError, RayConfig, SweepConfig, SweepJobConfig
 from medray.tune import space
 
 

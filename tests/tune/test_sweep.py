@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_ARCH, TINY_SIZE
 
+from medray.backends.torch.config import TorchConfig
 from medray.config import (
     ConfigError,
     ConstraintsConfig,
@@ -21,7 +22,6 @@ from medray.config import (
     RayConfig,
     SweepConfig,
     SweepJobConfig,
-    TorchConfig,
 )
 from medray.tune.select import metric_drop, pareto_front
 
