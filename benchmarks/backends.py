@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402  (benchmarks/ is not a package)
+from medray.machine import machine
 
 DEFAULT_CONFIGS = "torch-fp32,onnxruntime-fp32,onnxruntime-int8,openvino-fp32,openvino-bf16,openvino-int8"
 
@@ -164,7 +163,8 @@ def main(argv=None) -> dict:
 
     from medray.backends import get_backend
     from medray.backends.artifacts import ArtifactCache
-    from medray.models.factory import build_model, file_sha256, save_checkpoint
+    from medray.io import file_sha256
+    from medray.models.factory import build_model, save_checkpoint
 
     shared = _sibling("pipeline")
     threads = args.threads or len(os.sched_getaffinity(0))

@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402  (benchmarks/ is not a package)
+from medray.machine import machine
 
 
 def write_images(root: Path, n: int, size: int, seed: int = 0) -> pd.DataFrame:
@@ -195,7 +194,8 @@ def main(argv=None) -> dict:
     from medray.backends import get_backend
     from medray.backends.artifacts import ArtifactCache
     from medray.data.preprocess import decode_gray, to_model_input
-    from medray.models.factory import build_model, file_sha256, save_checkpoint
+    from medray.io import file_sha256
+    from medray.models.factory import build_model, save_checkpoint
 
     cores = len(os.sched_getaffinity(0))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medray-bench-"))

@@ -30,6 +30,23 @@ def default_cache_dir() -> str:
     return os.environ.get("MEDRAY_CACHE", str(Path("~/.cache/medray").expanduser()))
 
 
+CONF_SHARE = ("share", "medray", "conf")  # where an installed medray's conf/ goes (pyproject data-files)
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder of the Hydra config groups, found the same way from a checkout
+    (``<repo>/conf``, beside the package) or installed (``<prefix>/share/medray/conf``);
+    ``$MEDRAY_CONF`` overrides both."""
+    import sysconfig
+
+    candidates = [os.environ.get("MEDRAY_CONF"), Path(__file__).resolve().parents[1] / "conf",
+                  Path(sysconfig.get_path("data")).joinpath(*CONF_SHARE)]
+    for c in candidates:
+        if c and (Path(c) / "evaluate.yaml").is_file():
+            return Path(c)
+    raise ConfigError(f"conf/: no evaluate.yaml in {[str(c) for c in candidates if c]}; reinstall medray or set MEDRAY_CONF")
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -409,16 +426,16 @@ class EvalConfig:
             )
         if seg_data and self.task != "segmentation":
             _fail("data", self.data.name, "this is a segmentation dataset (3D volumes with voxel labels); add task=segmentation")
-        if self.task == "segmentation":
-            if self.resume:
-                _fail("resume", True, "resuming is implemented for classification runs; rerun segmentation with resume=false")
-            if self.precision == "int8" or (self.baseline or "").endswith("-int8"):
-                _fail("precision", "int8", "INT8 calibration of segmentation models is not implemented; use fp32/fp16/bf16")
+        if self.task == "segmentation" and self.quantization.max_drop is not None:
+            _fail("quantization.max_drop", self.quantization.max_drop,
+                  "accuracy-controlled quantization measures macro-AUC (classification); remove it for task=segmentation")
 
     # Runs ---------------------------------------------------------------------------
     @property
     def run_name(self) -> str:
-        return f"{self.backend.name}-{self.precision}"
+        from medray.specs import RunName
+
+        return str(RunName(self.backend.name, self.precision))
 
     def baseline_backend(self) -> tuple[BackendConfig, str] | None:
         if self.baseline is None:

@@ -11,6 +11,7 @@ instance's role — medray never handles them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import uuid
@@ -190,3 +191,12 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("medray_hydra_dir", hydra_run_dir, replace=True)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Content hash of a file (cache keys, integrity checks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()

@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, NamedTuple
 from medray.errors import fail
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from medray.backends.config import BackendConfig
+    from medray.pipeline.resources import PoolPlan
 
 
 class RunName(NamedTuple):
@@ -79,3 +82,21 @@ class RunSpec:
     # Test-time augmentation (medray.data.tta): the Predictor runs every view through
     # the backend and averages probabilities; latency covers all the views.
     tta: str = "none"
+
+
+@dataclass
+class RunResult:
+    """Per-sample outputs of one run plus what the driver measured (every task)."""
+
+    spec: RunSpec
+    predictions: pd.DataFrame
+    wall_s: float
+    throughput_sps: float
+    pool: PoolPlan
+    effective_precision: dict
+    # Samples that could not be read (data.on_error=skip): sample_id, reason.
+    skipped: pd.DataFrame | None = None
+    # {"from_previous": n, "processed": n} when resume=true found finished samples.
+    resumed: dict | None = None
+    # Second copies of samples a retried batch delivered again (identical, dropped).
+    n_deduplicated: int = 0

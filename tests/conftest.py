@@ -32,7 +32,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_spec(tiny_checkpoint):
     """Factory of RunSpecs over the tiny model."""
     from medray.config import backend_config
-    from medray.models.factory import file_sha256
+    from medray.io import file_sha256
     from medray.specs import ModelSpec, RunSpec
 
     model = ModelSpec(TINY_ARCH, 2, 3, TINY_SIZE, str(tiny_checkpoint), file_sha256(tiny_checkpoint))

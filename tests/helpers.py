@@ -12,3 +12,12 @@ def margin_corr(a, b) -> float:
     import numpy as np
 
     return float(np.corrcoef(a[:, 1] - a[:, 0], b[:, 1] - b[:, 0])[0, 1])
+
+
+def image_calibration(samples, size: int = TINY_SIZE, in_chans: int = 3):
+    """A backend's ``context["calibration"]`` for image files, as the classification task makes it."""
+    from functools import partial
+
+    from medray.data.calibration import CalibrationSource, load_calibration
+
+    return CalibrationSource(samples, partial(load_calibration, input_size=size, in_chans=in_chans))

@@ -71,9 +71,8 @@ def _fake_results(tiny_model_spec):
     """Two runs (baseline + candidate) over 6 samples, as execute() returns them."""
     from medray.config import backend_config
     from medray.data.table import SampleTable
-    from medray.pipeline.evaluate import RunResult
     from medray.pipeline.resources import PoolPlan
-    from medray.specs import RunSpec
+    from medray.specs import RunResult, RunSpec
 
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(6)]
@@ -94,7 +93,8 @@ def _fake_results(tiny_model_spec):
 
 
 def test_write_outputs_identical_for_path_file_uri_and_remote(tmp_path):
-    from medray.report import build_metrics, write_outputs
+    from medray.report.document import build_metrics
+    from medray.report.writers import write_outputs
     from medray.specs import ModelSpec
 
     table, samples, results = _fake_results(ModelSpec("resnet10t", 2, 3, 32, None))

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medray.models.factory import file_sha256
+from medray.io import file_sha256
 
 log = logging.getLogger("medray.artifacts")
 

@@ -49,7 +49,10 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class Backend(ABC):
-    """Template method: ``load`` → ``infer`` (timed) → ``close``."""
+    """Template method: ``load`` → ``infer`` (timed) → ``close``.
+
+    Also a context manager: ``with get_backend(name)(spec) as b:`` loads and closes it.
+    """
 
     name: ClassVar[str]
 
@@ -108,7 +111,7 @@ class Backend(ABC):
         m = self.spec.model
         if self.spec.artifact is not None or not m.checkpoint or not m.checkpoint_sha256:
             return
-        from medray.models.factory import file_sha256
+        from medray.io import file_sha256
 
         if file_sha256(m.checkpoint) != m.checkpoint_sha256:
             raise BackendError(
@@ -144,9 +147,16 @@ class Backend(ABC):
             ) from e
 
     def close(self) -> None:
+        """Release the session (idempotent)."""
         if self._loaded:
-            self._close()
             self._loaded = False
+            self._close()
+
+    def __enter__(self) -> Backend:
+        return self.load()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- to implement -----------------------------------------------------------------
     @abstractmethod

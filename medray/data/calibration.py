@@ -1,17 +1,19 @@
-"""INT8 calibration inputs: the calibration split decoded and preprocessed exactly as the
-evaluated samples are (``decode_gray`` → ``to_model_input``), shared by ONNX Runtime's
-static quantization, NNCF and (later) TensorRT's calibrator.
+"""INT8 calibration inputs, shared by ONNX Runtime's static quantization, NNCF and
+TensorRT's Q/DQ graphs.
 
-The samples themselves are chosen by :func:`medray.data.sources.calibration_samples`
-(disjoint from the evaluated ones); this module only turns them into float batches and
-into the ids that enter artifact cache keys.
+The samples are chosen by :func:`medray.data.sources.calibration_samples` (disjoint from
+the evaluated ones); the task turns them into model inputs exactly as it preprocesses the
+evaluated samples (images: ``decode_gray`` → ``to_model_input``, :func:`load_calibration`;
+volumes: ROI windows, :func:`medray.tasks.segmentation.calibration_windows`).  A backend
+gets a :class:`CalibrationSource`: the ids that enter its artifact's cache key, and the
+inputs, loaded only when the artifact is not cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,34 @@ class CalibrationSet:
             yield np.ascontiguousarray(self.inputs[i : i + batch_size])
 
 
+@dataclass
+class CalibrationSource:
+    """The calibration samples of a run and how its task makes model inputs of them."""
+
+    samples: pd.DataFrame
+    loader: Callable[[pd.DataFrame], CalibrationSet]
+
+    def ids(self) -> dict:
+        return calibration_ids(self.samples)
+
+    def load(self) -> CalibrationSet:
+        if self.samples is None or len(self.samples) == 0:
+            raise CalibrationError(
+                "precision=int8 needs calibration samples (calibration.split / calibration.num_samples); none were given"
+            )
+        return self.loader(self.samples)
+
+
+def calibration_source(context: dict, what: str) -> CalibrationSource:
+    """``context["calibration"]`` of a backend's ``prepare``, or a CalibrationError naming ``what``."""
+    src = context.get("calibration")
+    if src is None:
+        raise CalibrationError(
+            f"{what}: precision=int8 needs calibration samples (calibration.split / calibration.num_samples); none were given"
+        )
+    return src
+
+
 def calibration_ids(samples: pd.DataFrame) -> dict:
     """What an artifact built from ``samples`` depends on: the sorted ids and their hash.
 
@@ -61,7 +91,7 @@ def load_calibration(samples: pd.DataFrame | None, input_size: int, in_chans: in
     split) and when a file cannot be decoded: a calibration set silently missing
     samples would be a different calibration than the one the cache key says.
     """
-    from medray.data.preprocess import DecodeError
+    from medray.errors import DecodeError
 
     if samples is None or len(samples) == 0:
         raise CalibrationError(

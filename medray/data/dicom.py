@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from medray.data.preprocess import DecodeError
+from medray.errors import DecodeError
 
 log = logging.getLogger("medray.data")
 

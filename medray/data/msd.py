@@ -22,13 +22,16 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from medray.config import ConfigError, DataConfig, VolumeConfig
 from medray.data.table import SampleTable
+from medray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medray.config import DataConfig, VolumeConfig
 
 log = logging.getLogger("medray.data")
 

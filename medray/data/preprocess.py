@@ -14,22 +14,12 @@ from typing import BinaryIO
 
 import numpy as np
 
+from medray.errors import DecodeError  # noqa: F401  (raised here; medray.data.preprocess.DecodeError is public)
+
 # One grey mean/std for every channel: radiographs are grey; a grey image repeated to
 # RGB keeps the same statistics per channel.
 MEAN = 0.5
 STD = 0.25
-
-
-class DecodeError(ValueError):
-    """An image file could not be decoded (truncated, empty, wrong format...).
-
-    The message names the file (when decoding a path) and the kind of problem; for DICOM
-    it never quotes a tag value.  ``reason`` is the message without the path.
-    """
-
-    def __init__(self, reason: str, path: str | None = None):
-        self.reason, self.path = reason, path
-        super().__init__(f"{path}: {reason}" if path else reason)
 
 
 def decode_gray(src: str | bytes | BinaryIO, size: int, draft: bool = True) -> np.ndarray:

@@ -85,6 +85,9 @@ CALIBRATION_SPLITS = {
     # NIH's official split is patient-wise: train_val shares no patient with test.
     "chestxray14": ("train_val",),
 }
+# 3D sets (MSD layout): the phantoms' calibration split, else any other split — MSD's
+# unlabelled imagesTs serve to calibrate a model evaluated on the labelled imagesTr.
+SEGMENTATION_CALIBRATION_SPLITS = ("calibration", "val", "test", "train")
 
 
 def resolve_calibration_split(table: SampleTable, requested: str | None, evaluated_split: str) -> str:
@@ -92,7 +95,8 @@ def resolve_calibration_split(table: SampleTable, requested: str | None, evaluat
     if requested is not None:
         return requested
     have = set(table.samples["split"].unique())
-    for split in CALIBRATION_SPLITS.get(table.name, ("calibration",)):
+    prefs = SEGMENTATION_CALIBRATION_SPLITS if table.task == "segmentation" else CALIBRATION_SPLITS.get(table.name, ("calibration",))
+    for split in prefs:
         if split != evaluated_split and split in have:
             return split
     others = sorted(have - {evaluated_split})

@@ -8,7 +8,6 @@ accepted too; its class count is read off the classifier weight.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,28 @@ def build_model(arch: str, num_classes: int, in_chans: int, net: dict | None = N
     """A timm model with random weights (no download: ``pretrained=False``), or a MONAI
     3D UNet for ``arch=monai_unet`` built from ``net`` (channels, strides, ...)."""
     if arch in MONAI_ARCHS:
-        from medray.models.unet import build_unet
-
         if not net:
             raise CheckpointError(f"model.arch={arch} needs its UNet settings (model.net or the checkpoint's meta)")
         return build_unet(num_classes, in_chans, **net)
     import timm
 
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+
+_NET_KEYS = ("channels", "strides", "num_res_units", "norm", "dropout", "kernel_size", "up_kernel_size", "act")
+
+
+def build_unet(num_classes: int, in_chans: int, channels, strides, num_res_units: int = 2, **kw):
+    """``monai.networks.nets.UNet`` (3D): ``in_chans`` → ``num_classes`` logits, background included."""
+    from monai.networks.nets import UNet
+
+    unknown = sorted(set(kw) - set(_NET_KEYS))
+    if unknown:
+        raise ValueError(f"model.net: unknown MONAI UNet arguments {unknown}; known: {list(_NET_KEYS)}")
+    if len(strides) != len(channels) - 1:
+        raise ValueError(f"model.net: a UNet needs len(strides) == len(channels) - 1, got channels={channels} strides={strides}")
+    return UNet(spatial_dims=3, in_channels=in_chans, out_channels=num_classes, channels=tuple(channels),
+                strides=tuple(strides), num_res_units=num_res_units, **kw)
 
 
 def save_checkpoint(model, path: str | Path, meta: dict[str, Any]) -> Path:
@@ -95,15 +108,6 @@ def classifier_out_features(arch: str, state_dict: dict) -> int | None:
         if w is not None:
             return int(w.shape[0])
     return None
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Content hash of a file (cache keys, integrity checks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def load_model(arch: str, num_classes: int, in_chans: int, checkpoint: str | None, trust: bool = False, net: dict | None = None):

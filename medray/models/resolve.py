@@ -8,7 +8,8 @@ from pathlib import Path
 
 from medray.config import ConfigError, EvalConfig
 from medray.data.table import SampleTable
-from medray.models.factory import CheckpointError, classifier_out_features, file_sha256, read_checkpoint
+from medray.io import file_sha256
+from medray.models.factory import CheckpointError, classifier_out_features, read_checkpoint
 from medray.specs import ModelSpec
 
 log = logging.getLogger("medray.models")

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medray.models.factory import build_unet
+
 if TYPE_CHECKING:
     from medray.config import EvalConfig
     from medray.data.msd import Preprocessing
@@ -37,22 +39,6 @@ DEMO_ROI = [48, 48, 48]
 # What the demo trains with when `model=demo` (the classification demo's config) is given
 # with task=segmentation; conf/model/demo_unet.yaml sets the same values.
 DEMO_TRAIN = {"epochs": 12, "batch_size": 2, "lr": 1e-2}
-_NET_KEYS = ("channels", "strides", "num_res_units", "norm", "dropout", "kernel_size", "up_kernel_size", "act")
-
-
-def build_unet(num_classes: int, in_chans: int, channels, strides, num_res_units: int = 2, **kw):
-    """``monai.networks.nets.UNet`` (3D): ``in_chans`` → ``num_classes`` logits, background included."""
-    from monai.networks.nets import UNet
-
-    unknown = sorted(set(kw) - set(_NET_KEYS))
-    if unknown:
-        raise ValueError(f"model.net: unknown MONAI UNet arguments {unknown}; known: {list(_NET_KEYS)}")
-    if len(strides) != len(channels) - 1:
-        raise ValueError(f"model.net: a UNet needs len(strides) == len(channels) - 1, got channels={channels} strides={strides}")
-    return UNet(spatial_dims=3, in_channels=in_chans, out_channels=num_classes, channels=tuple(channels),
-                strides=tuple(strides), num_res_units=num_res_units, **kw)
-
-
 def total_stride(net: dict) -> int:
     """Every ROI axis must be a multiple of this (the UNet's down-sampling factor)."""
     return int(np.prod([int(s) for s in net.get("strides", [])] or [1]))
@@ -223,8 +209,9 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
     config names); a user's checkpoint must be a MONAI UNet with ``net`` settings from
     ``model.net`` or its meta, and is checked against the dataset's labels.
     """
-    from medray.config import ConfigError
-    from medray.models.factory import CheckpointError, file_sha256, read_checkpoint
+    from medray.errors import ConfigError
+    from medray.io import file_sha256
+    from medray.models.factory import CheckpointError, read_checkpoint
     from medray.specs import ModelSpec
 
     if prep is None:
@@ -321,7 +308,7 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
 
 
 def _check_roi(roi, net: dict, key: str) -> None:
-    from medray.config import ConfigError
+    from medray.errors import ConfigError
 
     s = total_stride(net)
     if any(r % s for r in roi):

@@ -46,7 +46,7 @@ class WorkerFault(RuntimeError):
 
 def describe(e: BaseException) -> str:
     """``"<ExceptionType>: message"`` for a per-sample reason (no traceback)."""
-    from medray.data.preprocess import DecodeError
+    from medray.errors import DecodeError
 
     msg = str(e).strip() or type(e).__name__
     if isinstance(e, FileNotFoundError):
@@ -148,10 +148,10 @@ def check_accounting(n_samples: int, n_skipped: int, dataset_size: int, name: st
 # --------------------------------------------------------------------------- worker faults
 
 
-def _same_prediction(rows: pd.DataFrame) -> bool:
+def _same_prediction(rows: pd.DataFrame, columns: tuple[str, ...]) -> bool:
     first = rows.iloc[0]
     for _, r in rows.iloc[1:].iterrows():
-        for col in ("probs", "skipped_reason"):
+        for col in (*columns, "skipped_reason"):
             if col not in rows.columns:
                 continue
             a, b = first[col], r[col]
@@ -164,18 +164,19 @@ def _same_prediction(rows: pd.DataFrame) -> bool:
     return True
 
 
-def dedupe_retried(name: str, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def dedupe_retried(name: str, df: pd.DataFrame, columns: tuple[str, ...] = ("probs",)) -> tuple[pd.DataFrame, int]:
     """Drop second copies of samples a retried batch delivered again.
 
-    Only byte-identical predictions are merged; two different predictions for one sample
-    are an error (which one would be right?).  Returns the rows and how many were dropped.
+    Only predictions whose ``columns`` (the task's identity columns) are byte-identical are
+    merged; two different predictions for one sample are an error (which one would be
+    right?).  Returns the rows and how many were dropped.
     """
     if df.empty:
         return df, 0
     dup = df["sample_id"].duplicated(keep=False)
     if not dup.any():
         return df, 0
-    differing = [sid for sid, rows in df[dup].groupby("sample_id", sort=True) if not _same_prediction(rows)]
+    differing = [sid for sid, rows in df[dup].groupby("sample_id", sort=True) if not _same_prediction(rows, columns)]
     if differing:
         raise RuntimeError(
             f"{name}: {len(differing)} samples came back more than once with different predictions "

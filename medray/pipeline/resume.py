@@ -135,7 +135,7 @@ class ResumeState:
 
 
 class PartsWriter:
-    """``on_batch`` callback of :func:`medray.pipeline.evaluate.collect`: one file per batch."""
+    """``on_batch`` callback of :func:`medray.pipeline.execute.collect`: one file per batch."""
 
     def __init__(self, directory: Path, start: int = 0):
         self.dir = directory
@@ -171,6 +171,8 @@ def write_part(path: Path, batch: dict[str, np.ndarray]) -> None:
             shapes[k] = list(a.shape[1:])
             flat = np.ascontiguousarray(a).reshape(-1)
             cols[k] = pa.FixedSizeListArray.from_arrays(pa.array(flat), math.prod(a.shape[1:]))
+        elif a.dtype.kind == "O" and len(a) and isinstance(a[0], bytes):  # e.g. compressed masks
+            cols[k] = pa.array(list(a), type=pa.binary())
         elif a.dtype.kind in "OU":
             cols[k] = pa.array([None if x is None else str(x) for x in a], type=pa.string())
         else:
@@ -205,3 +207,15 @@ def _differences(old: dict, new: dict) -> str:
     if old.get("runs") != new.get("runs") and not keys:
         parts.append("the model or a built artifact differs")
     return "; ".join(parts) or "unknown difference"
+
+
+def write_frame(path: Path, df: pd.DataFrame) -> None:
+    """Rows as :func:`collect` makes them (one array per row in vector columns) → Parquet."""
+    batch = {k: np.stack(df[k].to_numpy()) if len(df) and isinstance(df[k].iat[0], np.ndarray) else df[k].to_numpy()
+             for k in df.columns}
+    write_part(path, batch)
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """What :func:`write_frame` wrote."""
+    return read_part(path)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medray.models.factory import file_sha256
+from medray.io import file_sha256
 from medray.specs import RunSpec
 
 log = logging.getLogger("medray.shipping")

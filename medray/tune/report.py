@@ -19,8 +19,10 @@ import numpy as np
 import pandas as pd
 
 from medray.config import SweepJobConfig, as_dict
-from medray.report import json_default
+from medray.report.writers import json_default
+from medray.specs import RunName
 from medray.tune import select
+from medray.tune.trials import PREDICTIONS, expected_trials, trial_eval_config
 
 log = logging.getLogger("medray.tune")
 
@@ -39,31 +41,54 @@ def _nan_to_none(x: Any) -> Any:
 # --------------------------------------------------------------------------- statistics
 
 
-def _aligned(df: pd.DataFrame, ids: pd.Index) -> np.ndarray:
+def _aligned(df: pd.DataFrame, ids: pd.Index, column: str) -> np.ndarray:
     idx = pd.Index(df["sample_id"].astype(str)).get_indexer(ids)
     if (idx < 0).any():
         raise RuntimeError("the recommended trial and the baseline did not score the same samples")
-    return np.stack([np.asarray(v, dtype=np.float64) for v in df["probs"].to_numpy()[idx]])
+    return np.stack([np.asarray(v, dtype=np.float64) for v in df[column].to_numpy()[idx]])
+
+
+# The metrics of each task's sweep table: (key, label).
+METRIC_LABELS = {
+    "classification": (("auc_macro", "AUC"), ("balanced_accuracy", "BACC")),
+    "segmentation": (("dice_mean", "Dice"),),
+}
+# Metrics each task's statistics compare: (key, constraint that is its margin).
+STAT_METRICS = {
+    "classification": (("auc_macro", "max_auc_drop"), ("balanced_accuracy", "max_bacc_drop")),
+    "segmentation": (("dice_mean", "max_dice_drop"),),
+}
 
 
 def statistics(cfg: SweepJobConfig, table, samples: pd.DataFrame, baseline, trial: dict) -> dict:
-    """Bootstrap CIs of AUC and BACC for baseline and recommended, paired tests of the
-    differences (DeLong for a binary AUC), non-inferiority at the constraint margins."""
+    """Bootstrap CIs for baseline and recommended, paired tests of the differences and
+    non-inferiority at the constraint margins: AUC (DeLong when binary) and BACC of
+    classification; mean Dice vs the labels (per-case means, paired bootstrap) of
+    segmentation."""
     from medray.metrics.statistics import compare_metric
+    from medray.pipeline.resume import read_frame
 
-    cand = pd.read_parquet(Path(trial["checkpoint"]) / "predictions.parquet")
-    ids = pd.Index(sorted(set(baseline.predictions["sample_id"].astype(str)) & set(cand["sample_id"].astype(str))))
-    base_p = _aligned(baseline.predictions, ids)
-    cand_p = _aligned(cand, ids)
-    pos = pd.Index(samples["sample_id"].astype(str)).get_indexer(ids)
-    y = table.targets(samples.iloc[pos])
+    cand = read_frame(Path(trial["checkpoint"]) / PREDICTIONS)
+    base = baseline.predictions
+    if cfg.task == "segmentation":  # the labelled cases: per-case mean Dice (NaN classes skipped)
+        base, cand = (d[d["has_label"].astype(bool)] for d in (base, cand))
+    ids = pd.Index(sorted(set(base["sample_id"].astype(str)) & set(cand["sample_id"].astype(str))))
     sw, c = cfg.sweep, cfg.constraints
     kw = dict(n_boot=sw.bootstrap_samples, confidence=sw.confidence, seed=sw.seed)
-    return _nan_to_none({
-        "n": int(len(ids)),
-        "auc_macro": compare_metric(y, base_p, cand_p, table.task, "auc_macro", c.max_auc_drop, **kw),
-        "balanced_accuracy": compare_metric(y, base_p, cand_p, table.task, "balanced_accuracy", c.max_bacc_drop, **kw),
-    })
+    out: dict[str, Any] = {"n": int(len(ids))}
+    if cfg.task == "segmentation":
+        with np.errstate(all="ignore"):
+            b, k = (np.nanmean(_aligned(d, ids, "dice"), axis=1) for d in (base, cand))
+        y = np.zeros(len(ids))
+        for key, margin in STAT_METRICS["segmentation"]:
+            out[key] = compare_metric(y, b, k, "segmentation", "mean", getattr(c, margin), **kw)
+        return _nan_to_none(out)
+    pos = pd.Index(samples["sample_id"].astype(str)).get_indexer(ids)
+    y = table.targets(samples.iloc[pos])
+    b, k = _aligned(base, ids, "probs"), _aligned(cand, ids, "probs")
+    for key, margin in STAT_METRICS["classification"]:
+        out[key] = compare_metric(y, b, k, table.task, key, getattr(c, margin), **kw)
+    return _nan_to_none(out)
 
 
 # --------------------------------------------------------------------------- markdown
@@ -95,26 +120,29 @@ def render(doc: dict) -> str:
     seg = ds["task"] == "segmentation"
     applies = {k: v for k, v in c.items() if v is not None and (k == "min_agreement" or (k == "max_dice_drop") == seg)}
     limits = ", ".join(f"{k}={v:g}" for k, v in applies.items()) or "none"
+    metrics = METRIC_LABELS[ds["task"] if seg else "classification"]
+    unit = "cases/s" if seg else "img/s"
+    primary = metrics[0][1]
     lines = [
         f"# medray sweep — {ds['name']}",
         "",
         f"{len(doc['trials'])} trials over {ds['n_samples']} samples of split `{ds['split']}` ({ds['task']}); "
         f"device {doc['device']}; objective **{doc['objective']}** subject to {limits}.",
-        f"Baseline **{base['name']}** (b{base['batch_size']}×{base['streams']}): "
-        f"{base['throughput_sps']:.1f} img/s, AUC {_pct(base['metrics'].get('auc_macro'))}%, "
-        f"BACC {_pct(base['metrics'].get('balanced_accuracy'))}%.",
+        f"Baseline **{base['name']}** (b{base['batch_size']}×{base['streams']}): {base['throughput_sps']:.1f} {unit}, "
+        + ", ".join(f"{label} {_pct(base['metrics'].get(key))}%" for key, label in metrics) + ".",
     ]
     if doc["status"] != "complete":
         lines += ["", f"**Interrupted**: {doc['n_unfinished']} trial(s) did not finish; "
                       "rerun the same command with `sweep.resume=true` to complete the sweep."]
+    cols = "".join(f" | {label} (%) | Δ{label} (pp)" for _, label in metrics)
     lines += [
         "",
-        "Pareto = not dominated on (objective, AUC drop); ✗ = violates a constraint. "
+        f"Pareto = not dominated on (objective, {primary} drop); ✗ = violates a constraint. "
         "Throughput end-to-end through the pipeline; latency = backend time per sample.",
         "",
-        "| # | Configuration | Throughput (img/s) | × baseline | Latency p50 / p95 (ms) | AUC (%) | ΔAUC (pp) "
-        "| BACC (%) | ΔBACC (pp) | Agreement (%) | Pareto | Constraints |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| # | Configuration | Throughput ({unit}) | × baseline | Latency p50 / p95 (ms){cols} | Agreement (%) "
+        "| Pareto | Constraints |",
+        "|---" * (8 + 2 * len(metrics)) + "|",
     ]
     ok = sorted((t for t in doc["trials"] if t.get("status") == "ok"), key=_sort_key)
     for i, t in enumerate(ok, 1):
@@ -122,12 +150,11 @@ def render(doc: dict) -> str:
         factor = (t.get("speedup") or {}).get("throughput_factor")
         name = f"**{t['label']}** (recommended)" if t["trial_id"] == rec_id else t["label"]
         cons = "ok" if not t["violations"] else "✗ " + "; ".join(t["violations"])
+        vals = "".join(f" | {_pct(m.get(key))} | {_pp(d.get(key))}" for key, _ in metrics)
         lines.append(
             f"| {i} | {name} | {_num(t.get('throughput_sps'))} | {_num(factor, '{:.2f}×')} | "
-            f"{_num(lat.get('per_sample_p50'), '{:.2f}')} / {_num(lat.get('per_sample_p95'), '{:.2f}')} | "
-            f"{_pct(m.get('auc_macro'))} | {_pp(d.get('auc_macro'))} | {_pct(m.get('balanced_accuracy'))} | "
-            f"{_pp(d.get('balanced_accuracy'))} | {_pct(select.agreement_value(t))} | "
-            f"{'★' if t.get('pareto') else ''} | {cons} |"
+            f"{_num(lat.get('per_sample_p50'), '{:.2f}')} / {_num(lat.get('per_sample_p95'), '{:.2f}')}{vals} | "
+            f"{_pct(select.agreement_value(t))} | {'★' if t.get('pareto') else ''} | {cons} |"
         )
     bad = [t for t in doc["trials"] if t.get("status") != "ok"]
     if bad:
@@ -141,9 +168,9 @@ def render(doc: dict) -> str:
         lines.append(f"No configuration recommended: {doc['selection']['reason']}.")
     else:
         lines += [
-            f"**{rec['label']}** — {rec['throughput_sps']:.1f} img/s "
+            f"**{rec['label']}** — {rec['throughput_sps']:.1f} {unit} "
             f"({_num((rec.get('speedup') or {}).get('throughput_factor'), '{:.2f}×')} the baseline), "
-            f"ΔAUC {_pp(rec['deltas'].get('auc_macro'))} pp, agreement {_pct(select.agreement_value(rec))}%.",
+            f"Δ{primary} {_pp(rec['deltas'].get(metrics[0][0]))} pp, agreement {_pct(select.agreement_value(rec))}%.",
             "",
             "Reproduce with the evaluate job (same samples, same config):",
             "",
@@ -160,7 +187,7 @@ def render(doc: dict) -> str:
             lines += ["", f"### Statistics ({st['n']} paired samples)", "",
                       "| Metric | Baseline [CI] | Recommended [CI] | Difference [CI] | p | Test | Non-inferiority |",
                       "|---|---|---|---|---|---|---|"]
-            for key, label in (("auc_macro", "AUC"), ("balanced_accuracy", "BACC")):
+            for key, label in metrics:
                 s = st.get(key)
                 if not s:
                     continue
@@ -240,21 +267,21 @@ def plot(doc: dict, path: Path) -> bool:
 # --------------------------------------------------------------------------- entry
 
 
-def finish(cfg: SweepJobConfig, out: Path, table, samples, baseline, records: list[dict], prep_errors: dict,
+def finish(cfg: SweepJobConfig, out: Path, task, table, samples, baseline, records: list[dict], prep_errors: dict,
            interrupted: bool, wall_s: float, choices: dict | None) -> dict:
     """Select, test, write the outputs; returns the sweep.json document."""
     import yaml
 
-    from medray.report import run_entry
-    from medray.tune.runner import trial_eval_config
+    from medray.report.document import run_entry
 
     selection = select.select(records, cfg.constraints, cfg.sweep.objective, cfg.task)
-    base_entry = run_entry(baseline, table, samples)
+    base_entry = run_entry(baseline, table, samples, task)
     base_entry["metrics"] = {k: v for k, v in base_entry["metrics"].items() if isinstance(v, (int, float)) or v is None}
     rec = next((t for t in records if t["trial_id"] == selection["recommended"]), None)
     if rec is not None:
         rec = dict(rec)
-        point = {"run": f"{rec['backend']}-{rec['precision']}", "batch_size": rec["batch_size"], "streams": rec["streams"]}
+        point = {"run": str(RunName(rec["backend"], rec["precision"])), "batch_size": rec["batch_size"],
+                 "streams": rec["streams"]}
         point.update({k: rec[k] for k in ("overlap", "sw_batch_size") if k in rec})
         target = trial_eval_config(cfg, point, with_baseline=True)
         rec["reproduce"] = select.reproduce_command(target, str(out / "reproduce"), choices)
@@ -263,8 +290,6 @@ def finish(cfg: SweepJobConfig, out: Path, table, samples, baseline, records: li
         except Exception as e:  # the table is still worth writing
             log.warning("statistics of the recommended configuration failed: %s", e)
             rec["statistics"] = {"error": f"{type(e).__name__}: {e}"}
-    from medray.tune.runner import expected_trials
-
     n_unfinished = expected_trials(cfg) - sum(1 for t in records if t.get("status") != "unfinished")
     doc = {
         "dataset": {"name": table.name, "task": table.task, "n_samples": int(len(samples)),

@@ -25,65 +25,21 @@ import logging
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from medray.config import BACKEND_CONFIGS, ConfigError, EvalConfig, SweepJobConfig, as_dict, parse_run_name
+from medray.config import ConfigError, SweepJobConfig, as_dict
 from medray.data.table import SampleTable
+from medray.pipeline.prepare import Prepared
 from medray.pipeline.resources import PoolPlan
-from medray.specs import ModelSpec, RunSpec
+from medray.specs import ModelSpec, RunResult, RunSpec
+from medray.tasks.base import Task
 from medray.tune import select, space
+from medray.tune.trials import EXPERIMENT, PREDICTIONS, baseline_point, expected_trials, trial_eval_config, trial_record
 
 log = logging.getLogger("medray.tune")
-
-EXPERIMENT = "tune"  # output_dir/tune: the Tune experiment (trial dirs, checkpoints, state)
-PREDICTIONS = "predictions.parquet"  # in each trial's checkpoint
-
-
-# --------------------------------------------------------------------------- configs
-
-
-def trial_eval_config(cfg: SweepJobConfig, config: dict, with_baseline: bool = False) -> EvalConfig:
-    """The evaluate config of one trial (validated: an unsupported pair raises here).
-
-    It is the sweep's root config with the trial's backend, precision, batch size and
-    streams, and ``data.limit = sweep.limit``; the same object the reproduce command
-    must rebuild.
-    """
-    name, precision = parse_run_name(config["run"], key="run")
-    if name not in BACKEND_CONFIGS:
-        raise ConfigError(f"run={config['run']!r}: available backends: {', '.join(sorted(BACKEND_CONFIGS))}")
-    opts = dict(cfg.sweep.backend_options.get(name) or {})
-    if name == cfg.backend.name and not opts:
-        backend = replace(cfg.backend)  # the root's backend group options (e.g. backend.threads=)
-    else:
-        backend = BACKEND_CONFIGS[name](**opts)
-    values: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in fields(EvalConfig) if f.init}
-    limit = cfg.sweep.limit if cfg.sweep.limit is not None else cfg.data.limit
-    values.update(
-        backend=backend,
-        precision=precision,
-        batch_size=int(config["batch_size"]),
-        streams=int(config["streams"]),
-        data=replace(cfg.data, limit=limit),
-        baseline=cfg.baseline if with_baseline else None,
-        resume=False,
-    )
-    if "overlap" in config or "sw_batch_size" in config:
-        values["sliding_window"] = replace(
-            cfg.sliding_window,
-            overlap=float(config.get("overlap", cfg.sliding_window.overlap)),
-            sw_batch_size=int(config.get("sw_batch_size", cfg.sliding_window.sw_batch_size)),
-        )
-    return EvalConfig(**values)
-
-
-def baseline_point(cfg: SweepJobConfig) -> dict:
-    return {"run": cfg.baseline, "batch_size": cfg.batch_size, "streams": cfg.streams}
 
 
 # --------------------------------------------------------------------------- shared inputs
@@ -97,7 +53,8 @@ class Shared:
     table: SampleTable
     samples: pd.DataFrame
     model: ModelSpec
-    baseline: Any  # RunResult
+    baseline: RunResult
+    task: Task
     # <backend>-<precision> → the prepared spec's artifact and options (shipments).
     prepared: dict[str, dict] = field(default_factory=dict)
     prep_errors: dict[str, str] = field(default_factory=dict)
@@ -105,23 +62,23 @@ class Shared:
     plan_errors: dict[tuple, str] = field(default_factory=dict)
 
 
-def prepare_pairs(cfg: SweepJobConfig) -> tuple[SampleTable, pd.DataFrame, RunSpec, dict[str, dict], dict[str, str]]:
-    """Dataset, samples and baseline spec, and every grid pair's artifact, built once."""
-    from medray.pipeline.evaluate import prepare
+def prepare_pairs(cfg: SweepJobConfig) -> tuple[Prepared, dict[str, dict], dict[str, str]]:
+    """Dataset, samples and baseline spec (``Prepared.specs[0]``), and every grid pair's
+    artifact, built once."""
+    from medray.pipeline.prepare import prepare
 
-    table, samples, specs = prepare(trial_eval_config(cfg, baseline_point(cfg), with_baseline=True))
-    base_spec = specs[0]
+    base = prepare(trial_eval_config(cfg, baseline_point(cfg), with_baseline=True))
     prepared: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for pair in cfg.sweep.pairs():
         point = {"run": pair, "batch_size": cfg.sweep.batch_sizes[0], "streams": cfg.sweep.streams[0]}
         try:
-            _, _, pspecs = prepare(trial_eval_config(cfg, point))
-            prepared[pair] = {"artifact": pspecs[0].artifact, "options": dict(pspecs[0].options or {})}
+            pspec = prepare(trial_eval_config(cfg, point)).specs[0]
+            prepared[pair] = {"artifact": pspec.artifact, "options": dict(pspec.options or {})}
         except Exception as e:  # recorded; the pair's trials fail with this reason
             errors[pair] = f"{type(e).__name__}: {e}"
             log.warning("%s: cannot be prepared on this machine, its trials will fail: %s", pair, errors[pair])
-    return table, samples, base_spec, prepared, errors
+    return base, prepared, errors
 
 
 def ship_prepared(cfg: SweepJobConfig, base_spec: RunSpec, prepared: dict[str, dict]) -> None:
@@ -143,21 +100,21 @@ def ship_prepared(cfg: SweepJobConfig, base_spec: RunSpec, prepared: dict[str, d
 # --------------------------------------------------------------------------- baseline
 
 
-def run_baseline(cfg: SweepJobConfig, samples: pd.DataFrame, base_spec: RunSpec, out: Path):
+def run_baseline(cfg: SweepJobConfig, task: Task, samples: pd.DataFrame, base_spec: RunSpec, out: Path) -> RunResult:
     """The shared baseline: evaluated once, saved for a resumed sweep."""
-    from medray.pipeline.evaluate import execute
+    from medray.pipeline.execute import execute
 
     bcfg = trial_eval_config(cfg, baseline_point(cfg), with_baseline=True)
-    result = execute(bcfg, samples, [base_spec])[0]
+    result = execute(bcfg, task, samples, [base_spec])[0]
     save_baseline(result, out / "baseline")
     return result
 
 
-def save_baseline(result, folder: Path) -> None:
+def save_baseline(result: RunResult, folder: Path) -> None:
+    from medray.pipeline.resume import write_frame
+
     folder.mkdir(parents=True, exist_ok=True)
-    df = result.predictions.copy()
-    df["probs"] = [np.asarray(p, dtype=np.float32).tolist() for p in df["probs"]]
-    df.to_parquet(folder / PREDICTIONS, index=False)
+    write_frame(folder / PREDICTIONS, result.predictions)
     if result.skipped is not None and len(result.skipped):
         result.skipped.astype(str).to_parquet(folder / "skipped.parquet", index=False)
     meta = {
@@ -171,16 +128,15 @@ def save_baseline(result, folder: Path) -> None:
     (folder / "result.json").write_text(json.dumps(meta, indent=1, default=str))
 
 
-def load_baseline(folder: Path, base_spec: RunSpec, samples: pd.DataFrame):
+def load_baseline(folder: Path, base_spec: RunSpec, samples: pd.DataFrame) -> RunResult | None:
     """The saved baseline, if it was run on exactly these samples (else None)."""
-    from medray.pipeline.evaluate import RunResult
+    from medray.pipeline.resume import read_frame
 
     meta_path = folder / "result.json"
     if not (meta_path.is_file() and (folder / PREDICTIONS).is_file()):
         return None
     meta = json.loads(meta_path.read_text())
-    df = pd.read_parquet(folder / PREDICTIONS)
-    df["probs"] = [np.asarray(p, dtype=np.float32) for p in df["probs"]]
+    df = read_frame(folder / PREDICTIONS)
     skipped = pd.read_parquet(folder / "skipped.parquet") if (folder / "skipped.parquet").is_file() else None
     evaluated = set(map(str, samples["sample_id"])) - set(map(str, skipped["sample_id"] if skipped is not None else []))
     if meta.get("name") != base_spec.name or set(meta["sample_ids"]) != evaluated:
@@ -239,21 +195,16 @@ def score(record: dict, cfg: SweepJobConfig) -> float:
     return float(value)
 
 
-def trial_record(config: dict) -> dict:
-    backend, precision = config["run"].split("-", 1)
-    rec = {"label": space.trial_label(config), "backend": backend, "precision": precision}
-    rec.update({k: config[k] for k in ("batch_size", "streams", "overlap", "sw_batch_size") if k in config})
-    return rec
-
-
 def run_trial(config: dict, shared: Shared) -> None:
     """Tune function trainable: evaluate one configuration, report it (never raises)."""
     import tempfile
 
     from ray import tune
 
-    from medray.pipeline.evaluate import build_specs, execute
-    from medray.report import build_metrics
+    from medray.pipeline.execute import execute
+    from medray.pipeline.prepare import build_specs
+    from medray.pipeline.resume import write_frame
+    from medray.report.document import build_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = shared.cfg
@@ -272,22 +223,21 @@ def run_trial(config: dict, shared: Shared) -> None:
         plan = shared.plans[key]
         _limit_ray_data(plan, cfg.ray.reserve_cpus_for_reading)
         p = shared.prepared[pair]
-        spec = build_specs(tcfg, shared.model)[0]
+        task = shared.task
+        spec = build_specs(tcfg, shared.model, task.backend_batch(tcfg))[0]
         spec = replace(spec, role="candidate", artifact=p["artifact"], options={**(spec.options or {}), **p["options"]})
         # The driver shipped what had to travel; the trial must not read the files again.
         tcfg = replace(tcfg, ray=replace(tcfg.ray, ship_artifacts=False, min_gpus=0))
         progress = _reporter(cfg, rec) if cfg.sweep.scheduler != "fifo" else None
-        result = execute(tcfg, shared.samples, [spec], pool=plan, progress=progress)[0]
-        doc = build_metrics(tcfg, shared.table, shared.samples, [shared.baseline, result])
+        result = execute(tcfg, task, shared.samples, [spec], pool=plan, progress=progress)[0]
+        doc = build_metrics(tcfg, shared.table, shared.samples, [shared.baseline, result], task)
         entry = doc["runs"][1]
         rec.update(_summary(entry))
         rec["warnings"] = [w for w in doc.get("warnings", []) if w.startswith(spec.name)]
         rec["status"] = "ok"
         tmp = Path(tempfile.mkdtemp(prefix="medray-trial-"))
-        pd.DataFrame({
-            "sample_id": result.predictions["sample_id"].astype(str),
-            "probs": [np.asarray(v, dtype=np.float32).tolist() for v in result.predictions["probs"]],
-        }).to_parquet(tmp / PREDICTIONS, index=False)
+        # The per-sample outputs the sweep's statistics pair with the baseline (masks stay out).
+        write_frame(tmp / PREDICTIONS, result.predictions.drop(columns=["mask"], errors="ignore"))
         (tmp / "entry.json").write_text(json.dumps(entry, indent=1, default=str))
         checkpoint = tune.Checkpoint.from_directory(str(tmp))
     except Exception as e:  # recorded with its reason; the sweep goes on
@@ -338,12 +288,6 @@ def _saved_statuses(exp: Path) -> dict[str, str]:
     except Exception as e:  # no state written: nothing is known to be finished
         log.warning("could not read the experiment state in %s: %s", exp, e)
         return {}
-
-
-def expected_trials(cfg: SweepJobConfig) -> int:
-    """Trials a complete sweep has (Tune creates them lazily, so the grid says)."""
-    n = cfg.sweep.num_samples
-    return n * len(space.grid_points(cfg)) if cfg.sweep.search == "grid" else n
 
 
 def _checkpoint_dir(result) -> str | None:
@@ -422,17 +366,11 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
     from ray import tune
 
     from medray import io as medray_io
-    from medray.pipeline.evaluate import preflight, start_ray
+    from medray.pipeline.cluster import preflight, start_ray
     from medray.tune.report import finish
 
     if not medray_io.is_local(cfg.output_dir):
         raise ConfigError(f"output_dir={cfg.output_dir!r}: a sweep writes to a local path (or a shared mount)")
-    if cfg.task == "segmentation":
-        raise ConfigError(
-            "task=segmentation: the sweep's trials run the classification pipeline so far (sweep.overlap / "
-            "sweep.sw_batch_size are accepted but not yet wired to medray.pipeline.segmentation); "
-            "sweep classification models, or evaluate segmentation configs with jobs/evaluate.py"
-        )
     space.search_algorithm(cfg, 1)  # an unavailable search library fails now, not after the baseline
     out = Path(medray_io.local_path(cfg.output_dir))
     _check_output_dir(cfg, out)
@@ -443,14 +381,15 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
     points = space.grid_points(cfg)
     log.info("sweep: %d configurations (%s) × %s; %s search, %s scheduler", len(points),
              ", ".join(cfg.sweep.pairs()), space.axes(cfg), cfg.sweep.search, cfg.sweep.scheduler)
-    table, samples, base_spec, prepared, prep_errors = prepare_pairs(cfg)
+    base, prepared, prep_errors = prepare_pairs(cfg)
+    table, samples, base_spec, task = base.table, base.samples, base.specs[0], base.task
     if not cfg.sweep.resume:
         (out / "sweep_config.json").write_text(json.dumps(_comparable(cfg), indent=1, default=str))
     started = start_ray(base_cfg)
     try:
         baseline = load_baseline(out / "baseline", base_spec, samples) if cfg.sweep.resume else None
         if baseline is None:
-            baseline = run_baseline(cfg, samples, base_spec, out)
+            baseline = run_baseline(cfg, task, samples, base_spec, out)
         else:
             log.info("baseline %s: reusing the interrupted sweep's run (%d samples)", base_spec.name, len(baseline.predictions))
         ship_prepared(cfg, base_spec, prepared)
@@ -462,7 +401,7 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
         log.info("trials (placement group of their actors + free decode CPUs): %s; %d at a time on %g CPU / %g GPU",
                  {f"{b}×{s}": f"{plans[(b, s)].describe()} + {cfg.ray.reserve_cpus_for_reading:g} CPU"
                   for (b, s) in plans}, concurrent, shape.total_cpus, shape.total_gpus)
-        shared = Shared(cfg, table, samples, base_spec.model, baseline, prepared, prep_errors, plans, plan_errors)
+        shared = Shared(cfg, table, samples, base_spec.model, baseline, task, prepared, prep_errors, plans, plan_errors)
         trainable = tune.with_resources(tune.with_parameters(run_trial, shared=shared), space.TrialResources(groups))
         exp = out / EXPERIMENT
         if cfg.sweep.resume and tune.Tuner.can_restore(str(exp)):
@@ -501,7 +440,7 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
     finally:
         if started:
             ray.shutdown()
-    return finish(cfg, out, table, samples, baseline, records, prep_errors, interrupted,
+    return finish(cfg, out, task, table, samples, baseline, records, prep_errors, interrupted,
                   time.perf_counter() - t0, choices)
 
 

@@ -12,7 +12,6 @@ import logging
 import math
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("medray.tune")
@@ -144,7 +143,6 @@ def select(trials: list[dict], constraints: Any, objective: str, task: str) -> d
 
 # --------------------------------------------------------------------------- reproduce
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Groups of the evaluate config that a sweep shares and may have chosen.
 _GROUPS = ("data", "model", "ray", "task")
 _BARE = re.compile(r"^[A-Za-z_/.][A-Za-z0-9_./:+-]*$")
@@ -185,12 +183,12 @@ def _compose_evaluate(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from medray.config import register_configs
+    from medray.config import conf_dir, register_configs
 
     register_configs()
     if GlobalHydra.instance().is_initialized():  # inside jobs/sweep.py: same conf/ search path
         return compose(config_name="evaluate", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="reproduce"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="reproduce"):
         return compose(config_name="evaluate", overrides=overrides)
 
 
@@ -208,8 +206,9 @@ def reproduce_command(target, output_dir: str, choices: dict[str, str] | None = 
     is its group option); every value that then still differs is added as ``key=value``,
     and the result is composed once more to check that it is exact.
     """
-    from medray.config import as_dict
+    from medray.config import as_dict, conf_dir
 
+    conf = conf_dir()
     want = _flatten(as_dict(target))
     want["output_dir"] = output_dir
     groups = []
@@ -217,7 +216,7 @@ def reproduce_command(target, output_dir: str, choices: dict[str, str] | None = 
         option = (choices or {}).get(g)
         if option is None:
             name = want.get(f"{g}.name") if g != "task" else want.get("task")
-            option = name if name is not None and (CONF_DIR / g / f"{name}.yaml").is_file() else None
+            option = name if name is not None and (conf / g / f"{name}.yaml").is_file() else None
         if option is not None:
             groups.append(f"{g}={option}")
     explicit = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TINY_SIZE
+from helpers import TINY_SIZE, image_calibration
 
 from medray.backends import get_backend
 from medray.backends.artifacts import ArtifactCache
@@ -30,7 +30,7 @@ def data(tmp_path_factory):
     evaluated = select_samples(table, "test", None, 0)
     cal = calibration_samples(table, "calibration", 16, 0, evaluated)
     x = to_model_input(np.stack([decode_gray(p, TINY_SIZE) for p in evaluated["path"]]), 3)
-    return {"table": table, "evaluated": evaluated, "calibration": cal, "x": x}
+    return {"table": table, "evaluated": evaluated, "calibration": image_calibration(cal), "x": x}
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TINY_SIZE, margin_corr
+from helpers import image_calibration, margin_corr
 
 from medray.backends.onnxruntime.backend import OnnxRuntimeBackend, graph_precision
 from medray.backends.onnxruntime.quantize import CalibrationReader, _chunk_stride
-from medray.data.calibration import CalibrationError, CalibrationSet, load_calibration
+from medray.data.calibration import CalibrationError, CalibrationSet
 
 
 def test_fp16_artifact_and_what_the_cpu_provider_really_runs(tiny_spec, cache, data, torch_logits):
@@ -66,7 +66,7 @@ def test_int8_qdq_is_quantized_smaller_and_agrees(tiny_spec, cache, data, torch_
 def test_int8_cache_key_follows_calibration_and_method(tiny_spec, cache, data):
     spec = tiny_spec("onnxruntime", "int8")
     first = OnnxRuntimeBackend.prepare(spec, cache, data)["path"]
-    fewer = {**data, "calibration": data["calibration"].iloc[:8]}
+    fewer = {**data, "calibration": image_calibration(data["calibration"].samples.iloc[:8])}
     assert OnnxRuntimeBackend.prepare(spec, cache, fewer)["path"] != first
     spec.backend.quant_method = "percentile"
     other = OnnxRuntimeBackend.prepare(spec, cache, data)
@@ -77,7 +77,7 @@ def test_int8_cache_key_follows_calibration_and_method(tiny_spec, cache, data):
 def test_histogram_methods_build_and_run(tiny_spec, cache, data, method):
     spec = tiny_spec("onnxruntime", "int8")
     spec.backend.quant_method = method
-    spec.artifact = OnnxRuntimeBackend.prepare(spec, cache, {**data, "calibration": data["calibration"].iloc[:8]})
+    spec.artifact = OnnxRuntimeBackend.prepare(spec, cache, {**data, "calibration": image_calibration(data["calibration"].samples.iloc[:8])})
     b = OnnxRuntimeBackend(spec).load()
     assert b.effective_precision["executed"] == "int8"
     assert np.isfinite(b.infer(data["x"][:4])).all()
@@ -123,13 +123,13 @@ def test_graph_precision_counts_compute_ops():
 
 def test_load_calibration_is_what_int8_builds_use(data):
     # The ORT reader feeds exactly load_calibration's arrays, in sample_id order.
-    calib = load_calibration(data["calibration"], TINY_SIZE, 3)
+    calib = data["calibration"].load()
     r = CalibrationReader(calib, batch_size=16)
     np.testing.assert_array_equal(r.get_next()["input"], calib.inputs)
 
 
 def test_report_warns_when_lower_precision_is_not_smaller_or_faster():
-    from medray.report import _warnings
+    from medray.report.document import warnings_of
 
     def run(name, precision, ms, executed=None, art=None, factor=None):
         backend = name.split("-")[0]
@@ -144,7 +144,7 @@ def test_report_warns_when_lower_precision_is_not_smaller_or_faster():
         run("onnxruntime-int8", "int8", 5.0, art={"bytes": 120, "reference": {"bytes": 100, "precision": "fp32"}}, factor=2.0),
         run("onnxruntime-fp16", "fp16", 3.0, executed="fp32", art={"bytes": 50, "reference": {"bytes": 100}}, factor=3.3),
     ]
-    w = _warnings(runs)
+    w = warnings_of(runs)
     assert "onnxruntime-int8: int8 is not faster than onnxruntime-fp32 (5.000 vs 4.000 ms per sample)" in w
     assert any(s.startswith("onnxruntime-int8: the int8 artifact (0.0 MB) is not smaller than the fp32 one") for s in w)
     assert "onnxruntime-fp16: asked for fp16 but the backend executes fp32" in w

@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import REPO, TINY_ARCH, TINY_SIZE
+from helpers import REPO, TINY_ARCH, TINY_SIZE, image_calibration
 
 from medray.backends import BackendError, get_backend
 from medray.backends.artifacts import ArtifactCache, cache_key
@@ -300,7 +300,7 @@ def calibration(tmp_path_factory):
 @pytest.fixture(scope="module")
 def int8_graph(tiny_spec, cache, calibration):
     spec = trt_spec(tiny_spec, "int8")
-    return spec, prepare_graph(spec, cache, {"calibration": calibration})
+    return spec, prepare_graph(spec, cache, {"calibration": image_calibration(calibration)})
 
 
 def test_int8_graph_is_explicit_qdq_with_zero_points_tensorrt_accepts(int8_graph):
@@ -357,9 +357,9 @@ def test_int8_graph_agrees_with_fp32_on_onnxruntime_cpu(int8_graph, calibration,
 
 def test_int8_key_follows_the_calibration_set(int8_graph, calibration, cache):
     spec, g = int8_graph
-    again = prepare_graph(spec, cache, {"calibration": calibration})
+    again = prepare_graph(spec, cache, {"calibration": image_calibration(calibration)})
     assert again["cache_hit"] and again["path"] == g["path"]
-    fewer = prepare_graph(spec, cache, {"calibration": calibration.iloc[:12]})
+    fewer = prepare_graph(spec, cache, {"calibration": image_calibration(calibration.iloc[:12])})
     assert fewer["path"] != g["path"] and fewer["calibration"]["n"] == 12
 
 
@@ -445,7 +445,7 @@ def test_engine_matches_torch_and_reports_its_precision(tiny_spec, tmp_path, cal
     import torch
 
     spec = trt_spec(tiny_spec, precision, engine_cache_dir=str(tmp_path / "engines"))
-    ctx = {"calibration": calibration} if precision == "int8" else {}
+    ctx = {"calibration": image_calibration(calibration)} if precision == "int8" else {}
     spec.artifact = prepare_graph(spec, ArtifactCache(tmp_path), ctx)
     b = get_backend("trt")(spec).load()
     ref_spec = replace(tiny_spec("torch"), device="cuda")

@@ -28,7 +28,8 @@ from medray.pipeline.faults import (
     check_same_skipped,
     runnable,
 )
-from medray.pipeline.predictor import Predictor, decode_batch
+from medray.pipeline.predictor import Predictor
+from medray.tasks.classification import decode_batch
 
 N_TEST = 40
 # sample id → (what is wrong, a fragment of the reason medray must give)
@@ -221,17 +222,19 @@ def make_cfg(root, tmp, checkpoint, on_error):
 
 @pytest.mark.slow
 def test_skip_end_to_end_excludes_the_same_samples_from_both_runs(ray_local, bad_root, tmp_path, tiny_checkpoint):
-    from medray.pipeline.evaluate import execute, prepare
-    from medray.report import build_metrics, write_outputs
+    from medray.pipeline.execute import execute
+    from medray.pipeline.prepare import prepare
+    from medray.report.document import build_metrics
+    from medray.report.writers import write_outputs
 
     # fail: the driver-side problems stop the run before Ray does any work
     with pytest.raises(BadSampleError, match="not in the class list"):
         prepare(make_cfg(bad_root, tmp_path, tiny_checkpoint, "fail"))
 
     cfg = make_cfg(bad_root, tmp_path, tiny_checkpoint, "skip")
-    table, samples, specs = prepare(cfg)
+    table, samples, specs, task = prepare(cfg)
     assert len(samples) == N_TEST
-    results = execute(cfg, samples, specs)
+    results = execute(cfg, task, samples, specs)
     doc = build_metrics(cfg, table, samples, results)
     write_outputs(tmp_path / "out", {}, doc, results, table, samples)
 
@@ -265,5 +268,5 @@ def test_skip_end_to_end_excludes_the_same_samples_from_both_runs(ray_local, bad
     fail_cfg = make_cfg(bad_root, tmp_path, tiny_checkpoint, "fail")
     only_decode = samples[samples["sample_id"].isin({"test_00000", "test_00001", "test_00002", "test_00003"})]
     with pytest.raises(BadSampleError) as e:
-        execute(fail_cfg, only_decode, specs[:1])
+        execute(fail_cfg, task, only_decode, specs[:1])
     assert e.value.path.endswith("test_00003.png") and "truncated" in str(e.value) and SKIP_HINT in str(e.value)

@@ -168,7 +168,7 @@ def test_config_rules(tmp_path):
 
 
 def test_prepare_runs_the_patient_check_before_ray(tmp_path, tiny_checkpoint):
-    from medray.pipeline.evaluate import prepare
+    from medray.pipeline.prepare import prepare
 
     rows = ROWS + [("00000005_002.png", "Mass", "5", "train_val")]
     root = make_nih(tmp_path / "leaky", rows)

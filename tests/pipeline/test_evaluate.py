@@ -9,8 +9,9 @@ from sklearn.metrics import roc_auc_score
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
-from medray.pipeline.evaluate import execute, prepare
-from medray.report import build_metrics
+from medray.pipeline.execute import execute
+from medray.pipeline.prepare import prepare
+from medray.report.document import build_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +38,11 @@ def data_dir(tmp_path_factory):
 
 def test_sharded_equals_single_actor_equals_sklearn(ray_local, data_dir, tiny_checkpoint):
     single = make_cfg(data_dir, tiny_checkpoint, streams=1)
-    table, samples, specs = prepare(single)
-    res1 = execute(single, samples, specs)
+    table, samples, specs, task = prepare(single)
+    res1 = execute(single, task, samples, specs)
     sharded = make_cfg(data_dir, tiny_checkpoint, streams=2, batch_size=4, data=single.data)
-    _, samples2, specs2 = prepare(sharded)
-    res2 = execute(sharded, samples2, specs2)
+    _, samples2, specs2, task2 = prepare(sharded)
+    res2 = execute(sharded, task2, samples2, specs2)
 
     # two actors really shared the work
     assert res2[1].predictions["worker_pid"].nunique() == 2
@@ -69,13 +70,13 @@ def test_building_the_pipeline_shows_no_ray_remote_args_deprecation(ray_local, d
     should not see that on every run, whatever warning filters are in force."""
     import warnings
 
-    from medray.pipeline.evaluate import predict, read_dataset
+    from medray.pipeline.execute import predict, read_dataset
     from medray.pipeline.resources import plan_pool
 
     cfg = make_cfg(data_dir, tiny_checkpoint)
-    _, samples, specs = prepare(cfg)
+    _, samples, specs, task = prepare(cfg)
     plan = plan_pool(device="cpu", streams=1, cluster_cpus=2, cluster_gpus=0, node_cores=2, reserve_cpus=1, threads=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predict(read_dataset(samples, TINY_SIZE, 8), specs[-1], plan)  # built, not executed
+        predict(read_dataset(task, samples, specs[-1], block_size=8), specs[-1], plan, task)  # built, not executed
     assert not [w for w in caught if "ray_remote_args" in str(w.message)], [str(w.message) for w in caught]

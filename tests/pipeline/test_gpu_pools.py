@@ -152,7 +152,8 @@ def _write_images(root: Path, n: int, size: int = 8) -> pd.DataFrame:
 def test_pipeline_on_logical_gpus_with_decode_tasks(ray_gpus, tmp_path):
     """The real read → decode (1 CPU each) → Predictor pool (fractional GPUs) pipeline
     completes on 2 CPUs, every sample once, on actors holding 1/streams of a GPU."""
-    from medray.pipeline.evaluate import collect, predict, read_dataset
+    from medray.pipeline.execute import collect, predict, read_dataset
+    from medray.tasks import ClassificationTask
 
     streams = 2
     p = _plan(streams)
@@ -160,7 +161,7 @@ def test_pipeline_on_logical_gpus_with_decode_tasks(ray_gpus, tmp_path):
     spec = _spec(streams)
 
     def run():
-        return collect(predict(read_dataset(samples, 8, 4), spec, p))
+        return collect(predict(read_dataset(ClassificationTask(), samples, spec, block_size=4), spec, p))
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         df, wall, tput = pool.submit(run).result(timeout=240)  # a starved decode would hang here

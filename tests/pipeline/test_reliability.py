@@ -89,11 +89,11 @@ def reference(ray_local, tmp, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def prepared(reference, tmp, tiny_checkpoint):
-    from medray.pipeline.evaluate import prepare
+    from medray.pipeline.prepare import prepare
 
     cfg = config(*overrides(tmp, tiny_checkpoint, tmp / "faults"))
-    table, samples, specs = prepare(cfg)
-    return cfg, table, samples, specs
+    table, samples, specs, task = prepare(cfg)
+    return cfg, table, samples, specs, task
 
 
 def with_options(specs, **options):
@@ -105,13 +105,13 @@ def with_options(specs, **options):
 
 @pytest.mark.slow
 def test_killed_worker_is_retried_with_identical_metrics_and_no_duplicates(reference, prepared, tmp_path):
-    from medray.pipeline.evaluate import execute
-    from medray.report import build_metrics
+    from medray.pipeline.execute import execute
+    from medray.report.document import build_metrics
 
-    cfg, table, samples, specs = prepared
+    cfg, table, samples, specs, task = prepared
     marker = tmp_path / "killed-once"
-    results = execute(cfg, samples, with_options(specs, fail_after_batches=3, fail_once_marker=str(marker)))
-    doc = build_metrics(cfg, table, samples, results)
+    results = execute(cfg, task, samples, with_options(specs, fail_after_batches=3, fail_once_marker=str(marker)))
+    doc = build_metrics(cfg, table, samples, results, task)
 
     assert marker.exists(), "the fault was not injected"
     df = results[0].predictions
@@ -127,12 +127,12 @@ def test_killed_worker_is_retried_with_identical_metrics_and_no_duplicates(refer
 
 @pytest.mark.slow
 def test_worker_that_keeps_crashing_fails_after_bounded_retries(prepared):
-    from medray.pipeline.evaluate import execute
+    from medray.pipeline.execute import execute
 
-    cfg, _, samples, specs = prepared
+    cfg, _, samples, specs, task = prepared
     cfg = replace(cfg, ray=replace(cfg.ray, max_retries=1))
     with pytest.raises(WorkerFault) as e:
-        execute(cfg, samples, with_options(specs, fail_after_batches=0))  # dies on every batch
+        execute(cfg, task, samples, with_options(specs, fail_after_batches=0))  # dies on every batch
     msg = str(e.value)
     assert msg.startswith(f"{RUN}: a Predictor worker died and kept dying after 1 restarts/retries")
     assert "ray.max_retries=1" in msg
@@ -140,12 +140,12 @@ def test_worker_that_keeps_crashing_fails_after_bounded_retries(prepared):
 
 @pytest.mark.slow
 def test_out_of_memory_in_a_worker_fails_at_once_naming_a_smaller_batch(prepared, tmp_path):
-    from medray.pipeline.evaluate import execute
+    from medray.pipeline.execute import execute
 
-    cfg, _, samples, specs = prepared
+    cfg, _, samples, specs, task = prepared
     attempts = tmp_path / "attempts"
     with pytest.raises(BackendError) as e:
-        execute(cfg, samples, with_options(specs, oom_at_batch_size=BATCH, attempts_file=str(attempts)))
+        execute(cfg, task, samples, with_options(specs, oom_at_batch_size=BATCH, attempts_file=str(attempts)))
     msg = str(e.value)
     assert f"{RUN}: out of memory on cpu at batch_size={BATCH}" in msg
     assert f"lower batch_size (e.g. batch_size={BATCH // 2})" in msg and "MemoryError" in msg
@@ -366,7 +366,7 @@ def test_fractional_gpu_cluster_fails_with_the_numbers():
 
 
 def test_embedded_ray_cannot_advertise_more_than_the_machine(tmp_path, monkeypatch):
-    import medray.pipeline.evaluate as ev
+    import medray.pipeline.cluster as ev
     from medray.backends.torch.config import TorchConfig
     from medray.config import EvalConfig
 

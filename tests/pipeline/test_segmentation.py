@@ -26,12 +26,17 @@ from medray.config import (
 )
 from medray.data.msd import load_case
 from medray.data.phantoms import ensure_phantoms, phantom_tag
+from medray.io import file_sha256
 from medray.metrics.segmentation import dice_per_class
-from medray.models.factory import file_sha256, save_checkpoint
-from medray.models.unet import build_unet
-from medray.pipeline.segmentation import SegPredictor, build_segmentation_metrics, execute, load_mask, prepare
-from medray.report import render_segmentation_report, write_segmentation_outputs
+from medray.models.factory import build_unet, save_checkpoint
+from medray.pipeline.execute import execute
+from medray.pipeline.predictor import Predictor
+from medray.pipeline.prepare import prepare
+from medray.report.document import build_metrics
+from medray.report.markdown import render_report
+from medray.report.writers import write_outputs
 from medray.specs import ModelSpec, RunSpec
+from medray.tasks.segmentation import SegmentationTask, load_mask
 
 NET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
 ROI = [16, 16, 16]
@@ -85,9 +90,10 @@ def test_seg_predictor_equals_monai_on_the_torch_model(tmp_path, unet_checkpoint
     from medray.models.factory import load_model
 
     spec = tiny_spec(unet_checkpoint)
-    p = SegPredictor(spec, {"overlap": 0.25, "mode": "gaussian", "sigma_scale": 0.125}, str(tmp_path), 3)
+    task = SegmentationTask(sliding={"overlap": 0.25, "mode": "gaussian", "sigma_scale": 0.125}, num_classes=3)
+    p = Predictor(spec, task)
     img = np.random.default_rng(0).standard_normal((1, 20, 24, 13)).astype(np.float32)
-    mask, timing = p.segment(img)
+    mask, timing = task.segment(p.backend, spec, img)
     model = load_model("monai_unet", 3, 1, str(unet_checkpoint))
     with torch.inference_mode():
         ref = sliding_window_inference(torch.from_numpy(img)[None], ROI, 3, model, overlap=0.25, mode="gaussian")
@@ -132,11 +138,12 @@ def evaluated(ray_local, tmp_path_factory, unet_checkpoint):
     bad = root / "imagesTs" / "phantom_test_003.nii.gz"
     raw = gzip.decompress(bad.read_bytes())
     bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
-    table, samples, specs, prep = prepare(cfg)
+    table, samples, specs, task = prepare(cfg)
+    prep = task.prep
     out = tmp / "out"
-    results = execute(cfg, samples, specs, prep, out, len(table.classes))
-    doc = build_segmentation_metrics(cfg, table, samples, results, prep)
-    write_segmentation_outputs(out, {"task": "segmentation"}, doc, results)
+    results = execute(cfg, task, samples, specs)
+    doc = build_metrics(cfg, table, samples, results, task)
+    write_outputs(out, {"task": "segmentation"}, doc, results, table, samples, task)
     return cfg, table, samples, prep, results, doc, out
 
 
@@ -153,7 +160,7 @@ def test_pipeline_dice_is_the_dice_of_the_saved_masks(evaluated):
         for row in df.itertuples():
             case = load_case(samples.set_index("sample_id").loc[row.sample_id, "path"],
                              samples.set_index("sample_id").loc[row.sample_id, "label_path"], prep, 3)
-            mask = load_mask(r.mask_dir, row.mask_file)
+            mask = load_mask(out / "predictions" / f"{r.spec.name}_masks", row.mask_file)
             assert mask.shape == case["label"].shape == tuple(int(v) for v in row.model_shape)
             np.testing.assert_allclose(row.dice, dice_per_class(mask, case["label"], 3), equal_nan=True)
             x, y, z = case["image"].shape[1:]
@@ -177,7 +184,7 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
     assert set(cand["metrics"]) >= {"dice_mean", "dice_per_class"} and "auc_macro" not in cand["metrics"]
     assert doc["dataset"]["classes"] == ["organ", "lesion"] and doc["dataset"]["task"] == "segmentation"
     json.dumps(doc)  # JSON-serialisable as it is
-    md = render_segmentation_report(doc)
+    md = render_report(doc)
     assert "| Subject | Shape | Baseline latency | Candidate latency | Speed-up | Dice vs baseline (mean)" in md
     # three evaluated cases in the per-case table, the skipped one in its own section
     assert sum(line.startswith("| phantom_test_00") for line in md.splitlines()) == 3 + 1

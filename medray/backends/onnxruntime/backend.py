@@ -84,9 +84,9 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict
     import onnxruntime as ort
 
     from medray.backends.onnxruntime.quantize import quantize_int8
-    from medray.data.calibration import calibration_ids, load_calibration
+    from medray.data.calibration import calibration_source
 
-    calib_df = context.get("calibration")
+    calib = calibration_source(context, spec.name)
     cfg = spec.backend
     m = spec.model
     parts = {
@@ -95,17 +95,16 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict
         "activation": cfg.quant_activation,
         "method": cfg.quant_method,
         "per_channel": cfg.quant_per_channel,
-        "calibration": calibration_ids(calib_df) if calib_df is not None else None,
-        "input": [m.in_chans, m.input_size],
+        "calibration": calib.ids(),
+        "input": list(m.input_shape),
         "device": spec.device,
         "onnxruntime": ort.__version__,
         "onnx": onnx.__version__,
     }
 
     def build(path):
-        calib = load_calibration(calib_df, m.input_size, m.in_chans)
         quantize_int8(
-            fp32["path"], path, calib, method=cfg.quant_method, per_channel=cfg.quant_per_channel,
+            fp32["path"], path, calib.load(), method=cfg.quant_method, per_channel=cfg.quant_per_channel,
             activation=cfg.quant_activation,
         )
 

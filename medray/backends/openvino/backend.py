@@ -73,9 +73,9 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) 
     import nncf
     import openvino as ov
 
-    from medray.data.calibration import calibration_ids
+    from medray.data.calibration import calibration_source
 
-    calib_df = context.get("calibration")
+    calib = calibration_source(context, spec.name)
     quant = context.get("quantization")
     max_drop = getattr(quant, "max_drop", None)
     cfg = spec.backend
@@ -87,15 +87,15 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) 
         "fast_bias_correction": cfg.fast_bias_correction,
         "max_drop": max_drop,
         "accuracy_metric": "auc_macro" if max_drop is not None else None,
-        "calibration": calibration_ids(calib_df) if calib_df is not None else None,
-        "input": [m.in_chans, m.input_size],
+        "calibration": calib.ids(),
+        "input": list(m.input_shape),
         "device": spec.device,
         "openvino": ov.__version__,
         "nncf": nncf.__version__,
     }
 
     def build(path: Path) -> None:
-        info = quantize_nncf(spec, ir["path"], path, calib_df, context.get("table"), max_drop)
+        info = quantize_nncf(spec, ir["path"], path, calib, context.get("table"), max_drop)
         (path.parent / QUANT_SIDECAR).write_text(json.dumps(info, indent=2, default=str))
 
     art = cache.get_or_build("ov-int8", parts, "model.xml", build).to_dict()
@@ -109,17 +109,16 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) 
     }
 
 
-def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, calib_df, table, max_drop: float | None) -> dict:
+def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, source, table, max_drop: float | None) -> dict:
     """Run NNCF on the fp32 IR and save the int8 IR; returns what was done (for the report)."""
     import nncf
     import openvino as ov
 
-    from medray.data.calibration import load_calibration
-    from medray.pipeline.predictor import probabilities
+    from medray.tasks.classification import probabilities
 
     cfg = spec.backend
     m = spec.model
-    calib = load_calibration(calib_df, m.input_size, m.in_chans)
+    calib = source.load()
     # One sample per item: NNCF's statistics (and fast bias correction) assume batch 1.
     items = [calib.inputs[i : i + 1] for i in range(len(calib))]
     preset = getattr(nncf.QuantizationPreset, cfg.nncf_preset.upper())
@@ -139,6 +138,7 @@ def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, calib_df, table, 
 
         if table is None:
             raise BackendError(f"{spec.name}: quantization.max_drop needs the dataset's labels (context['table'])")
+        calib_df = source.samples
         by_id = calib_df.set_index(calib_df["sample_id"].astype(str))
         labels = table.targets(by_id.loc[calib.sample_ids].reset_index(drop=True))
         metrics: list[float] = []

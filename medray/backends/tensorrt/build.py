@@ -151,16 +151,11 @@ def qdq_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict)
     import onnx
     import onnxruntime as ort
 
-    from medray.data.calibration import CalibrationError, calibration_ids, load_calibration
+    from medray.data.calibration import calibration_source
 
-    calib_df = context.get("calibration")
-    if calib_df is None or len(calib_df) == 0:
-        raise CalibrationError(
-            f"{spec.name}: precision=int8 needs calibration samples (calibration.split / "
-            "calibration.num_samples); none were given"
-        )
+    source = calibration_source(context, spec.name)
     cfg, m = spec.backend, spec.model
-    ids = calibration_ids(calib_df)
+    ids = source.ids()
     parts = {
         "from": fp32["key"],
         "quantize": "static-qdq-s8s8-symmetric",
@@ -168,13 +163,13 @@ def qdq_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict)
         "method": cfg.quant_method,
         "per_channel": cfg.quant_per_channel,
         "calibration": ids,
-        "input": [m.in_chans, m.input_size],
+        "input": list(m.input_shape),
         "onnxruntime": ort.__version__,
         "onnx": onnx.__version__,
     }
 
     def build(path: Path) -> None:
-        calib = load_calibration(calib_df, m.input_size, m.in_chans)
+        calib = source.load()
         stats = quantize_qdq(fp32["path"], path, calib, cfg.quant_method, cfg.quant_per_channel, path.parent / CALIB_CACHE_FILE)
         (path.parent / CALIB_IDS_FILE).write_text(
             json.dumps({**ids, "sample_ids": calib.sample_ids, "method": cfg.quant_method, **stats}, indent=1)

@@ -1,4 +1,4 @@
-"""What every benchmark records about the machine it ran on (so numbers can be compared)."""
+"""What every benchmark (and the node doctor) records about the machine it ran on, so numbers can be compared."""
 
 from __future__ import annotations
 

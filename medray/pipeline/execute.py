@@ -1,0 +1,217 @@
+"""Run specs on the connected Ray cluster: read → predict → collect, for every task.
+
+Owned here, once for every task: pool planning, artifact shipping, resume parts, the
+data.on_error policy on the driver, bounded actor restarts, exactly-once accounting of
+samples (retried duplicates merged only when identical), the precision each actor
+executes, and the steady-state throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from medray.config import EvalConfig
+from medray.pipeline.cluster import cluster_shape, wait_for_gpus
+from medray.pipeline.faults import (
+    BadSampleError,
+    check_same_skipped,
+    dedupe_retried,
+    explain_failure,
+    raise_first_bad,
+    release,
+    runnable,
+    split_skipped,
+)
+from medray.pipeline.resources import PoolPlan, plan_pool
+from medray.pipeline.resume import ResumeState
+from medray.pipeline.stages import Stage, map_stage
+from medray.specs import RunResult, RunSpec
+from medray.tasks.base import Task
+
+log = logging.getLogger("medray.execute")
+
+
+def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int = 1, block_size: int | None = None):
+    """Ray Dataset of read samples: one read task per block (the task's blocks and reader)."""
+    import ray.data
+
+    fn, kwargs = task.reader(spec)
+    return map_stage(ray.data.from_pandas(task.read_blocks(samples, spec, actors, block_size)), Stage(fn, fn_kwargs=kwargs))
+
+
+def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task | None = None, max_retries: int = 3):
+    """Append the Predictor actor pool (``plan``) to a dataset of read samples."""
+    from medray.pipeline.predictor import Predictor
+    from medray.tasks.classification import ClassificationTask
+
+    task = task or ClassificationTask()
+    return map_stage(ds, Stage(
+        Predictor,
+        batch_size=task.actor_batch(spec),
+        actors=plan.actors,
+        constructor_kwargs={"spec": spec, "task": task},
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        max_retries=max_retries,
+    ))
+
+
+def collect(ds, on_batch=None) -> tuple[pd.DataFrame, float, float]:
+    """Stream the results to the driver.
+
+    Returns the per-sample rows (a multi-dimensional column becomes one array per row),
+    the wall time and the steady-state throughput (:func:`steady_throughput`).
+    ``on_batch(batch)`` sees every batch as it arrives (fail policy, resume parts, progress).
+    """
+    parts = []
+    t0 = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        batch = dict(batch)
+        if on_batch is not None:
+            on_batch(batch)
+        parts.append(pd.DataFrame({k: list(v) if np.ndim(v) > 1 else v for k, v in batch.items()}))
+    wall = time.perf_counter() - t0
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return df, wall, steady_throughput(df, wall)
+
+
+def steady_throughput(df: pd.DataFrame, wall: float) -> float:
+    """Samples / (end of the last batch − start of the first), from the actors' clocks.
+
+    This is the pipeline's processing rate with actor start-up and model loading left
+    out, stalls between batches (starved reads, backpressure) included.
+    """
+    if df.empty:
+        return 0.0
+    span = float(df["t_end"].max() - df["t_start"].min())
+    return len(df) / span if span > 0 else len(df) / wall
+
+
+def execute(
+    cfg: EvalConfig,
+    task: Task,
+    samples: pd.DataFrame,
+    specs: list[RunSpec],
+    state: ResumeState | None = None,
+    pool: PoolPlan | None = None,
+    progress=None,
+) -> list[RunResult]:
+    """Run every spec on the connected Ray cluster, one after the other.
+
+    Rows of ``samples`` with a ``problem`` (the task's screen) are skipped without
+    reading.  With ``state``, every received batch is written as a resume part and
+    samples already in parts are not evaluated again.  ``pool`` replaces the pool sized
+    on the whole cluster (a sweep trial sizes it to its placement group);
+    ``progress(batch)`` sees every received batch (a sweep trial's intermediate reports).
+    """
+    import ray
+
+    from medray.pipeline.shipping import ship, should_ship
+
+    if cfg.ray.min_gpus:
+        wait_for_gpus(cfg.ray.min_gpus, cfg.ray.scale_timeout_s)
+    cpus, gpus, cores = cluster_shape()
+    to_run, pre_skipped = runnable(samples)
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    shipping = should_ship(cfg.ray.ship_artifacts, cfg.ray.address, alive)
+    shipped: dict = {}
+    results = []
+    for spec in specs:
+        plan = pool if pool is not None else plan_pool(
+            device=spec.device,
+            streams=spec.streams,
+            cluster_cpus=cpus,
+            cluster_gpus=gpus,
+            node_cores=cores,
+            reserve_cpus=cfg.ray.reserve_cpus_for_reading,
+            threads=spec.backend.threads,
+        )
+        spec = replace(spec, threads=plan.threads)
+        if shipping:  # actors on other nodes get the driver's files via the object store
+            spec = ship(spec, shipped)
+        done = state.load(spec.name) if state is not None else pd.DataFrame()
+        todo = to_run[~to_run["sample_id"].isin(set(done["sample_id"]))] if len(done) else to_run
+        log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
+        new, wall = pd.DataFrame(), 0.0
+        if len(todo):
+            # Read tasks always mark bad rows; data.on_error=fail is applied here, on the
+            # driver, where the error keeps its path and reason (see raise_first_bad).
+            ds = predict(read_dataset(task, todo, spec, plan.actors, cfg.data.read_block_size), spec, plan, task,
+                         cfg.ray.max_retries)
+            on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None, progress)
+            failure = None
+            try:
+                new, wall, _ = collect(ds, on_batch=on_batch)
+            except BadSampleError as e:
+                failure = e
+            except Exception as e:  # Ray's wrappers → the cause (OOM, dying worker, backend error)
+                failure = explain_failure(spec.name, e, cfg.ray.max_retries)
+            if failure is not None:
+                # The failed execution's traceback holds its executor, whose actors keep their
+                # CPUs/GPUs until collected: drop it so the next run (Tune, tests) gets them.
+                ds = on_batch = None
+                raise release(failure)
+        if len(done):
+            log.info("%s: %d %ss from the interrupted run, %d evaluated now", spec.name, len(done), task.unit, len(new))
+        df = pd.concat([d for d in (done, new) if len(d)], ignore_index=True) if len(done) else new
+        df, n_dup = dedupe_retried(spec.name, df, task.identity_columns)
+        check_complete(spec.name, to_run["sample_id"], df)
+        eff = [json.loads(s) for s in df.pop("effective_precision") if s] if len(df) else []
+        df, skipped = split_skipped(df)
+        # Sorted by id: the predictions file of a resumed or retried run equals a clean one's.
+        df = df.sort_values("sample_id", kind="stable").reset_index(drop=True) if len(df) else df
+        skipped = pd.concat([pre_skipped, skipped], ignore_index=True).sort_values("sample_id").reset_index(drop=True)
+        # Throughput of the samples predicted by this process, each counted once (a retried
+        # batch's second copy is not work done twice); skipped rows are not work.
+        fresh = df[df["sample_id"].isin(set(new["sample_id"]))] if len(new) and len(df) else df.iloc[:0]
+        tput = steady_throughput(fresh, wall or 1.0)
+        resumed = {"from_previous": int(len(done)), "processed": int(len(new))} if len(done) else None
+        results.append(RunResult(spec, df, wall, tput, plan, summarise_effective(eff), skipped, resumed, n_dup))
+        log.info("%s: %d %ss in %.1fs (%.2f/s steady), %d skipped", spec.name, len(df), task.unit, wall, tput, len(skipped))
+    check_same_skipped({r.spec.name: r.skipped for r in results})
+    return results
+
+
+def _batch_hook(on_error: str, todo: pd.DataFrame, writer, progress=None):
+    """What the driver does with each received batch: the fail policy, then the resume part."""
+    paths = dict(zip(todo["sample_id"].astype(str), todo["path"].astype(str)))
+
+    def hook(batch):
+        if on_error == "fail":
+            raise_first_bad(batch, paths)
+        if writer is not None:
+            writer(batch)
+        if progress is not None:
+            progress(batch)
+
+    return hook
+
+
+def check_complete(name: str, expected: pd.Series, df: pd.DataFrame) -> None:
+    """Every evaluated sample exactly once — a silent loss would bias every metric."""
+    got = df["sample_id"] if len(df) else pd.Series([], dtype=str)
+    dup = got[got.duplicated()].unique()
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if len(dup) or missing or extra:
+        raise RuntimeError(
+            f"{name}: pipeline output does not match the evaluated samples: "
+            f"{len(missing)} missing {missing[:5]}, {len(dup)} duplicated {list(dup[:5])}, {len(extra)} unexpected"
+        )
+
+
+def summarise_effective(reports: list[dict]) -> dict:
+    """One actor's report (they run the same artifact); flag if actors disagree."""
+    if not reports:
+        return {}
+    first = dict(reports[0])
+    if any(r.get("executed") != first.get("executed") for r in reports[1:]):
+        first["warning"] = f"actors disagree on the executed precision: {[r.get('executed') for r in reports]}"
+    first["actors"] = len(reports)
+    return first

@@ -1,0 +1,79 @@
+"""Everything a run needs before Ray starts: dataset, evaluated samples, model, run specs
+and their artifacts.  Whatever can fail on the config or the inputs fails here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from medray.backends import get_backend
+from medray.backends.artifacts import ArtifactCache
+from medray.config import EvalConfig
+from medray.data.sources import calibration_samples, load_table, select_samples
+from medray.data.table import SampleTable
+from medray.monitoring import step
+from medray.specs import ModelSpec, RunName, RunSpec
+from medray.tasks import Task, make_task
+
+log = logging.getLogger("medray.prepare")
+
+
+class Prepared(NamedTuple):
+    """The inputs of :func:`medray.pipeline.execute.execute` and of the report."""
+
+    table: SampleTable
+    samples: pd.DataFrame
+    specs: list[RunSpec]
+    task: Task
+
+
+def build_specs(cfg: EvalConfig, model: ModelSpec, batch_size: int | None = None) -> list[RunSpec]:
+    """The baseline (if any) then the candidate; one spec if they are the same run."""
+    runs: list[tuple[str, Any, str]] = []
+    base = cfg.baseline_backend()
+    if base is not None:
+        runs.append(("baseline", base[0], base[1]))
+    if base is None or RunName(base[0].name, base[1]) != RunName(cfg.backend.name, cfg.precision):
+        runs.append(("candidate", cfg.backend, cfg.precision))
+    return [
+        RunSpec(
+            name=str(RunName(backend.name, precision)),
+            role=role,
+            backend=backend,
+            precision=precision,
+            device=cfg.device,
+            batch_size=batch_size or cfg.batch_size,
+            streams=cfg.streams,
+            model=model,
+            warmup_batches=cfg.warmup_batches,
+            tta=cfg.tta,
+        )
+        for role, backend, precision in runs
+    ]
+
+
+def prepare(cfg: EvalConfig) -> Prepared:
+    """Dataset, evaluated samples, and run specs with their artifacts built (no Ray)."""
+    table = load_table(cfg.data, cfg.data_root)
+    task = make_task(cfg, table)
+    samples = select_samples(table, cfg.data.split, cfg.data.limit, cfg.data.seed)
+    # Unreadable samples the driver can see: fail now (data.on_error=fail) or mark them skipped.
+    samples = task.screen(cfg, table, samples)
+    log.info("%s (split %s)", task.describe(table, samples), cfg.data.split)
+    # Long steps outside Ray Data (demo training, exports, calibration, engine builds)
+    # log their start, a heartbeat every 30 s and their end.
+    with step("model: resolve checkpoint (trains the demo model if not cached)", log):
+        model = task.resolve_model(cfg, table)
+    specs = build_specs(cfg, model, task.backend_batch(cfg))
+    cache = ArtifactCache(cfg.cache_dir)
+    # quantization: options of INT8 builds that are not a backend's own (NNCF max_drop).
+    context: dict[str, Any] = {"table": table, "evaluated": samples, "quantization": cfg.quantization}
+    if any(s.precision == "int8" for s in specs):
+        calib = calibration_samples(table, cfg.calibration.split, cfg.calibration.num_samples, cfg.calibration.seed, samples)
+        context["calibration"] = task.calibration(cfg, table, calib, model)
+    for spec in specs:
+        with step(f"{spec.name}: prepare artifact", log):
+            spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
+    return Prepared(table, samples, specs, task)

@@ -1,0 +1,103 @@
+"""``report.md``: the task's sections, then the sections every run has.
+
+The task renders its title, main table and task sections
+(:meth:`medray.tasks.base.Task.render`); the runs table (with the task's latency
+columns), resumed runs, the precision really executed, skipped samples and warnings are
+the same for every task.
+"""
+
+from __future__ import annotations
+
+from medray.report.format import cell
+
+
+def render_report(doc: dict) -> str:
+    """report.md of a metrics document (any task)."""
+    from medray.tasks import task_of
+
+    task = task_of(doc["dataset"]["task"])
+    lines = task.render(doc)
+    lines += runs_table(doc, task)
+    for r in doc["runs"]:
+        if r.get("resumed"):
+            lines.append(
+                f"\n{r['name']}: resumed — {r['resumed']['from_previous']} samples from the interrupted run, "
+                f"{r['resumed']['processed']} evaluated now (latency covers both; throughput and wall the latter)."
+            )
+    lines += precision_section(doc)
+    if doc.get("skipped"):
+        lines += skipped_section(doc)
+    if doc.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in doc["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def runs_table(doc: dict, task) -> list[str]:
+    """One row per run: the task's latency columns, wall time, pool, executed precision, artifact."""
+    rows = []
+    for r in doc["runs"]:
+        a = r.get("artifact")
+        art = "–" if not a else f"{a['bytes'] / 1e6:.1f} MB, build {a['build_s']:.1f}s{' (cache hit)' if a.get('cache_hit') else ''}"
+        p = r["pool"]
+        eff = (r.get("effective_precision") or {}).get("executed", "?")
+        rows.append({"Run": r["name"], **task.runs_columns(r), "Wall (s)": f"{r['wall_s']:.1f}",
+                     "Pool": f"{p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr)", "Executed precision": eff,
+                     "Artifact": art})
+    if not rows:
+        return []
+    head = list(rows[0])
+    return ["", "## Runs", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"] + [
+        "| " + " | ".join(cell(row[h]) for h in head) + " |" for row in rows
+    ]
+
+
+def skipped_section(doc: dict, limit: int = 200) -> list[str]:
+    sk = doc["skipped"]
+    lines = [
+        "",
+        "## Skipped samples",
+        "",
+        f"{len(sk)} of {doc['dataset']['n_samples']} selected samples could not be read (data.on_error=skip) and are "
+        "excluded from every run, so baseline and candidate stay paired.",
+        "",
+        "| Sample | Reason |",
+        "|---|---|",
+    ]
+    lines += [f"| {s['sample_id']} | {cell(s['reason'])} |" for s in sk[:limit]]
+    if len(sk) > limit:
+        lines.append(f"\n… and {len(sk) - limit} more: the full list is in metrics.json (`skipped`).")
+    return lines
+
+
+def precision_section(doc: dict) -> list[str]:
+    """What each lower-precision run executes: compute ops per precision, artifact size vs
+    its fp32 source, calibration set and the layers an INT8 model keeps in float."""
+    lines = []
+    for r in doc["runs"]:
+        eff = r.get("effective_precision") or {}
+        a = r.get("artifact") or {}
+        if r["precision"] == "fp32" and not a.get("reference"):
+            continue
+        parts = []
+        if eff.get("compute_ops"):
+            parts.append("compute ops " + ", ".join(f"{k} {v}" for k, v in sorted(eff["compute_ops"].items())))
+        if a.get("reference"):
+            parts.append(f"artifact {a['bytes'] / 1e6:.1f} MB vs fp32 {a['reference']['bytes'] / 1e6:.1f} MB")
+        if a.get("calibration"):
+            c = a["calibration"]
+            where = f"split {', '.join(c['splits'])}" if c.get("splits") else "the calibration split"
+            parts.append(f"calibrated on {c['n']} samples of {where} (disjoint from the evaluated samples)")
+        q = a.get("quantization") or {}
+        if q.get("max_drop") is not None:
+            parts.append(
+                f"accuracy control: {q['metric']} {q['fp32_metric']:.4f} → {q['int8_metric']:.4f} on the calibration "
+                f"split (max drop {q['max_drop']})"
+            )
+        kept = eff.get("kept_in_float", q.get("kept_in_float"))
+        if kept:
+            parts.append(f"{len(kept)} layer(s) kept in float: {', '.join(kept[:8])}{' ...' if len(kept) > 8 else ''}")
+        if parts:
+            lines.append(f"- {r['name']}: " + "; ".join(parts))
+    return ["", "## Precision", ""] + lines if lines else []
+
+

@@ -1,0 +1,129 @@
+"""The task protocol: what one pipeline needs to know about a kind of evaluation.
+
+The pipeline (``medray.pipeline``) is the same for every task — prepare, read, predict,
+collect, metrics, report — and owns everything around it: pool planning, retries,
+resume parts, shipping, GPU waits, placement groups, monitoring, URI outputs, exit codes
+and the pairing checks.  A task says only:
+
+* driver, before Ray: which samples can be evaluated (:meth:`screen`), the model
+  (:meth:`resolve_model`), the batch of a backend call (:meth:`backend_batch`), INT8
+  calibration inputs (:meth:`calibration`);
+* the read stage: how samples are grouped into blocks and read (:meth:`read_blocks`,
+  :meth:`reader`);
+* the actor: what it does around the backend call for a batch of read samples
+  (:meth:`predict`) and the blank outputs of rows that were not readable
+  (:meth:`placeholder`); which output columns make two deliveries of a sample identical
+  (:attr:`identity_columns`);
+* the driver, after: a run's metrics, a candidate's comparison with the baseline, the
+  dataset section, the report sections and the per-sample predictions file.
+
+A task object is a plain dataclass: it travels to the actors with the run spec.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from medray.backends.base import Backend
+    from medray.config import EvalConfig
+    from medray.data.calibration import CalibrationSource
+    from medray.data.table import SampleTable
+    from medray.specs import ModelSpec, RunResult, RunSpec
+
+
+class Task(ABC):
+    """One kind of evaluation (classification, segmentation) for the one pipeline."""
+
+    name: ClassVar[str]
+    # What one sample is called in logs and reports ("image", "case").
+    unit: ClassVar[str] = "sample"
+    # Output columns that must be equal for two deliveries of one sample (a retried batch)
+    # to be the same prediction.
+    identity_columns: ClassVar[tuple[str, ...]] = ()
+
+    # -- driver, before Ray ---------------------------------------------------------
+    @abstractmethod
+    def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
+        """``samples`` with a ``problem`` column ("" = fine); raises BadSampleError for the
+        first bad one with ``data.on_error=fail``."""
+
+    @abstractmethod
+    def resolve_model(self, cfg: EvalConfig, table: SampleTable) -> ModelSpec:
+        """The model the actors load, checked against the dataset (trains a demo if needed)."""
+
+    def backend_batch(self, cfg: EvalConfig) -> int:
+        """Inputs per backend call (``RunSpec.batch_size``)."""
+        return cfg.batch_size
+
+    def actor_batch(self, spec: RunSpec) -> int:
+        """Read samples per actor call (``map_batches``' batch size)."""
+        return spec.batch_size
+
+    @abstractmethod
+    def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
+        """INT8 calibration inputs from ``samples`` (a split disjoint from the evaluated one)."""
+
+    def describe(self, table: SampleTable, samples: pd.DataFrame) -> str:
+        """One log line about the evaluated samples."""
+        return f"dataset {table.name}: {len(samples)} {self.unit}s evaluated ({table.task})"
+
+    # -- read stage (CPU tasks) -----------------------------------------------------
+    @abstractmethod
+    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
+        """The blocks of samples handed to the read tasks (``block_size``: data.read_block_size)."""
+
+    @abstractmethod
+    def reader(self, spec: RunSpec) -> tuple[Callable, dict[str, Any]]:
+        """The read function and its keyword arguments. It must mark unreadable rows with a
+        ``skipped_reason`` instead of raising (the driver applies data.on_error)."""
+
+    # -- actor ----------------------------------------------------------------------
+    def open(self, spec: RunSpec) -> None:
+        """Per-actor set-up after the backend is loaded (none by default)."""
+        return None
+
+    @abstractmethod
+    def predict(self, backend: Backend, spec: RunSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of readable rows: per-row columns, including ``batch_ms`` (backend time
+        charged to the row's batch) and ``batch_size`` (samples sharing that time)."""
+
+    @abstractmethod
+    def placeholder(self, n: int, spec: RunSpec) -> dict[str, np.ndarray]:
+        """Outputs of ``n`` rows that could not be read: the columns of :meth:`predict`, blank."""
+
+    # -- driver, after ----------------------------------------------------------------
+    @abstractmethod
+    def run_metrics(self, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
+        """Keys of the run's ``runs[]`` entry that depend on the task (``metrics`` at least)."""
+
+    @abstractmethod
+    def compare(self, base: RunResult, cand: RunResult, table: SampleTable, samples: pd.DataFrame,
+                base_entry: dict, cand_entry: dict) -> dict[str, Any]:
+        """A candidate's ``agreement`` and ``metric_deltas`` against the baseline."""
+
+    @abstractmethod
+    def dataset_section(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
+        """Task keys of the ``dataset`` section of metrics.json."""
+
+    def document_extras(self, cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable,
+                        samples: pd.DataFrame) -> None:
+        """Add task sections to the metrics document (per-case table...); none by default."""
+        return None
+
+    @abstractmethod
+    def render(self, doc: dict) -> list[str]:
+        """report.md lines of the task (title, main table, task sections)."""
+
+    @abstractmethod
+    def runs_columns(self, run: dict) -> dict[str, str]:
+        """The task's latency cells of a run's row in report.md's runs table."""
+
+    @abstractmethod
+    def write_predictions(self, out: str, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> None:
+        """``predictions/<run>.parquet`` (and any per-sample files) under ``out``."""

@@ -1,0 +1,268 @@
+"""task=classification: 2D images, one label (multiclass, binary) or several (multilabel).
+
+Read stage: blocks of about 64 file paths → :func:`decode_batch` (uint8 pixels at the
+model's input, small object-store traffic).  Actor: the views of ``tta`` through the
+backend, softmax / sigmoid, probabilities averaged over the views.  Driver: exact
+metrics over all samples (scikit-learn), agreement paired by sample id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from medray.report.format import pct
+from medray.tasks.base import Task
+
+if TYPE_CHECKING:
+    from medray.backends.base import Backend
+    from medray.config import EvalConfig
+    from medray.data.calibration import CalibrationSource
+    from medray.data.table import SampleTable
+    from medray.specs import ModelSpec, RunResult, RunSpec
+
+log = logging.getLogger("medray.classification")
+
+COMPARED_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro")
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int, on_error: str = "fail") -> dict[str, np.ndarray]:
+    """CPU task: file paths → uint8 grey images at the decode size.
+
+    A file that cannot be decoded stops the run (``on_error="fail"``: BadSampleError with
+    its path and reason) or becomes a row with a ``skipped_reason`` and a blank image
+    (``"skip"``, what the pipeline uses: the driver then applies data.on_error, where the
+    error keeps its path and reason).
+    """
+    from medray.data.preprocess import decode_gray
+    from medray.monitoring import count_error
+    from medray.pipeline.faults import SAMPLE_ERRORS, BadSampleError, describe
+
+    paths = batch["path"]
+    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    reasons = np.full(len(paths), "", dtype=object)
+    for i, p in enumerate(paths):
+        try:
+            # s3://, gs://... paths (data.root on shared storage) are read through pyarrow.fs.
+            images[i] = decode_gray(str(p), size)
+        except SAMPLE_ERRORS as e:
+            count_error("decode")
+            if on_error != "skip":
+                raise BadSampleError(str(p), describe(e)) from e
+            reasons[i] = describe(e)
+    return {"sample_id": batch["sample_id"], "image": images, "skipped_reason": reasons}
+
+
+def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
+    """Softmax (multiclass) or sigmoid (multilabel), in float64 for stable metrics."""
+    z = logits.astype(np.float64)
+    if task == "multilabel":
+        return 1.0 / (1.0 + np.exp(-z))
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def read_block_size(n: int, batch_size: int, actors: int) -> int:
+    """Samples per read task: a multiple of the batch size (no ragged batches inside a
+    block), about 64 images, but small enough that every actor gets several blocks."""
+    per_actor = math.ceil(n / (actors * 4 * batch_size))
+    return batch_size * max(1, min(max(1, 64 // batch_size), per_actor))
+
+
+def targets(table: SampleTable, samples: pd.DataFrame, ids) -> np.ndarray:
+    """The targets of the samples ``ids``, in that order."""
+    idx = pd.Index(samples["sample_id"]).get_indexer(ids)
+    if (idx < 0).any():
+        raise RuntimeError("predictions contain sample ids that were not evaluated")
+    return table.targets(samples.iloc[idx])
+
+
+def stacked_probs(df: pd.DataFrame) -> np.ndarray:
+    return np.stack(df["probs"].to_numpy()).astype(np.float64)
+
+
+@dataclass
+class ClassificationTask(Task):
+    """Multiclass / multilabel image classification (the kind is the model spec's ``task``)."""
+
+    name: ClassVar[str] = "classification"
+    unit: ClassVar[str] = "image"
+    identity_columns: ClassVar[tuple[str, ...]] = ("probs",)
+
+    # -- driver, before Ray ---------------------------------------------------------
+    def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
+        from medray.pipeline.faults import apply_policy
+
+        if cfg.data.check_patient_overlap:  # a patient in both splits would leak into calibration
+            from medray.data.sources import check_patient_overlap, resolve_calibration_split
+
+            cal_split = resolve_calibration_split(table, cfg.calibration.split, cfg.data.split)
+            check_patient_overlap(table, cfg.data.split, cal_split)
+        # Missing files / unknown labels: fail now (data.on_error=fail) or mark them skipped.
+        return apply_policy(samples, cfg.data.on_error)
+
+    def resolve_model(self, cfg: EvalConfig, table: SampleTable) -> ModelSpec:
+        from medray.models.resolve import resolve_model
+
+        return resolve_model(cfg, table)
+
+    def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
+        from medray.data.calibration import CalibrationSource, load_calibration
+
+        return CalibrationSource(samples, partial(load_calibration, input_size=model.input_size, in_chans=model.in_chans))
+
+    # -- read stage -----------------------------------------------------------------
+    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
+        block = block_size or read_block_size(len(todo), spec.batch_size, actors)
+        return [todo.iloc[i : i + block][["sample_id", "path"]] for i in range(0, len(todo), block)]
+
+    def reader(self, spec: RunSpec):
+        from medray.data.tta import decode_size
+
+        # tencrop: decoded larger, the ten crops cut in the actor.
+        return decode_batch, {"size": decode_size(spec.model.input_size, spec.tta), "on_error": "skip"}
+
+    # -- actor ----------------------------------------------------------------------
+    def predict(self, backend: Backend, spec: RunSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from medray.data.preprocess import to_model_input
+        from medray.data.tta import views as tta_views
+
+        model = spec.model
+        # One view without TTA; tta=tencrop: ten crops, each a backend call of the same
+        # batch shape, probabilities averaged and call times summed (see medray.data.tta).
+        views = tta_views(batch["image"], model.input_size, spec.tta)
+        probs, batch_ms = 0.0, 0.0
+        for view in views:
+            logits = backend.infer(to_model_input(view, model.in_chans))
+            batch_ms += backend.last_ms
+            probs = probs + probabilities(logits, model.task)
+        n = len(batch["image"])
+        return {
+            "probs": (probs / len(views)).astype(np.float32),
+            "batch_ms": np.full(n, batch_ms, dtype=np.float64),
+            "batch_size": np.full(n, n, dtype=np.int32),
+        }
+
+    def placeholder(self, n: int, spec: RunSpec) -> dict[str, np.ndarray]:
+        return {
+            "probs": np.full((n, spec.model.num_classes), np.nan, dtype=np.float32),
+            "batch_ms": np.zeros(n, dtype=np.float64),
+            "batch_size": np.zeros(n, dtype=np.int32),
+        }
+
+    # -- driver, after ----------------------------------------------------------------
+    def run_metrics(self, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
+        from medray.metrics.classification import classification_metrics
+
+        df = result.predictions
+        y = targets(table, samples, df["sample_id"])
+        return {"tta": result.spec.tta, "metrics": classification_metrics(y, stacked_probs(df), table.task, table.classes)}
+
+    def compare(self, base: RunResult, cand: RunResult, table: SampleTable, samples: pd.DataFrame,
+                base_entry: dict, cand_entry: dict) -> dict[str, Any]:
+        from medray.metrics.agreement import agreement, pair_by_id
+
+        bdf, cdf = base.predictions, cand.predictions
+        bi, ci = pair_by_id(bdf["sample_id"].to_numpy(), cdf["sample_id"].to_numpy())
+        bm, cm = base_entry["metrics"], cand_entry["metrics"]
+        return {
+            "agreement": agreement(stacked_probs(bdf)[bi], stacked_probs(cdf)[ci], table.task),
+            "metric_deltas": {
+                k: (cm[k] - bm[k]) if cm.get(k) is not None and bm.get(k) is not None else None for k in COMPARED_METRICS
+            },
+        }
+
+    def dataset_section(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
+        return {"task": table.task, "classes": list(table.classes)}
+
+    def render(self, doc: dict) -> list[str]:
+        ds = doc["dataset"]
+        lines = [
+            f"# medray evaluation — {ds['name']}",
+            "",
+            f"{ds['n_samples']} samples of split `{ds['split']}`, task {ds['task']}, "
+            f"{len(ds['classes'])} {'labels' if ds['task'] == 'multilabel' else 'classes'}"
+            + (f"; {len(doc['skipped'])} of them skipped as unreadable (listed below)." if doc.get("skipped") else "."),
+            "Latency = backend compute time per sample (batch time / batch size, warm-up excluded); "
+            "throughput = end-to-end samples/s through the pipeline. Percentages below.",
+            *_tta_note(doc),
+            "",
+            "| Dataset | Model | Latency (ms) | Speed-up | Accuracy | BACC | mAUC | Throughput (img/s) | Agreement |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in doc["runs"]:
+            m, sp, ag = r["metrics"], r.get("speedup"), r.get("agreement")
+            speed = "–" if not sp or sp["factor"] is None else f"{sp['latency_reduction_pct']:.1f}% ({sp['factor']:.2f}×)"
+            model = f"{'Baseline' if r['role'] == 'baseline' else 'Candidate'} {r['name']} (b{r['batch_size']}×{r['streams']})"
+            lines.append(
+                f"| {ds['name']} | {model} | {r['latency_ms']['per_sample_mean']:.2f} | {speed} | "
+                f"{pct(m['accuracy'])} | {pct(m['balanced_accuracy'])} | {pct(m['auc_macro'])} | "
+                f"{r['throughput_sps']:.1f} | {pct(ag['top1']) if ag else '–'} |"
+            )
+        lines += ["", "## Agreement with the baseline", ""]
+        for r in doc["runs"]:
+            if r.get("agreement"):
+                a = r["agreement"]
+                lines.append(
+                    f"- {r['name']}: top-1 {pct(a['top1'])}%, max |Δprob| {a['max_abs_prob_diff']:.2e}, "
+                    f"mean |Δprob| {a['mean_abs_prob_diff']:.2e} over {a['n']} paired samples"
+                )
+        lines += ["", "## Per-class AUC", "", "| Class | " + " | ".join(r["name"] for r in doc["runs"]) + " |"]
+        lines.append("|---" * (len(doc["runs"]) + 1) + "|")
+        for c in ds["classes"]:
+            cells = [pct(r["metrics"]["auc_per_class"].get(c)) for r in doc["runs"]]
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        for r in doc["runs"]:
+            if r["metrics"].get("auc_skipped"):
+                lines.append(f"\n{r['name']}: AUC skipped (one outcome only) for {', '.join(r['metrics']['auc_skipped'])}")
+        if any("sensitivity" in r["metrics"] for r in doc["runs"]):
+            lines += ["", "## Operating point", ""]
+            for r in doc["runs"]:
+                m = r["metrics"]
+                lines.append(
+                    f"- {r['name']}: sensitivity {pct(m['sensitivity'])}%, specificity {pct(m['specificity'])}% "
+                    f"at threshold {m.get('threshold', 0.5)}"
+                )
+        return lines
+
+    def runs_columns(self, r: dict) -> dict[str, str]:
+        lat = r["latency_ms"]
+        return {"Latency p50 / p95 (ms)": f"{lat['per_sample_p50']:.2f} / {lat['per_sample_p95']:.2f}"}
+
+    def write_predictions(self, out: str, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> None:
+        """predictions/<run>.parquet: one row per sample (ids, target, probs, timing, worker)."""
+        import pyarrow as pa
+
+        from medray import io as medray_io
+
+        df = result.predictions
+        t = targets(table, samples, df["sample_id"])
+        probs = np.stack(df["probs"].to_numpy()).astype(np.float32)
+        cols = {
+            "sample_id": pa.array(df["sample_id"].astype(str)),
+            "target": pa.array(t.tolist()),
+            "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), probs.shape[1]),
+            "batch_uid": pa.array(df["batch_uid"].astype(str)),
+            "batch_ms": pa.array(df["batch_ms"].astype(float)),
+            "batch_size": pa.array(df["batch_size"].astype(int)),
+            "node_id": pa.array(df["node_id"].astype(str)),
+            "worker_pid": pa.array(df["worker_pid"].astype(int)),
+        }
+        medray_io.write_parquet(pa.table(cols), medray_io.join(out, "predictions", f"{result.spec.name}.parquet"))
+
+
+def _tta_note(doc: dict) -> list[str]:
+    tta = sorted({r.get("tta", "none") for r in doc["runs"]} - {"none"})
+    if not tta:
+        return []
+    return [
+        f"Test-time augmentation: {', '.join(tta)} — probabilities averaged over the views of each image; "
+        "latency is the sum of the backend calls over all views (the cost of one TTA prediction)."
+    ]
