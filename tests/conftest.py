@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TINY_ARCH, TINY_SIZE
+from helpers import REPO, TINY_ARCH, TINY_SIZE, UNET_NET, UNET_ROI
 
 # Keep the tests' caches (datasets, artifacts, demo models) out of the user's cache.
 os.environ.setdefault("MEDRAY_CACHE", str(REPO / ".pytest_cache" / "medray"))
@@ -64,3 +64,17 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def unet_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight 3-label MONAI UNet (1 channel in), as a medray checkpoint."""
+    import torch
+
+    from medray.models.factory import build_unet, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("unet") / "unet.pt"
+    save_checkpoint(build_unet(3, 1, **UNET_NET), path, {"arch": "monai_unet", "net": UNET_NET, "roi_size": UNET_ROI,
+                                                          "in_chans": 1, "classes": ["background", "organ", "lesion"]})
+    return path

@@ -5,6 +5,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARCH = "resnet10t"
 TINY_SIZE = 32
+# The tiny 3-label MONAI UNet of the segmentation tests (1 channel in) and its training ROI.
+UNET_NET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+UNET_ROI = [16, 16, 16]
 
 
 def margin_corr(a, b) -> float:

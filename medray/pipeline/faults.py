@@ -262,7 +262,9 @@ def raise_first_bad(batch: dict[str, np.ndarray], paths: dict[str, str]) -> None
         return
     for sid, r in zip(batch["sample_id"], reasons):
         if r:
-            raise BadSampleError(paths.get(str(sid), str(sid)), str(r))
+            path = paths.get(str(sid), str(sid))
+            # A reason that names its file already (a volume reader's) is not prefixed twice.
+            raise BadSampleError(path, str(r).removeprefix(f"{path}: "))
 
 
 # --------------------------------------------------------------------------- injection

@@ -37,10 +37,12 @@ def axes(cfg: SweepJobConfig) -> dict[str, list]:
     sw = cfg.sweep
     out: dict[str, list] = {"run": sw.pairs(), "batch_size": list(sw.batch_sizes), "streams": list(sw.streams)}
     if cfg.task == "segmentation":
+        # A segmentation trial's batch is its windows per backend call (sliding_window.
+        # sw_batch_size): sweep.sw_batch_size, else sweep.batch_sizes, is that axis.
+        if sw.sw_batch_size:
+            out["batch_size"] = list(sw.sw_batch_size)
         if sw.overlap:
             out["overlap"] = list(sw.overlap)
-        if sw.sw_batch_size:
-            out["sw_batch_size"] = list(sw.sw_batch_size)
     elif sw.overlap or sw.sw_batch_size:
         log.warning("sweep.overlap / sweep.sw_batch_size apply to task=segmentation; ignored for task=%s", cfg.task)
     return out

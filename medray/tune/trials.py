@@ -44,17 +44,20 @@ def trial_eval_config(cfg: SweepJobConfig, config: dict, with_baseline: bool = F
         baseline=cfg.baseline if with_baseline else None,
         resume=False,
     )
-    if "overlap" in config or "sw_batch_size" in config:
+    if cfg.task == "segmentation":  # the trial's batch is its windows per backend call
+        values["batch_size"] = cfg.batch_size
         values["sliding_window"] = replace(
             cfg.sliding_window,
             overlap=float(config.get("overlap", cfg.sliding_window.overlap)),
-            sw_batch_size=int(config.get("sw_batch_size", cfg.sliding_window.sw_batch_size)),
+            sw_batch_size=int(config.get("sw_batch_size", config["batch_size"])),
         )
     return EvalConfig(**values)
 
 
 def baseline_point(cfg: SweepJobConfig) -> dict:
-    return {"run": cfg.baseline, "batch_size": cfg.batch_size, "streams": cfg.streams}
+    """The shared baseline's point: the root's batch (segmentation: its windows per call)."""
+    batch = cfg.sliding_window.sw_batch_size if cfg.task == "segmentation" else cfg.batch_size
+    return {"run": cfg.baseline, "batch_size": batch, "streams": cfg.streams}
 
 
 def trial_record(config: dict) -> dict:

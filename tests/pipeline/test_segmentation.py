@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import UNET_NET as NET
+from helpers import UNET_ROI as ROI
 
 from medray.backends.base import BackendError
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
@@ -28,7 +30,6 @@ from medray.data.msd import load_case
 from medray.data.phantoms import ensure_phantoms, phantom_tag
 from medray.io import file_sha256
 from medray.metrics.segmentation import dice_per_class
-from medray.models.factory import build_unet, save_checkpoint
 from medray.pipeline.execute import execute
 from medray.pipeline.predictor import Predictor
 from medray.pipeline.prepare import prepare
@@ -37,19 +38,6 @@ from medray.report.markdown import render_report
 from medray.report.writers import write_outputs
 from medray.specs import ModelSpec, RunSpec
 from medray.tasks.segmentation import SegmentationTask, load_mask
-
-NET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
-ROI = [16, 16, 16]
-
-
-@pytest.fixture(scope="module")
-def unet_checkpoint(tmp_path_factory):
-    """A random-weight 3-label MONAI UNet (1 channel in), as a medray checkpoint."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("unet") / "unet.pt"
-    save_checkpoint(build_unet(3, 1, **NET), path, {"arch": "monai_unet", "net": NET, "roi_size": ROI, "in_chans": 1,
-                                                     "classes": ["background", "organ", "lesion"]})
-    return path
 
 
 def seg_cfg(tmp_path, checkpoint, **kw) -> EvalConfig:
@@ -195,3 +183,114 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
                              "latency_ms", "sw_ms", "shape", "mask_file"} <= set(pq.columns)
     assert list(pq["shape"].iloc[0])[:2] == [24, 24]
     assert (out / "predictions" / "torch-fp32_masks" / "phantom_test_000.npz").is_file()
+
+
+# --------------------------------------------------------------------------- one pipeline: what classification has
+
+
+def test_killed_actor_is_retried_with_identical_dice(evaluated, tmp_path):
+    """An actor that dies mid-run is restarted and its case redone: every case once, the
+    very Dice and masks of the uninterrupted run."""
+    from dataclasses import replace
+
+    cfg, table, samples, prep, results, doc, out = evaluated
+    task = SegmentationTask.for_config(cfg, table)
+    marker = tmp_path / "killed-once"
+    spec = replace(results[0].spec, options={"fail_after_batches": 1, "fail_once_marker": str(marker)})
+    again = execute(cfg, task, samples, [spec])[0]
+    assert marker.exists(), "no actor was killed"
+    ref = results[0].predictions
+    assert again.predictions["sample_id"].tolist() == ref["sample_id"].tolist()
+    for a, b in zip(again.predictions["dice"], ref["dice"]):
+        np.testing.assert_array_equal(a, b)
+    assert again.predictions["mask_sha256"].tolist() == ref["mask_sha256"].tolist()
+    assert again.skipped["sample_id"].tolist() == ["phantom_test_003"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_segmentation_is_calibrated_on_roi_windows_and_compared_with_the_baseline(
+        ray_local, tmp_path, unet_checkpoint, backend):
+    from medray.backends import config_class
+    from medray.config import CalibrationConfig
+    from medray.pipeline.evaluate import run
+
+    data = DataConfig(name="msd", n_train=1, n_calibration=2, n_test=2, image_size=32)
+    cfg = seg_cfg(tmp_path, unet_checkpoint, backend=config_class(backend)(), precision="int8", data=data,
+                  calibration=CalibrationConfig(num_samples=12))
+    doc = run(cfg)
+    base, cand = doc["runs"]
+    assert (base["name"], cand["name"]) == ("torch-fp32", f"{backend}-int8")
+    assert cand["effective_precision"]["executed"] == "int8", cand["effective_precision"]
+    cal = cand["artifact"]["calibration"]
+    assert cal["splits"] == ["calibration"] and cal["n"] == 2  # the 2 calibration cases, none evaluated
+    # Dice vs the baseline = MONAI Dice of the two runs' saved masks (ignore_empty=False)
+    out = Path(cfg.output_dir) / "predictions"
+    per_case = []
+    for case in doc["cases"]:
+        name = case["sample_id"] + ".npz"
+        b, c = load_mask(out / "torch-fp32_masks", name), load_mask(out / f"{backend}-int8_masks", name)
+        per_case.append(np.nanmean(dice_per_class(c, b, 3, ignore_empty=False)))
+    assert cand["agreement"]["dice_mean"] == pytest.approx(np.mean(per_case))
+    md = (Path(cfg.output_dir) / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| {doc['dataset']['name']} | Candidate {backend}-int8"))
+    assert f"{cand['agreement']['dice_mean']:.4f}" in row
+    assert "calibrated on 2 samples of split calibration" in md
+
+
+N_RESUME, KILL_AFTER = 4, 2
+
+
+def _overrides(root: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["task=segmentation", "backend=onnxruntime", "data.n_train=1", "data.n_calibration=1",
+            f"data.n_test={N_RESUME}", "data.image_size=24", "model.name=tiny", "model.arch=monai_unet",
+            f"model.checkpoint={checkpoint}", "model.in_chans=1", "sliding_window.sw_batch_size=3", "warmup_batches=0",
+            f"output_dir={out}", f"cache_dir={root / 'cache'}", *extra]
+
+
+def _compose(*ov):
+    from helpers import REPO
+    from hydra import compose, initialize_config_dir
+
+    from medray.config import register_configs, to_config
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return to_config(compose(config_name="evaluate", overrides=list(ov)))
+
+
+@pytest.mark.slow
+def test_interrupted_segmentation_run_resumes_with_the_remaining_cases(ray_local, tmp_path, unet_checkpoint):
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    from helpers import REPO
+
+    from medray.pipeline.evaluate import run
+    from medray.pipeline.resume import EXIT_AFTER_PARTS_ENV
+
+    ref = run(_compose(*_overrides(tmp_path, unet_checkpoint, tmp_path / "ref")))
+    out = tmp_path / "interrupted"
+    addr = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, str(REPO / "jobs" / "evaluate.py"), *_overrides(tmp_path, unet_checkpoint, out, f"ray.address={addr}")]
+    killed = subprocess.run(cmd, env={**os.environ, EXIT_AFTER_PARTS_ENV: str(KILL_AFTER)}, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 75, killed.stderr[-3000:]
+    assert len(list((out / "predictions" / "torch-fp32.parts").glob("*.parquet"))) == KILL_AFTER
+    doc = run(_compose(*_overrides(tmp_path, unet_checkpoint, out, "resume=true")))
+    base, cand = doc["runs"]
+    # only the cases the killed run had not finished were evaluated again
+    assert base["resumed"] == {"from_previous": KILL_AFTER, "processed": N_RESUME - KILL_AFTER}
+    assert "resumed" not in cand and cand["n_samples"] == N_RESUME
+    # and the outputs are the uninterrupted run's
+    for a, b in zip(doc["runs"], ref["runs"]):
+        assert a["metrics"] == b["metrics"] and a.get("agreement") == b.get("agreement")
+    timing = {"batch_uid", "batch_ms", "latency_ms", "sw_ms", "node_id", "worker_pid", "t_start", "t_end"}
+    for run_name in ("torch-fp32", "onnxruntime-fp32"):
+        t1, t2 = (pq.read_table(d / "predictions" / f"{run_name}.parquet") for d in (tmp_path / "ref", out))
+        keep = [c for c in t1.column_names if c not in timing]
+        pd.testing.assert_frame_equal(t1.select(keep).to_pandas(), t2.select(keep).to_pandas())  # NaN Dice = NaN
+        for f in (tmp_path / "ref" / "predictions" / f"{run_name}_masks").glob("*.npz"):
+            assert (out / "predictions" / f"{run_name}_masks" / f.name).read_bytes() == f.read_bytes()

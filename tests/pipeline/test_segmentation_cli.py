@@ -62,3 +62,26 @@ def test_segmentation_with_a_classification_dataset_fails_fast(tmp_path):
     assert p.returncode == 2
     assert "task='segmentation': data=synthetic is a classification dataset" in p.stderr
     assert "Started a local Ray instance" not in p.stderr
+
+
+def test_a_corrupt_volume_exits_3_with_its_path(tmp_path, unet_checkpoint):
+    """A volume whose voxel data is cut short fails the run in its read task: exit 3, the
+    file and the reason, no traceback; one whose header is garbage fails before Ray starts."""
+    import gzip
+
+    from medray.data.phantoms import ensure_phantoms
+
+    root = ensure_phantoms(tmp_path / "msd", 1, 1, 2, 24, 0)
+    bad = root / "imagesTs" / "phantom_test_001.nii.gz"
+    raw = gzip.decompress(bad.read_bytes())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    args = ["task=segmentation", f"data.root={root}", "model.name=tiny", "model.arch=monai_unet",
+            f"model.checkpoint={unet_checkpoint}", "model.in_chans=1", "backend=onnxruntime", "ray.num_cpus=2"]
+    p = evaluate(tmp_path, *args)
+    assert p.returncode == 3, p.stderr[-3000:]
+    assert f"medray: bad input: {bad}: cannot be read as a NIfTI volume" in p.stderr
+    assert "set data.on_error=skip" in p.stderr and "Traceback" not in p.stderr
+    bad.write_bytes(b"not a NIfTI file at all")
+    p = evaluate(tmp_path, *args, timeout=120)
+    assert p.returncode == 3 and f"medray: bad input: {bad}: cannot be read as a NIfTI volume" in p.stderr
+    assert "Started a local Ray instance" not in p.stderr

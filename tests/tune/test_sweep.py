@@ -166,3 +166,43 @@ def test_sweep_resume_needs_a_sweep(tmp_path):
     cfg = SweepJobConfig(backend=TorchConfig(), output_dir=str(tmp_path), sweep=SweepConfig(resume=True))
     with pytest.raises(ConfigError, match="holds no sweep"):
         _check_output_dir(cfg, tmp_path)
+
+
+def test_segmentation_sweep_on_the_cpu_grid(ray_local, tmp_path, unet_checkpoint):
+    """`jobs/sweep.py task=segmentation sweep=cpu`: every CPU backend × precision (INT8
+    calibrated on ROI windows) against one baseline, ranked with the Dice drop."""
+    from helpers import REPO
+    from hydra import compose, initialize_config_dir
+
+    from medray.config import SweepJobConfig, register_configs, to_config
+    from medray.tune.runner import run
+
+    register_configs()
+    overrides = ["task=segmentation", "sweep=cpu", "sweep.batch_sizes=[2]", "sweep.limit=null", "sweep.bootstrap_samples=200",
+                 "data.n_train=1", "data.n_calibration=2", "data.n_test=3", "data.image_size=24", "model.name=tiny",
+                 "model.arch=monai_unet", f"model.checkpoint={unet_checkpoint}", "model.in_chans=1",
+                 "calibration.num_samples=8", "warmup_batches=0", "constraints.min_agreement=0.5",
+                 f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = to_config(compose(config_name="sweep", overrides=overrides), SweepJobConfig)
+    doc = run(cfg)
+    ok = [t for t in doc["trials"] if t["status"] == "ok"]
+    assert sorted(t["label"] for t in ok) == ["onnxruntime-fp32-b2-s1", "onnxruntime-int8-b2-s1", "openvino-fp32-b2-s1",
+                                             "openvino-int8-b2-s1", "torch-fp32-b2-s1"], doc["trials"]
+    for t in ok:
+        assert t["n_samples"] == 3 and t["metrics"]["dice_mean"] is not None and "dice_mean" in t["deltas"]
+        assert t["agreement"]["dice_mean"] is not None and t["throughput_sps"] > 0
+    # fp32 backends reproduce the baseline's masks
+    for t in ok:
+        if t["precision"] == "fp32":
+            assert t["agreement"]["voxel_agreement_min"] > 0.999 and abs(t["deltas"]["dice_mean"]) < 1e-3
+    # Pareto front on (throughput, Dice drop), recomputed from the reported numbers
+    pts = [(t["throughput_sps"], metric_drop(t, "dice_mean")) for t in ok]
+    assert sorted(doc["pareto"]) == sorted(ok[i]["trial_id"] for i in pareto_front(pts))
+    assert doc["selection"]["primary_metric"] == "dice_mean"
+    md = (tmp_path / "out" / "sweep.md").read_text()
+    assert "| Dice (%) | ΔDice (pp) |" in md and "Throughput (cases/s)" in md
+    rec = doc["recommended"]
+    assert rec is not None and rec["reproduce"]["verified"], rec["reproduce"]
+    assert "sliding_window.sw_batch_size=2" in rec["reproduce"]["command"]
+    assert rec["statistics"]["dice_mean"]["difference"]["method"] == "paired bootstrap"
