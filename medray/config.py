@@ -551,7 +551,9 @@ class SweepConfig:
 
     def pairs(self) -> list[str]:
         """``<backend>-<precision>`` of the grid, in config order."""
-        return [f"{b}-{p}" for b, ps in self.backends.items() for p in ps]
+        from medray.specs import RunName
+
+        return [str(RunName(b, p)) for b, ps in self.backends.items() for p in ps]
 
 
 @dataclass

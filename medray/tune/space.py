@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from medray.config import ConfigError, SweepJobConfig
 from medray.pipeline.resources import PoolPlan, plan_pool
+from medray.specs import RunName
 
 log = logging.getLogger("medray.tune")
 
@@ -143,7 +144,7 @@ def trial_plan(cfg: SweepJobConfig, config: dict, shape: ClusterShape) -> PoolPl
     two CPU trials never share cores and their timings stay comparable).  GPU: one GPU
     with its share of the node's CPUs (``streams`` actors on it).
     """
-    backend = config["run"].split("-")[0]
+    backend = RunName.parse(config["run"], key="run").backend
     threads = (cfg.sweep.backend_options.get(backend) or {}).get("threads")
     reserve = cfg.ray.reserve_cpus_for_reading
     if cfg.device == "cuda":
@@ -186,7 +187,7 @@ class TrialResources:
 
 
 def plan_key(config: dict) -> tuple:
-    return (config["run"].split("-")[0], int(config["streams"]))
+    return (RunName.parse(config["run"], key="run").backend, int(config["streams"]))
 
 
 def plan_all(cfg: SweepJobConfig, shape: ClusterShape) -> tuple[dict[tuple, PoolPlan], dict[tuple, str]]:
