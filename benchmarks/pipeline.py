@@ -121,9 +121,8 @@ def bench_dataloader(backend, samples: pd.DataFrame, args, workers: int) -> floa
         torch.set_num_threads(1)
 
     loader = DataLoader(Images(), batch_size=args.batch_size, num_workers=workers, worker_init_fn=init, prefetch_factor=4)
-    # The same window as the pipeline's steady_throughput (actor clocks): from the start of
-    # the first backend call to the end of the last, so worker start-up is left out of
-    # both and the first batch (decoding still competing for the cores) is in both.
+    # The pipeline's end-to-end window (medray.pipeline.execute.rates): from the first
+    # backend call to the end of the last, so worker start-up is left out of both.
     n, t_first = 0, None
     for batch in loader:
         if t_first is None:
@@ -138,8 +137,9 @@ def bench_pipeline(spec, samples: pd.DataFrame, images: np.ndarray | None, cores
     """(b) / (c) medray's pipeline; ``images`` given = pre-decoded uint8 fed to Ray Data."""
     import ray.data
 
-    from medray.pipeline.evaluate import collect, predict, read_block_size, read_dataset
+    from medray.pipeline.execute import collect, predict, rates, read_dataset
     from medray.pipeline.resources import plan_pool
+    from medray.tasks.classification import ClassificationTask, read_block_size
 
     plan = plan_pool(
         device="cpu",
@@ -155,15 +155,15 @@ def bench_pipeline(spec, samples: pd.DataFrame, images: np.ndarray | None, cores
     spec = replace(spec, threads=plan.threads)
     block = read_block_size(len(samples), spec.batch_size, plan.actors)
     if images is None:
-        ds = read_dataset(samples, spec.model.input_size, block)
+        ds = read_dataset(ClassificationTask(), samples, spec, plan.actors, block)
     else:
         ids = samples["sample_id"].to_numpy()
         blocks = [{"sample_id": ids[i : i + block], "image": images[i : i + block]} for i in range(0, len(ids), block)]
         ds = ray.data.from_items([{"sample_id": s, "image": im} for b in blocks for s, im in zip(b["sample_id"], b["image"])],
                                  override_num_blocks=len(blocks))
-    df, _wall, sps = collect(predict(ds, spec, plan))
+    df, clock = collect(predict(ds, spec, plan))
     assert len(df) == len(samples), (len(df), len(samples))
-    return sps
+    return rates(df, clock)["throughput_sps"]
 
 
 def summary(values: list[float]) -> dict:

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from medray.pipeline.evaluate import run, start_ray
+    from medray.pipeline.cluster import start_ray
+    from medray.pipeline.evaluate import run
 
     out_root = Path(args.output_dir or tempfile.mkdtemp(prefix="medray-trt-bench-"))
     common = [f"data={args.data}", f"data.limit={args.limit}", f"batch_size={args.batch_size}", f"streams={args.streams}", *overrides]

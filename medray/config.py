@@ -459,7 +459,7 @@ class TrainJobConfig(EvalConfig):
 
 # --------------------------------------------------------------------------- sweep
 
-SWEEP_OBJECTIVES = ("throughput", "latency", "latency_p95")
+SWEEP_OBJECTIVES = ("throughput", "capacity", "latency", "latency_p95")
 SWEEP_SEARCHES = ("grid", "random", "optuna")
 SWEEP_SCHEDULERS = ("fifo", "asha")
 
@@ -484,7 +484,8 @@ class SweepConfig:
     # (null = data.limit, i.e. the whole split unless that is set).
     limit: int | None = 256
     # What the recommendation maximises among the configs that meet `constraints`:
-    # throughput (samples/s) | latency (per-sample p50) | latency_p95.
+    # throughput (end-to-end samples/s) | capacity (inference-stage samples/s, what the
+    # backend takes if fed) | latency (per-sample p50) | latency_p95.
     objective: str = "throughput"
     # grid = every combination (Tune's BasicVariantGenerator); random = num_samples draws;
     # optuna = OptunaSearch (pip install optuna) over num_samples trials.

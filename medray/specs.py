@@ -90,7 +90,10 @@ class RunResult:
 
     spec: RunSpec
     predictions: pd.DataFrame
+    # Driver clock: the first sample handed to Ray Data → the last result received.
     wall_s: float
+    # End to end: the rate of the slower stage while both run (start-up excluded);
+    # medray.metrics.performance.pipeline_rates.
     throughput_sps: float
     pool: PoolPlan
     effective_precision: dict
@@ -100,3 +103,7 @@ class RunResult:
     resumed: dict | None = None
     # Second copies of samples a retried batch delivered again (identical, dropped).
     n_deduplicated: int = 0
+    # Inference-stage capacity: samples / time the actors spent in predict calls.
+    inference_sps: float | None = None
+    # First sample handed to Ray Data → first predict call (actor start, model load, warm-up).
+    startup_s: float | None = None

@@ -8,8 +8,10 @@ executes, and the steady-state throughput.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 
@@ -42,7 +44,24 @@ def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int =
     import ray.data
 
     fn, kwargs = task.reader(spec)
-    return map_stage(ray.data.from_pandas(task.read_blocks(samples, spec, actors, block_size)), Stage(fn, fn_kwargs=kwargs))
+    blocks = task.read_blocks(samples, spec, actors, block_size)
+    return map_stage(ray.data.from_pandas(blocks), Stage(_stamped(fn), fn_kwargs=kwargs))
+
+
+def _stamped(fn):
+    """``fn`` that also records when each row's read started and finished (``t_read0``,
+    ``t_read``, wall clock): the end-to-end throughput needs the read stage's running time."""
+
+    @functools.wraps(fn)  # the operator keeps the reader's name in logs and the dashboard
+    def read(batch, **kwargs):
+        t0 = time.time()
+        out = fn(batch, **kwargs)
+        n = len(out["sample_id"])
+        out["t_read0"], out["t_read"] = np.full(n, t0), np.full(n, time.time())
+        out["read_pid"] = np.full(n, os.getpid(), dtype=np.int64)
+        return out
+
+    return read
 
 
 def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task | None = None, max_retries: int = 3):
@@ -62,35 +81,34 @@ def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task | None = None, max_ret
     ))
 
 
-def collect(ds, on_batch=None) -> tuple[pd.DataFrame, float, float]:
+def collect(ds, on_batch=None) -> tuple[pd.DataFrame, dict]:
     """Stream the results to the driver.
 
-    Returns the per-sample rows (a multi-dimensional column becomes one array per row),
-    the wall time and the steady-state throughput (:func:`steady_throughput`).
+    Returns the per-sample rows (a multi-dimensional column becomes one array per row)
+    and the driver's clock: ``t_submit`` (the first sample handed to Ray Data: the
+    dataset is lazy, iterating it starts the work) and ``t_done`` (the last result in).
     ``on_batch(batch)`` sees every batch as it arrives (fail policy, resume parts, progress).
     """
     parts = []
-    t0 = time.perf_counter()
+    t_submit = time.time()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         batch = dict(batch)
         if on_batch is not None:
             on_batch(batch)
         parts.append(pd.DataFrame({k: list(v) if np.ndim(v) > 1 else v for k, v in batch.items()}))
-    wall = time.perf_counter() - t0
-    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return df, wall, steady_throughput(df, wall)
+    clock = {"t_submit": t_submit, "t_done": time.time()}
+    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), clock
 
 
-def steady_throughput(df: pd.DataFrame, wall: float) -> float:
-    """Samples / (end of the last batch − start of the first), from the actors' clocks.
+def rates(df: pd.DataFrame, clock: dict) -> dict:
+    """End-to-end throughput, inference capacity, start-up and wall time of predicted rows
+    (:func:`medray.metrics.performance.pipeline_rates`)."""
+    from medray.metrics.performance import pipeline_rates
 
-    This is the pipeline's processing rate with actor start-up and model loading left
-    out, stalls between batches (starved reads, backpressure) included.
-    """
     if df.empty:
-        return 0.0
-    span = float(df["t_end"].max() - df["t_start"].min())
-    return len(df) / span if span > 0 else len(df) / wall
+        return pipeline_rates([], [], [], [], [], clock["t_submit"], clock["t_done"])
+    return pipeline_rates(df["t_read0"], df["t_read"], df["t_start"], df["t_end"], df["batch_uid"], clock["t_submit"],
+                          clock["t_done"], df["read_pid"])
 
 
 def execute(
@@ -138,7 +156,7 @@ def execute(
         done = state.load(spec.name) if state is not None else pd.DataFrame()
         todo = to_run[~to_run["sample_id"].isin(set(done["sample_id"]))] if len(done) else to_run
         log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
-        new, wall = pd.DataFrame(), 0.0
+        new, clock = pd.DataFrame(), {"t_submit": 0.0, "t_done": 0.0}
         if len(todo):
             # Read tasks always mark bad rows; data.on_error=fail is applied here, on the
             # driver, where the error keeps its path and reason (see raise_first_bad).
@@ -147,7 +165,7 @@ def execute(
             on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None, progress)
             failure = None
             try:
-                new, wall, _ = collect(ds, on_batch=on_batch)
+                new, clock = collect(ds, on_batch=on_batch)
             except BadSampleError as e:
                 failure = e
             except Exception as e:  # Ray's wrappers → the cause (OOM, dying worker, backend error)
@@ -167,13 +185,16 @@ def execute(
         # Sorted by id: the predictions file of a resumed or retried run equals a clean one's.
         df = df.sort_values("sample_id", kind="stable").reset_index(drop=True) if len(df) else df
         skipped = pd.concat([pre_skipped, skipped], ignore_index=True).sort_values("sample_id").reset_index(drop=True)
-        # Throughput of the samples predicted by this process, each counted once (a retried
+        # Rates of the samples predicted by this process, each counted once (a retried
         # batch's second copy is not work done twice); skipped rows are not work.
         fresh = df[df["sample_id"].isin(set(new["sample_id"]))] if len(new) and len(df) else df.iloc[:0]
-        tput = steady_throughput(fresh, wall or 1.0)
+        r = rates(fresh, clock)
         resumed = {"from_previous": int(len(done)), "processed": int(len(new))} if len(done) else None
-        results.append(RunResult(spec, df, wall, tput, plan, summarise_effective(eff), skipped, resumed, n_dup))
-        log.info("%s: %d %ss in %.1fs (%.2f/s steady), %d skipped", spec.name, len(df), task.unit, wall, tput, len(skipped))
+        results.append(RunResult(spec, df, r["wall_s"], r["throughput_sps"] or 0.0, plan, summarise_effective(eff), skipped,
+                                 resumed, n_dup, inference_sps=r["inference_sps"], startup_s=r["startup_s"]))
+        log.info("%s: %d %ss in %.1fs (start-up %.1fs); %.2f/s end to end, inference capacity %.2f/s; %d skipped",
+                 spec.name, len(df), task.unit, r["wall_s"], r["startup_s"] or 0.0, r["throughput_sps"] or 0.0,
+                 r["inference_sps"] or 0.0, len(skipped))
     check_same_skipped({r.spec.name: r.skipped for r in results})
     return results
 

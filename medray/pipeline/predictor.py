@@ -81,6 +81,7 @@ class Predictor:
             inject_faults(self.spec.options, self.n_batches)
         t_start = time.time()  # wall clock: comparable across actors for throughput
         reasons = batch.pop("skipped_reason", None)
+        t_read0, t_read, read_pid = (batch.pop(k, None) for k in ("t_read0", "t_read", "read_pid"))
         n = len(batch["sample_id"])
         if reasons is None:
             reasons = np.full(n, "", dtype=object)
@@ -103,6 +104,10 @@ class Predictor:
             node_id=np.full(n, self.node),
             worker_pid=np.full(n, self.pid, dtype=np.int64),
             effective_precision=info,
+            # Read clocks pass through (fed without a read stage: an instant read at the call).
+            t_read0=np.full(n, t_start) if t_read0 is None else np.asarray(t_read0, dtype=np.float64),
+            t_read=np.full(n, t_start) if t_read is None else np.asarray(t_read, dtype=np.float64),
+            read_pid=np.full(n, self.pid, dtype=np.int64) if read_pid is None else np.asarray(read_pid, dtype=np.int64),
             t_start=np.full(n, t_start),
             t_end=np.full(n, time.time()),
             # Every block has the same columns (Ray Data unifies block schemas).

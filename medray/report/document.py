@@ -48,7 +48,11 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame, task
         "n_samples": int(len(df)),
         "n_skipped": 0 if result.skipped is None else int(len(result.skipped)),
         "latency_ms": _latency(df),
+        # End to end (the slower stage while both run) and the inference stage's capacity;
+        # start-up (actor start, model load) apart: medray.metrics.performance.pipeline_rates.
         "throughput_sps": result.throughput_sps,
+        "inference_sps": result.inference_sps,
+        "startup_s": result.startup_s,
         "wall_s": result.wall_s,
         "artifact": _artifact(spec.artifact, result.effective_precision),
         "effective_precision": result.effective_precision,
@@ -106,9 +110,8 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
                 continue
             entry.update(task.compare(results[base], r, table, samples, b, entry))
             entry["speedup"] = speedup(b["latency_ms"]["per_sample_mean"], entry["latency_ms"]["per_sample_mean"])
-            entry["speedup"]["throughput_factor"] = (
-                entry["throughput_sps"] / b["throughput_sps"] if b["throughput_sps"] else None
-            )
+            for key, factor in (("throughput_sps", "throughput_factor"), ("inference_sps", "capacity_factor")):
+                entry["speedup"][factor] = entry[key] / b[key] if entry.get(key) and b.get(key) else None
     skipped = next((r.skipped for r in results if r.skipped is not None), None)
     doc = {
         "dataset": {

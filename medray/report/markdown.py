@@ -33,14 +33,19 @@ def render_report(doc: dict) -> str:
 
 
 def runs_table(doc: dict, task) -> list[str]:
-    """One row per run: the task's latency columns, wall time, pool, executed precision, artifact."""
+    """One row per run: the task's latency columns, the two throughputs (end to end — the slower
+    stage while both run — and the inference stage's capacity), start-up, wall time, pool,
+    executed precision, artifact."""
     rows = []
     for r in doc["runs"]:
         a = r.get("artifact")
         art = "–" if not a else f"{a['bytes'] / 1e6:.1f} MB, build {a['build_s']:.1f}s{' (cache hit)' if a.get('cache_hit') else ''}"
         p = r["pool"]
         eff = (r.get("effective_precision") or {}).get("executed", "?")
-        rows.append({"Run": r["name"], **task.runs_columns(r), "Wall (s)": f"{r['wall_s']:.1f}",
+        cap, start = r.get("inference_sps"), r.get("startup_s")
+        rows.append({"Run": r["name"], **task.runs_columns(r),
+                     "Throughput / capacity (per s)": f"{r['throughput_sps']:.1f} / {'–' if cap is None else f'{cap:.1f}'}",
+                     "Start-up (s)": "–" if start is None else f"{start:.1f}", "Wall (s)": f"{r['wall_s']:.1f}",
                      "Pool": f"{p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr)", "Executed precision": eff,
                      "Artifact": art})
     if not rows:

@@ -191,7 +191,8 @@ class ClassificationTask(Task):
             f"{len(ds['classes'])} {'labels' if ds['task'] == 'multilabel' else 'classes'}"
             + (f"; {len(doc['skipped'])} of them skipped as unreadable (listed below)." if doc.get("skipped") else "."),
             "Latency = backend compute time per sample (batch time / batch size, warm-up excluded); "
-            "throughput = end-to-end samples/s through the pipeline. Percentages below.",
+            "throughput = end to end, the rate of the slower of reading and inference while both run "
+            "(start-up apart; the inference stage's capacity is in the runs table). Percentages below.",
             *_tta_note(doc),
             "",
             "| Dataset | Model | Latency (ms) | Speed-up | Accuracy | BACC | mAUC | Throughput (img/s) | Agreement |",

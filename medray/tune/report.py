@@ -123,6 +123,7 @@ def render(doc: dict) -> str:
     metrics = METRIC_LABELS[ds["task"] if seg else "classification"]
     unit = "cases/s" if seg else "img/s"
     primary = metrics[0][1]
+    factor_key = "capacity_factor" if doc["objective"] == "capacity" else "throughput_factor"
     lines = [
         f"# medray sweep — {ds['name']}",
         "",
@@ -138,21 +139,23 @@ def render(doc: dict) -> str:
     lines += [
         "",
         f"Pareto = not dominated on (objective, {primary} drop); ✗ = violates a constraint. "
-        "Throughput end-to-end through the pipeline; latency = backend time per sample.",
+        "Throughput = end to end (the slower of reading and inference while both run, start-up apart); "
+        "capacity = what the inference stage takes if fed; × baseline on the objective's rate; "
+        "latency = backend time per sample.",
         "",
-        f"| # | Configuration | Throughput ({unit}) | × baseline | Latency p50 / p95 (ms){cols} | Agreement (%) "
-        "| Pareto | Constraints |",
-        "|---" * (8 + 2 * len(metrics)) + "|",
+        f"| # | Configuration | Throughput ({unit}) | Capacity ({unit}) | × baseline | Latency p50 / p95 (ms){cols} "
+        "| Agreement (%) | Pareto | Constraints |",
+        "|---" * (9 + 2 * len(metrics)) + "|",
     ]
     ok = sorted((t for t in doc["trials"] if t.get("status") == "ok"), key=_sort_key)
     for i, t in enumerate(ok, 1):
         m, d, lat = t.get("metrics") or {}, t.get("deltas") or {}, t.get("latency_ms") or {}
-        factor = (t.get("speedup") or {}).get("throughput_factor")
+        factor = (t.get("speedup") or {}).get(factor_key)
         name = f"**{t['label']}** (recommended)" if t["trial_id"] == rec_id else t["label"]
         cons = "ok" if not t["violations"] else "✗ " + "; ".join(t["violations"])
         vals = "".join(f" | {_pct(m.get(key))} | {_pp(d.get(key))}" for key, _ in metrics)
         lines.append(
-            f"| {i} | {name} | {_num(t.get('throughput_sps'))} | {_num(factor, '{:.2f}×')} | "
+            f"| {i} | {name} | {_num(t.get('throughput_sps'))} | {_num(t.get('inference_sps'))} | {_num(factor, '{:.2f}×')} | "
             f"{_num(lat.get('per_sample_p50'), '{:.2f}')} / {_num(lat.get('per_sample_p95'), '{:.2f}')}{vals} | "
             f"{_pct(select.agreement_value(t))} | {'★' if t.get('pareto') else ''} | {cons} |"
         )
@@ -168,8 +171,8 @@ def render(doc: dict) -> str:
         lines.append(f"No configuration recommended: {doc['selection']['reason']}.")
     else:
         lines += [
-            f"**{rec['label']}** — {rec['throughput_sps']:.1f} {unit} "
-            f"({_num((rec.get('speedup') or {}).get('throughput_factor'), '{:.2f}×')} the baseline), "
+            f"**{rec['label']}** — {rec['throughput_sps']:.1f} {unit} end to end, capacity {_num(rec.get('inference_sps'))} "
+            f"{unit} ({_num((rec.get('speedup') or {}).get(factor_key), '{:.2f}×')} the baseline on {doc['objective']}), "
             f"Δ{primary} {_pp(rec['deltas'].get(metrics[0][0]))} pp, agreement {_pct(select.agreement_value(rec))}%.",
             "",
             "Reproduce with the evaluate job (same samples, same config):",
@@ -242,9 +245,9 @@ def plot(doc: dict, path: Path) -> bool:
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none", edgecolors="tab:green",
                    lw=1.5, zorder=2, label="Pareto front")
     base = doc["baseline"]
-    if objective == "throughput" and base.get("throughput_sps"):
-        ax.scatter([0.0], [base["throughput_sps"]], marker="D", color="grey", zorder=3,
-                   label=f"baseline {base['name']} b{base['batch_size']}")
+    base_v = select.objective_value(base, objective)
+    if objective in ("throughput", "capacity") and base_v:
+        ax.scatter([0.0], [base_v], marker="D", color="grey", zorder=3, label=f"baseline {base['name']} b{base['batch_size']}")
     rec = doc.get("recommended")
     if rec:
         x, y = xy(rec)
@@ -254,7 +257,8 @@ def plot(doc: dict, path: Path) -> bool:
         ax.axvline(100 * c, color="grey", ls="--", lw=1, label=f"max drop {100 * c:g} pp")
     ax.scatter([], [], marker="x", color="tab:red", label="violates a constraint")
     ax.set_xlabel(f"{'Dice' if metric == 'dice_mean' else 'AUC'} drop vs baseline (percentage points)")
-    ax.set_ylabel("throughput (img/s)" if objective == "throughput" else f"latency {objective} (ms/sample)")
+    ylabel = {"throughput": "end-to-end throughput (samples/s)", "capacity": "inference capacity (samples/s)"}
+    ax.set_ylabel(ylabel.get(objective, f"latency {objective} (ms/sample)"))
     ax.set_title(f"medray sweep — {doc['dataset']['name']}, baseline {doc['baseline']['name']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

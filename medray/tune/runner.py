@@ -41,6 +41,8 @@ from medray.tune.trials import EXPERIMENT, PREDICTIONS, baseline_point, expected
 
 log = logging.getLogger("medray.tune")
 
+RATE_OBJECTIVES = ("throughput", "capacity")  # higher samples/s is better; the others are latencies
+
 
 # --------------------------------------------------------------------------- shared inputs
 
@@ -171,6 +173,8 @@ def _summary(entry: dict) -> dict:
     metrics = {k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float)) or v is None}
     return {
         "throughput_sps": entry.get("throughput_sps"),
+        "inference_sps": entry.get("inference_sps"),
+        "startup_s": entry.get("startup_s"),
         "latency_ms": entry.get("latency_ms"),
         "metrics": metrics,
         "deltas": entry.get("metric_deltas") or {},
@@ -191,7 +195,7 @@ def score(record: dict, cfg: SweepJobConfig) -> float:
     constraints, else 0 (throughput) / a very poor value (latency)."""
     value = select.objective_value(record, cfg.sweep.objective)
     if value is None or select.violations(record, cfg.constraints, cfg.task):
-        return 0.0 if cfg.sweep.objective == "throughput" else -1e9
+        return 0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9
     return float(value)
 
 
@@ -247,7 +251,7 @@ def run_trial(config: dict, shared: Shared) -> None:
     metrics = {
         "final": True,
         "ok": rec["status"] == "ok",
-        "score": score(rec, cfg) if rec["status"] == "ok" else (0.0 if cfg.sweep.objective == "throughput" else -1e9),
+        "score": score(rec, cfg) if rec["status"] == "ok" else (0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9),
         "throughput_sps": rec.get("throughput_sps") or 0.0,
         "record": json.dumps(rec, default=str),
     }
@@ -269,7 +273,7 @@ def _reporter(cfg: SweepJobConfig, rec: dict):
         state["samples"] += len(batch["sample_id"])
         if state["batches"] % cfg.sweep.report_every == 0:
             tput = state["samples"] / max(now - state["t0"], 1e-9)
-            value = tput if cfg.sweep.objective == "throughput" else -1e3 / tput
+            value = tput if cfg.sweep.objective in RATE_OBJECTIVES else -1e3 / tput
             tune.report({"final": False, "ok": True, "score": value, "throughput_sps": tput, "record": ""})
 
     return progress

@@ -76,9 +76,10 @@ def violations(trial: dict, constraints: Any, task: str) -> list[str]:
 
 
 def objective_value(trial: dict, objective: str) -> float | None:
-    """Higher is better: samples/s, or −latency (ms per sample) for the latency objectives."""
-    if objective == "throughput":
-        v = trial.get("throughput_sps")
+    """Higher is better: samples/s (end to end, or the inference stage's capacity), or
+    −latency (ms per sample) for the latency objectives."""
+    if objective in ("throughput", "capacity"):
+        v = trial.get("throughput_sps" if objective == "throughput" else "inference_sps")
         return None if v is None else float(v)
     key = "per_sample_p95" if objective == "latency_p95" else "per_sample_p50"
     v = _get(trial, "latency_ms", key)

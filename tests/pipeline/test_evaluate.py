@@ -80,3 +80,21 @@ def test_building_the_pipeline_shows_no_ray_remote_args_deprecation(ray_local, d
         warnings.simplefilter("always")
         predict(read_dataset(task, samples, specs[-1], block_size=8), specs[-1], plan, task)  # built, not executed
     assert not [w for w in caught if "ray_remote_args" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_end_to_end_throughput_does_not_depend_on_the_set_size(ray_local, tmp_path_factory, tiny_checkpoint):
+    """256 and 2048 samples of the same images: the same end-to-end rate up to machine noise
+    (a rate from the actors' first batch on was the backend's on 256, the reads' on 2048),
+    and the inference capacity at least as high (it is the backend alone)."""
+    tmp = tmp_path_factory.mktemp("tput")
+    data = DataConfig(name="synthetic", root=str(tmp / "data"), n_train=2, n_calibration=2, n_test=2048, image_size=256)
+    got = {}
+    for limit in (256, 2048):
+        cfg = make_cfg(tmp, tiny_checkpoint, baseline=None, batch_size=32, data=DataConfig(**{**data.__dict__, "limit": limit}),
+                       output_dir=str(tmp / f"out{limit}"))
+        _, samples, specs, task = prepare(cfg)
+        r = execute(cfg, task, samples, specs)[0]
+        assert len(r.predictions) == limit and r.startup_s > 0 and r.wall_s > r.startup_s
+        assert r.inference_sps >= 0.9 * r.throughput_sps
+        got[limit] = r.throughput_sps
+    assert 0.6 < got[256] / got[2048] < 1 / 0.6, got
