@@ -129,6 +129,10 @@ class DataConfig:
     image_size: int = 256
     # Samples per block handed to the decode tasks (multiple of batch_size is best).
     read_block_size: int | None = None
+    # Decode once (medray.data.cache): the read stage's outputs cached in cache_dir/decoded
+    # and read back by later runs (baseline, candidate, sweep trials). auto = images yes,
+    # 3D volumes no (preprocessed float volumes are large); on / off force it.
+    cache: str = "auto"
     # A sample that cannot be read (missing/truncated/undecodable file, NaN pixels, unknown
     # label): fail = stop with its path and reason; skip = evaluate the rest and list it.
     on_error: str = "fail"
@@ -181,6 +185,8 @@ class DataConfig:
                 _fail(f"data.{k}", getattr(self, k), "must be a positive integer")
         if self.read_block_size is not None and self.read_block_size < 1:
             _fail("data.read_block_size", self.read_block_size, "use a positive number or null (automatic)")
+        if self.cache not in ("auto", "on", "off"):
+            _fail("data.cache", self.cache, "use auto (cache decoded images, not volumes), on or off")
         if self.on_error not in ("fail", "skip"):
             _fail("data.on_error", self.on_error, "use fail (stop at the first bad sample) or skip (list and exclude it)")
 

@@ -107,3 +107,5 @@ class RunResult:
     inference_sps: float | None = None
     # First sample handed to Ray Data → first predict call (actor start, model load, warm-up).
     startup_s: float | None = None
+    # The decoded cache's {"dir", "hits", "misses"} for this run (None: not used).
+    read_cache: dict | None = None

@@ -39,13 +39,36 @@ from medray.tasks.base import Task
 log = logging.getLogger("medray.execute")
 
 
-def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int = 1, block_size: int | None = None):
-    """Ray Dataset of read samples: one read task per block (the task's blocks and reader)."""
+def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int = 1, block_size: int | None = None,
+                 cache_dir: str | None = None):
+    """Ray Dataset of read samples: one read task per block (the task's blocks and reader).
+
+    With ``cache_dir`` the read stage goes through the decoded cache (:mod:`medray.data.cache`):
+    ``samples`` must carry its columns (:meth:`~medray.data.cache.DecodedCache.lookup`).
+    """
     import ray.data
+
+    from medray.data import cache as decoded
 
     fn, kwargs = task.reader(spec)
     blocks = task.read_blocks(samples, spec, actors, block_size)
+    if cache_dir is not None:
+        where = samples.set_index("sample_id")[list(decoded.COLUMNS)]
+        blocks = [b.join(where, on="sample_id") for b in blocks]
+        fn = decoded.cached(fn, cache_dir)
     return map_stage(ray.data.from_pandas(blocks), Stage(_stamped(fn), fn_kwargs=kwargs))
+
+
+def read_cache(cfg: EvalConfig, task: Task, spec: RunSpec):
+    """The decoded cache of this run's reader and settings, or None (data.cache)."""
+    from medray.data.cache import DecodedCache, cache_parts
+
+    if cfg.data.cache == "off" or (cfg.data.cache == "auto" and not task.cache_by_default):
+        return None
+    fn, kwargs = task.reader(spec)
+    cache = DecodedCache(cfg.cache_dir, cache_parts(fn, kwargs))
+    cache.prepare()
+    return cache
 
 
 def _stamped(fn):
@@ -157,11 +180,17 @@ def execute(
         todo = to_run[~to_run["sample_id"].isin(set(done["sample_id"]))] if len(done) else to_run
         log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
         new, clock = pd.DataFrame(), {"t_submit": 0.0, "t_done": 0.0}
+        cache = read_cache(cfg, task, spec) if len(todo) else None
+        cache_stats = None
+        if cache is not None:
+            todo, cache_stats = cache.lookup(todo)
+            log.info("%s: decoded cache %d of %d hit, %d to decode (%s)", spec.name, cache_stats["hits"], len(todo),
+                     cache_stats["misses"], cache.dir)
         if len(todo):
             # Read tasks always mark bad rows; data.on_error=fail is applied here, on the
             # driver, where the error keeps its path and reason (see raise_first_bad).
-            ds = predict(read_dataset(task, todo, spec, plan.actors, cfg.data.read_block_size), spec, plan, task,
-                         cfg.ray.max_retries)
+            ds = predict(read_dataset(task, todo, spec, plan.actors, cfg.data.read_block_size,
+                                      None if cache is None else str(cache.dir)), spec, plan, task, cfg.ray.max_retries)
             on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None, progress)
             failure = None
             try:
@@ -191,7 +220,8 @@ def execute(
         r = rates(fresh, clock)
         resumed = {"from_previous": int(len(done)), "processed": int(len(new))} if len(done) else None
         results.append(RunResult(spec, df, r["wall_s"], r["throughput_sps"] or 0.0, plan, summarise_effective(eff), skipped,
-                                 resumed, n_dup, inference_sps=r["inference_sps"], startup_s=r["startup_s"]))
+                                 resumed, n_dup, inference_sps=r["inference_sps"], startup_s=r["startup_s"],
+                                 read_cache=cache_stats))
         log.info("%s: %d %ss in %.1fs (start-up %.1fs); %.2f/s end to end, inference capacity %.2f/s; %d skipped",
                  spec.name, len(df), task.unit, r["wall_s"], r["startup_s"] or 0.0, r["throughput_sps"] or 0.0,
                  r["inference_sps"] or 0.0, len(skipped))

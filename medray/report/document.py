@@ -54,6 +54,7 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame, task
         "inference_sps": result.inference_sps,
         "startup_s": result.startup_s,
         "wall_s": result.wall_s,
+        "read_cache": result.read_cache,
         "artifact": _artifact(spec.artifact, result.effective_precision),
         "effective_precision": result.effective_precision,
         "pool": {

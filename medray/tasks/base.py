@@ -46,6 +46,8 @@ class Task(ABC):
     # Output columns that must be equal for two deliveries of one sample (a retried batch)
     # to be the same prediction.
     identity_columns: ClassVar[tuple[str, ...]] = ()
+    # data.cache=auto caches this task's read outputs (medray.data.cache).
+    cache_by_default: ClassVar[bool] = True
 
     # -- driver, before Ray ---------------------------------------------------------
     @abstractmethod

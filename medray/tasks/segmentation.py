@@ -170,6 +170,7 @@ class SegmentationTask(Task):
     name: ClassVar[str] = "segmentation"
     unit: ClassVar[str] = "case"
     identity_columns: ClassVar[tuple[str, ...]] = ("dice", "mask_sha256")
+    cache_by_default: ClassVar[bool] = False  # a preprocessed float volume is tens of MB
 
     @classmethod
     def for_config(cls, cfg: EvalConfig, table: SampleTable) -> SegmentationTask:

@@ -271,6 +271,17 @@ def plot(doc: dict, path: Path) -> bool:
 # --------------------------------------------------------------------------- entry
 
 
+def _read_cache_summary(baseline, records: list[dict]) -> dict | None:
+    base = baseline.read_cache
+    trials = [t["read_cache"] for t in records if t.get("status") == "ok" and t.get("read_cache")]
+    if base is None and not trials:
+        return None
+    out = {"baseline": base, "trial_hits": sum(t["hits"] for t in trials), "trial_misses": sum(t["misses"] for t in trials)}
+    log.info("decoded cache: baseline decoded %s samples; the %d trials read %d from the cache and decoded %d",
+             None if base is None else base["misses"], len(trials), out["trial_hits"], out["trial_misses"])
+    return out
+
+
 def finish(cfg: SweepJobConfig, out: Path, task, table, samples, baseline, records: list[dict], prep_errors: dict,
            interrupted: bool, wall_s: float, choices: dict | None) -> dict:
     """Select, test, write the outputs; returns the sweep.json document."""
@@ -310,6 +321,8 @@ def finish(cfg: SweepJobConfig, out: Path, task, table, samples, baseline, recor
         "pareto": selection["pareto"],
         "recommended": rec,
         "prepare_errors": prep_errors,
+        # Decode once: the baseline decodes (and caches) the samples, the trials read them back.
+        "read_cache": _read_cache_summary(baseline, records),
         "status": "interrupted" if interrupted else "complete",
         "n_unfinished": n_unfinished,
         "wall_s": wall_s,

@@ -123,6 +123,9 @@ def save_baseline(result: RunResult, folder: Path) -> None:
         "name": result.spec.name,
         "wall_s": result.wall_s,
         "throughput_sps": result.throughput_sps,
+        "inference_sps": result.inference_sps,
+        "startup_s": result.startup_s,
+        "read_cache": result.read_cache,
         "pool": as_dict(result.pool),
         "effective_precision": result.effective_precision,
         "sample_ids": sorted(map(str, result.predictions["sample_id"])),
@@ -147,7 +150,8 @@ def load_baseline(folder: Path, base_spec: RunSpec, samples: pd.DataFrame) -> Ru
             "samples than this config selects; resume with the same overrides, or use a new output_dir"
         )
     return RunResult(base_spec, df, meta["wall_s"], meta["throughput_sps"], PoolPlan(**meta["pool"]),
-                     meta["effective_precision"], skipped)
+                     meta["effective_precision"], skipped, inference_sps=meta.get("inference_sps"),
+                     startup_s=meta.get("startup_s"), read_cache=meta.get("read_cache"))
 
 
 # --------------------------------------------------------------------------- trial
@@ -175,6 +179,7 @@ def _summary(entry: dict) -> dict:
         "throughput_sps": entry.get("throughput_sps"),
         "inference_sps": entry.get("inference_sps"),
         "startup_s": entry.get("startup_s"),
+        "read_cache": entry.get("read_cache"),
         "latency_ms": entry.get("latency_ms"),
         "metrics": metrics,
         "deltas": entry.get("metric_deltas") or {},

@@ -110,6 +110,9 @@ def test_sweep_interrupt_resume_table_and_reproduce(ray_local, tmp_path_factory,
         assert t["n_samples"] == 40 and t["throughput_sps"] > 0 and t["latency_ms"]["per_sample_p95"] > 0
         assert t["agreement"]["top1"] >= 0.9 and abs(t["deltas"]["auc_macro"]) < 1e-3
 
+    # Decoded once: the baseline decoded the samples, every trial read them from the cache.
+    assert doc["read_cache"]["baseline"]["misses"] == 40
+    assert doc["read_cache"]["trial_misses"] == 0 and doc["read_cache"]["trial_hits"] == 40 * len(ok)
     # Pareto front recomputed by hand from the reported numbers.
     pts = [(t["throughput_sps"], metric_drop(t, "auc_macro")) for t in ok]
     want = sorted(ok[i]["trial_id"] for i in pareto_front(pts))
