@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from medray.backends import REGISTRY, config_class
 from medray.backends.config import BackendConfig
+from medray.data.preprocess import PreprocessConfig
 from medray.errors import ConfigError  # noqa: F401  (medray.config.ConfigError is public)
 from medray.errors import fail as _fail
 
@@ -204,15 +205,27 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    """A timm architecture plus a checkpoint (state dict), or the cached demo model."""
+    """The model evaluated: the cached demo, or yours from one of ``model.source``'s kinds
+    (medray.models.sources): a timm architecture + state dict, a Python callable, a
+    TorchScript / ``torch.export`` / ONNX file."""
 
     name: str = "demo"
+    # timm | python | torchscript | exported | onnx (the model= group sets it).
+    source: str = "timm"
     arch: str = "resnet10t"
     # Path to a state dict / medray checkpoint; null with name=demo = train or reuse the demo.
     checkpoint: str | None = None
+    # torchscript / exported / onnx: the model file.
+    path: str | None = None
+    # python: "<module>:<callable>" or "<file.py>:<callable>" returning an nn.Module, and its kwargs.
+    target: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # What the model returns: logits (softmax / sigmoid applied by task) or probs.
+    output: str = "logits"
     # null = the dataset's class count.
     num_classes: int | None = None
     in_chans: int = 3
+    # The input size of the demo and of preprocess.size=null.
     input_size: int = 96
     trust_checkpoint: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -221,8 +234,23 @@ class ModelConfig:
     net: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.checkpoint is None and self.name != "demo":
+        from medray.models.sources import FILE_SOURCES, SOURCES
+
+        if self.source not in SOURCES:
+            _fail("model.source", self.source, f"use one of {', '.join(SOURCES)} (model=<source> sets it)")
+        if self.source == "timm" and self.checkpoint is None and self.name != "demo":
             _fail("model.checkpoint", None, f"model={self.name} needs model.checkpoint=<path to its state dict>")
+        if self.source == "python" and not self.target:
+            _fail("model.target", self.target, "model=python needs model.target=<module>:<callable> (or <file.py>:<callable>)")
+        if self.source in FILE_SOURCES:
+            if not self.path:
+                _fail("model.path", self.path, f"model={self.source} needs model.path=<the model file>")
+            p = Path(self.path).expanduser()
+            if not p.is_file():
+                _fail("model.path", self.path, f"file not found; give the path of the {self.source} model file")
+            self.path = str(p.resolve())
+            if self.checkpoint is not None:
+                _fail("model.checkpoint", self.checkpoint, f"model={self.source} carries its weights in model.path; remove model.checkpoint")
         if self.checkpoint is not None:
             p = Path(self.checkpoint).expanduser()
             if not p.is_file():
@@ -232,6 +260,8 @@ class ModelConfig:
                     "file not found; give the path of the trained state dict (.pt/.pth/.safetensors)",
                 )
             self.checkpoint = str(p.resolve())
+        if self.output not in ("logits", "probs"):
+            _fail("model.output", self.output, "use logits (softmax/sigmoid applied) or probs (the model's own)")
         if self.in_chans not in (1, 3):
             _fail("model.in_chans", self.in_chans, "use 1 (grey) or 3 (grey repeated to RGB)")
         if self.input_size < 16:
@@ -358,14 +388,17 @@ class EvalConfig:
     device: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # How the model's pixels are made (the preprocess= group): part of the model's contract.
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     task: str = "classification"
     batch_size: int = 32
     streams: int = 1
-    # <backend>-<precision> evaluated on the same samples for comparison; null = none.
-    baseline: str | None = "torch-fp32"
+    # <backend>-<precision> evaluated on the same samples for comparison; null = none;
+    # auto = torch-fp32, or onnxruntime-fp32 for model=onnx (there is no PyTorch model).
+    baseline: str | None = "auto"
     output_dir: str = "outputs/${now:%Y-%m-%d_%H-%M-%S}"
     cache_dir: str = field(default_factory=default_cache_dir)
     # Batches run before timing starts (per actor, not counted).
@@ -392,6 +425,7 @@ class EvalConfig:
         if self.task not in TASKS:
             _fail("task", self.task, f"use one of {', '.join(TASKS)}")
         self._check_task_data()
+        self._check_source()
         self.backend.check_pair(self.device, self.precision)
         if self.quantization.max_drop is not None and (self.backend.name != "openvino" or self.precision != "int8"):
             _fail(
@@ -419,6 +453,17 @@ class EvalConfig:
                 _fail("baseline", self.baseline, f"precision must be one of {', '.join(PRECISIONS)}")
             backend_config(name).check_pair(self.device, precision, key="baseline")
         self.cache_dir = str(Path(self.cache_dir).expanduser().resolve())
+
+    def _check_source(self) -> None:
+        """model=onnx has no PyTorch model: no torch backend, an ONNX Runtime baseline."""
+        onnx = self.model.source == "onnx"
+        if self.baseline == "auto":
+            self.baseline = "onnxruntime-fp32" if onnx else "torch-fp32"
+        if onnx and self.backend.name == "torch":
+            _fail("backend", "torch", "model=onnx is an ONNX file with no PyTorch model behind it; use backend=onnxruntime, "
+                  "openvino or trt")
+        if onnx and (self.baseline or "").startswith("torch-"):
+            _fail("baseline", self.baseline, "model=onnx has no PyTorch model; use baseline=onnxruntime-fp32 (the default) or null")
 
     def _check_task_data(self) -> None:
         """task=segmentation needs a volume dataset with voxel labels, and only it."""
@@ -603,6 +648,8 @@ class SweepJobConfig(EvalConfig):
             _fail("baseline", None, "a sweep compares every trial with the baseline; set baseline=<backend>-<precision>, e.g. torch-fp32")
         if self.resume:
             _fail("resume", True, "to continue an interrupted sweep use sweep.resume=true (with the same output_dir)")
+        if self.baseline == "auto":
+            self.baseline = "onnxruntime-fp32" if self.model.source == "onnx" else "torch-fp32"
         name, precision = parse_run_name(self.baseline)
         if name not in BACKEND_CONFIGS:
             _fail("baseline", self.baseline, f"available backends: {', '.join(sorted(BACKEND_CONFIGS))}")
@@ -635,6 +682,7 @@ def register_configs() -> None:
         cs.store(group="schema/backend", name=name, node=cls)
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/preprocess", name="preprocess", node=PreprocessConfig)
     cs.store(group="schema/ray", name="ray", node=RayConfig)
 
 

@@ -54,12 +54,34 @@ class ModelSpec:
     spatial: tuple[int, ...] | None = None
     # Constructor arguments of non-timm architectures (MONAI UNet channels/strides...).
     net: dict = field(default_factory=dict)
+    # Where the model comes from (medray.models.sources): timm | python | torchscript |
+    # exported | onnx; ``path`` (+ its sha256) for the file sources, ``target``/``kwargs``
+    # for python.
+    source: str = "timm"
+    path: str | None = None
+    path_sha256: str | None = None
+    target: str | None = None
+    kwargs: dict = field(default_factory=dict)
+    # What the model returns: logits (softmax / sigmoid applied) or probs.
+    output: str = "logits"
+    # Outputs of the model when not num_classes: 1 = a binary model's positive-class score.
+    out_features: int | None = None
+    # The class a one-output binary model scores (index into the dataset's classes).
+    positive_index: int = 1
+    # The resolved preprocessing (medray.data.preprocess.resolve); empty = the medray
+    # preset at input_size (the demo models).
+    preprocess: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """One sample's input shape without the batch axis: ``(C, *spatial)``."""
+        """One sample's input shape without the batch axis: ``(C, *spatial)``, or the
+        preprocessing's ``(C, H, W)`` / ``(H, W, C)``."""
         if self.spatial is not None:
             return (self.in_chans, *(int(v) for v in self.spatial))
+        if self.preprocess:
+            from medray.data.preprocess import input_shape
+
+            return input_shape(self.preprocess, self.in_chans)
         return (self.in_chans, self.input_size, self.input_size)
 
 

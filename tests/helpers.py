@@ -23,4 +23,4 @@ def image_calibration(samples, size: int = TINY_SIZE, in_chans: int = 3):
 
     from medray.data.calibration import CalibrationSource, load_calibration
 
-    return CalibrationSource(samples, partial(load_calibration, input_size=size, in_chans=in_chans))
+    return CalibrationSource(samples, partial(load_calibration, prep=size, in_chans=in_chans))

@@ -106,18 +106,19 @@ class Backend(ABC):
         return out
 
     def _check_checkpoint(self) -> None:
-        """A backend that reads the checkpoint itself (no built artifact) reads the very
-        file the driver checked: baseline and candidate must run the same weights."""
+        """A backend that reads the model itself (no built artifact) reads the very file the
+        driver checked: baseline and candidate must run the same weights."""
         m = self.spec.model
-        if self.spec.artifact is not None or not m.checkpoint or not m.checkpoint_sha256:
+        if self.spec.artifact is not None:
             return
         from medray.io import file_sha256
 
-        if file_sha256(m.checkpoint) != m.checkpoint_sha256:
-            raise BackendError(
-                f"{self.spec.name}: model.checkpoint={m.checkpoint} changed since the run was prepared "
-                f"(sha256 {m.checkpoint_sha256[:12]}… expected); do not overwrite a checkpoint during a run"
-            )
+        for key, path, sha in (("model.checkpoint", m.checkpoint, m.checkpoint_sha256), ("model.path", m.path, m.path_sha256)):
+            if path and sha and file_sha256(path) != sha:
+                raise BackendError(
+                    f"{self.spec.name}: {key}={path} changed since the run was prepared "
+                    f"(sha256 {sha[:12]}… expected); do not overwrite a model file during a run"
+                )
 
     def _guarded_infer(self, x: np.ndarray) -> np.ndarray:
         """``_infer`` with out-of-memory errors turned into a BackendError that says what to change."""

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medray.data.preprocess import decode_gray, to_model_input
-
 log = logging.getLogger("medray.data")
 
 
@@ -84,25 +82,29 @@ def calibration_ids(samples: pd.DataFrame) -> dict:
     return {"n": len(ids), "splits": splits, "ids_sha256": digest}
 
 
-def load_calibration(samples: pd.DataFrame | None, input_size: int, in_chans: int) -> CalibrationSet:
-    """Decode and preprocess ``samples`` (columns ``sample_id``, ``path``).
+def load_calibration(samples: pd.DataFrame | None, prep, in_chans: int) -> CalibrationSet:
+    """Decode and preprocess ``samples`` (columns ``sample_id``, ``path``) exactly as the
+    evaluated images are (``prep``: the resolved preprocessing, an int = the medray preset).
 
     Raises :class:`CalibrationError` when there are none (int8 needs a calibration
     split) and when a file cannot be decoded: a calibration set silently missing
     samples would be a different calibration than the one the cache key says.
     """
+    from medray.data.preprocess import decode_image, medray_preset, to_model_input
     from medray.errors import DecodeError
 
     if samples is None or len(samples) == 0:
         raise CalibrationError(
             "precision=int8 needs calibration samples (calibration.split / calibration.num_samples); none were given"
         )
+    if isinstance(prep, int):
+        prep = medray_preset(prep)
     samples = samples.sort_values("sample_id")
-    images = np.empty((len(samples), input_size, input_size), dtype=np.uint8)
-    for i, (sid, path) in enumerate(zip(samples["sample_id"], samples["path"])):
+    images = []
+    for sid, path in zip(samples["sample_id"], samples["path"]):
         try:
-            images[i] = decode_gray(str(path), input_size)
+            images.append(decode_image(str(path), prep))
         except (DecodeError, FileNotFoundError) as e:
             raise CalibrationError(f"calibration sample {sid} ({path}) cannot be decoded: {e}") from e
-    log.info("calibration: %d samples preprocessed at %d px", len(samples), input_size)
-    return CalibrationSet(to_model_input(images, in_chans), [str(s) for s in samples["sample_id"]])
+    log.info("calibration: %d samples preprocessed at %s px", len(samples), "x".join(map(str, prep["size"])))
+    return CalibrationSet(to_model_input(np.stack(images), in_chans, prep), [str(s) for s in samples["sample_id"]])

@@ -22,6 +22,9 @@ def export_onnx(model, path: str | Path, input_shape: tuple[int, ...], opset: in
     import torch
 
     path = Path(path)
+    program = getattr(model, "_medray_program", None)
+    if program is not None:  # a torch.export program: its own graph, dynamic batch and all
+        return _export_program(program, path, input_shape, opset)
     model = model.eval()
     dummy = torch.zeros((2, *input_shape), dtype=torch.float32)
     with torch.no_grad(), warnings.catch_warnings():
@@ -37,5 +40,19 @@ def export_onnx(model, path: str | Path, input_shape: tuple[int, ...], opset: in
             do_constant_folding=True,
             dynamo=False,
         )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _export_program(program, path: Path, input_shape: tuple[int, ...], opset: int) -> Path:
+    """A ``torch.export`` program through the dynamo exporter (opset >= 18, which it needs)."""
+    import onnx
+    import torch
+
+    dummy = torch.zeros((2, *input_shape), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(program, (dummy,), str(path), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          opset_version=max(opset, 18), verbose=False)
     onnx.checker.check_model(str(path))
     return path

@@ -76,22 +76,137 @@ def log_index_mapping(source: SampleTable, table: SampleTable) -> None:
 
 
 def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
-    """Check the checkpoint against the dataset's classes; train the demo model if absent."""
+    """The model of ``cfg`` checked against the dataset before Ray starts: its source
+    loads, its preprocessing resolves, its output count is the dataset's class count (or
+    one score for a binary dataset), and it takes the input the preprocessing makes.
+    Trains the demo model if it is not cached."""
     if table.task == "segmentation":  # 3D UNet: ROI shape, net settings, its own demo
         from medray.models.unet import resolve_segmentation_model
 
         return resolve_segmentation_model(cfg, table)
+    from medray.data.preprocess import resolve as resolve_preprocess
+
     m = cfg.model
     n_classes = len(table.classes)
-    task = table.task
     if m.num_classes is not None and m.num_classes != n_classes:
         raise ConfigError(
             f"model.num_classes={m.num_classes} but dataset {table.name} has {n_classes} classes "
             f"{table.classes[:5]}...; set model.num_classes={n_classes} or use a matching dataset"
         )
+    demo = m.source == "timm" and m.checkpoint is None
+    if demo and cfg.preprocess.name != "medray":
+        raise ConfigError(
+            f"preprocess={cfg.preprocess.name}: the demo model was trained with preprocess=medray; feeding it other "
+            "pixels would give a wrong AUC. Use preprocess=medray, or your own model (model=timm|python|...)"
+        )
+    timm_arch = m.arch if m.source in ("timm", "python") else None
+    prep = resolve_preprocess(cfg.preprocess, m.in_chans, m.input_size, timm_arch=timm_arch)
+    spec = ModelSpec(arch=m.arch if m.source == "timm" else m.source, num_classes=n_classes, in_chans=m.in_chans,
+                     input_size=prep["size"][0], checkpoint=None, trust_checkpoint=m.trust_checkpoint, task=table.task,
+                     source=m.source, path=m.path, path_sha256=file_sha256(m.path) if m.path else None, target=m.target,
+                     kwargs=dict(m.kwargs or {}), output=m.output, preprocess=prep,
+                     positive_index=_positive_index(table))
+    if m.source == "timm":
+        spec.checkpoint, spec.out_features = _timm_checkpoint(cfg, table, demo, prep)
+    elif m.source == "python" and m.checkpoint:
+        spec.checkpoint = m.checkpoint
+    if spec.checkpoint:
+        spec.checkpoint_sha256 = file_sha256(spec.checkpoint)
+    if m.source != "timm":  # the weights do not say: run the model once on the input it will get
+        spec.out_features = probe_outputs(spec)
+    check_outputs(spec, table)
+    return spec
+
+
+def _positive_index(table: SampleTable) -> int:
+    """The class a one-score binary model scores: the dataset's positive class (index 1)."""
+    pos = getattr(table, "positive_class", None)
+    return list(table.classes).index(pos) if pos in table.classes else 1
+
+
+def check_outputs(spec: ModelSpec, table: SampleTable) -> None:
+    """The model's output count is the dataset's classes, or 1 score for a binary dataset."""
+    k, n = spec.out_features or spec.num_classes, len(table.classes)
+    binary_score = k == 1 and n == 2 and table.task == "multiclass"
+    if k != n and not binary_score:
+        where = f"model.path={spec.path}" if spec.path else (f"model.target={spec.target}" if spec.target else f"model.checkpoint={spec.checkpoint}")
+        raise ConfigError(
+            f"{where}: the model has {k} outputs but dataset {table.name} has {n} classes {list(table.classes)[:5]}; "
+            "use a model trained on these classes (a binary model may give 1 score: the positive class's logit or "
+            "probability), or the matching data=..."
+        )
+
+
+def probe_outputs(spec: ModelSpec) -> int:
+    """Run the model on two blank inputs of the preprocessing's shape; its output count.
+
+    A model that does not take that shape (an NHWC model fed NCHW, another size) is a
+    config error naming both shapes."""
+    import numpy as np
+
+    shape = (2, *spec.input_shape)
+    x = np.zeros(shape, dtype=np.float32)
+    hint = (f"the preprocessing makes {shape} (batch, {'H, W, C' if spec.preprocess.get('layout') == 'nhwc' else 'C, H, W'}); "
+            "set preprocess.layout / preprocess.size / model.in_chans to what the model takes")
+    if spec.source == "onnx":
+        want = onnx_input_shape(spec.path)
+        fixed = [(i, a, b) for i, (a, b) in enumerate(zip(want[1:], shape[1:]), 1) if isinstance(a, int) and a > 0 and a != b]
+        if len(want) != len(shape) or fixed:
+            raise ConfigError(f"model.path={spec.path}: the ONNX model takes input {tuple(want)}, but {hint}")
+        import onnxruntime as ort
+
+        try:
+            sess = ort.InferenceSession(spec.path, providers=["CPUExecutionProvider"])
+            out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        except Exception as e:
+            raise ConfigError(f"model.path={spec.path}: ONNX Runtime cannot run it on {shape}: {str(e)[:300]}") from None
+    else:
+        import torch
+
+        from medray.models.sources import load_torch_model
+
+        model = load_torch_model(spec)
+        try:
+            with torch.inference_mode():
+                out = model(torch.from_numpy(x))
+                if spec.source == "exported":  # a program exported with a fixed batch fails on another one
+                    model(torch.from_numpy(np.zeros((3, *spec.input_shape), dtype=np.float32)))
+        except Exception as e:
+            what = f"model.path={spec.path}" if spec.path else f"model.target={spec.target}"
+            raise ConfigError(f"{what}: the model fails on input {shape} ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
+                              f"{hint}; a torch.export program needs a dynamic batch dimension") from None
+        out = out.detach().float().numpy() if hasattr(out, "detach") else np.asarray(out)
+    if out.ndim != 2 or out.shape[0] != 2:
+        raise ConfigError(f"model: output of shape {tuple(out.shape)} for a batch of 2; expected (batch, classes)")
+    return int(out.shape[1])
+
+
+def onnx_input_shape(path: str) -> list:
+    """The first graph input's shape (ints, or names/None for dynamic dims); a ConfigError
+    when the file is not ONNX."""
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise ConfigError(f"model.path={path}: not an ONNX model ({type(e).__name__}: {str(e)[:200]}); "
+                          "give an .onnx file exported from your framework (torch.onnx, tf2onnx, ...)") from None
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ConfigError(f"model.path={path}: the ONNX model has {len(inputs)} inputs; medray feeds one image tensor")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def _timm_checkpoint(cfg: EvalConfig, table: SampleTable, demo: bool, prep: dict) -> tuple[str, int | None]:
+    """The timm path: the checkpoint (the demo's, trained if absent) checked against the
+    dataset; returns it and the classifier's output count."""
+    m = cfg.model
+    n_classes = len(table.classes)
     checkpoint = m.checkpoint
     by_index = False
-    if checkpoint is None:  # the demo model (name=demo, enforced by ModelConfig)
+    if demo:  # the demo model (name=demo, enforced by ModelConfig)
         source = demo_source(cfg, table)
         by_index = source is not table
         path = demo_checkpoint_path(cfg, source)
@@ -117,14 +232,14 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
     out = classifier_out_features(m.arch, sd)
-    if out is not None and out != n_classes:
+    if out is not None and out != n_classes and not (out == 1 and n_classes == 2 and table.task == "multiclass"):
         raise ConfigError(
             f"model.checkpoint={checkpoint}: its classifier has {out} outputs but dataset {table.name} "
             f"has {n_classes} classes; use a checkpoint trained on these classes, or the matching data=..."
         )
-    if meta.get("task") and meta["task"] != task:
+    if meta.get("task") and meta["task"] != table.task:
         raise ConfigError(
-            f"model.checkpoint={checkpoint}: trained for a {meta['task']} task but dataset {table.name} is {task}; "
+            f"model.checkpoint={checkpoint}: trained for a {meta['task']} task but dataset {table.name} is {table.task}; "
             "use a checkpoint trained for this task"
         )
     if by_index:
@@ -134,21 +249,12 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
             f"model.checkpoint={checkpoint}: trained on classes {meta['classes']} but dataset "
             f"{table.name} has {table.classes}; the class order must match"
         )
-    if meta.get("input_size") and meta["input_size"] != m.input_size:
+    if meta.get("input_size") and meta["input_size"] != prep["size"][0]:
         raise ConfigError(
-            f"model.input_size={m.input_size} but the checkpoint was trained at {meta['input_size']} px; "
+            f"model.input_size={prep['size'][0]} but the checkpoint was trained at {meta['input_size']} px; "
             f"set model.input_size={meta['input_size']}"
         )
-    return ModelSpec(
-        arch=m.arch,
-        num_classes=n_classes,
-        in_chans=m.in_chans,
-        input_size=m.input_size,
-        checkpoint=checkpoint,
-        checkpoint_sha256=file_sha256(checkpoint),
-        trust_checkpoint=m.trust_checkpoint,
-        task=task,
-    )
+    return checkpoint, out
 
 
 def train_job(cfg) -> dict:

@@ -98,6 +98,8 @@ def ship(spec: RunSpec, shipped: dict[str, Shipment] | None = None, put=None) ->
     # no artifact and loads the checkpoint): ship only what the actors open.
     if spec.model.checkpoint and not spec.artifact:
         wanted["checkpoint"] = spec.model.checkpoint
+    if spec.model.path and not spec.artifact:  # a TorchScript / torch.export file torch loads
+        wanted["model_path"] = spec.model.path
     if spec.artifact and spec.artifact.get("path") and spec.artifact.get("ship", True):
         wanted["artifact"] = spec.artifact["path"]
     for what, path in wanted.items():
@@ -187,6 +189,8 @@ def materialise(spec: RunSpec, cache_dir: Path | None = None) -> RunSpec:
     model, artifact = spec.model, spec.artifact
     if "checkpoint" in shipments:
         model = replace(model, checkpoint=materialise_one(shipments["checkpoint"], cache_dir))
+    if "model_path" in shipments:
+        model = replace(model, path=materialise_one(shipments["model_path"], cache_dir))
     if "artifact" in shipments:
         artifact = {**artifact, "path": materialise_one(shipments["artifact"], cache_dir)}
     options = {k: v for k, v in spec.options.items() if k != OPTION}

@@ -123,6 +123,7 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
             "root": table.root,
             **task.dataset_section(cfg, table, samples),
         },
+        "model": model_section(results[0].spec.model) if results else None,
         "runs": runs,
         "warnings": warnings_of(runs),
         # Samples that could not be read (data.on_error=skip), the same for every run.
@@ -132,6 +133,23 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
     }
     task.document_extras(cfg, doc, results, table, samples)
     return doc
+
+
+def model_section(m) -> dict:
+    """What was evaluated and the pixels it was fed (the preprocessing is the model's contract)."""
+    return {
+        "source": m.source,
+        "arch": m.arch,
+        "checkpoint": m.checkpoint,
+        "checkpoint_sha256": m.checkpoint_sha256,
+        "path": m.path,
+        "path_sha256": m.path_sha256,
+        "target": m.target,
+        "output": m.output,
+        "outputs": m.out_features or m.num_classes,
+        "input_shape": list(m.input_shape),
+        "preprocessing": dict(m.preprocess) or None,
+    }
 
 
 def warnings_of(runs: list[dict]) -> list[str]:

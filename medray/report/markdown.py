@@ -17,6 +17,7 @@ def render_report(doc: dict) -> str:
 
     task = task_of(doc["dataset"]["task"])
     lines = task.render(doc)
+    lines += model_lines(doc.get("model"))
     lines += runs_table(doc, task)
     for r in doc["runs"]:
         if r.get("resumed"):
@@ -30,6 +31,25 @@ def render_report(doc: dict) -> str:
     if doc.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in doc["warnings"]]
     return "\n".join(lines) + "\n"
+
+
+def model_lines(m: dict | None) -> list[str]:
+    """The model evaluated and its preprocessing, spelled out (what a reviewer checks first)."""
+    if not m:
+        return []
+    what = {"timm": f"timm `{m['arch']}`, weights `{m.get('checkpoint')}`", "python": f"`{m.get('target')}`, weights "
+            f"`{m.get('checkpoint')}`"}.get(m["source"], f"{m['source']} file `{m.get('path')}`")
+    lines = ["", "## Model", "", f"- {what}; outputs: {m['outputs']} {m['output']}; input {tuple(m['input_shape'])}"]
+    p = m.get("preprocessing")
+    if p:
+        resize = {"squash": "squashed to", "shorter_crop": f"shorter side to {int(p['size'][0] / p['crop_pct'])}, centre crop",
+                  "letterbox": "letterboxed to"}[p["resize"]]
+        lines.append(
+            f"- preprocessing `{p['name']}`: {p['color']}, {resize} {p['size'][0]}×{p['size'][1]} ({p['interpolation']}, "
+            f"crop_pct {p['crop_pct']:g}), mean {[round(v, 4) for v in p['mean']]}, std {[round(v, 6) for v in p['std']]}, "
+            f"{p['layout'].upper()}, {'exact decode' if p['exact'] else 'reduced-scale JPEG decode allowed'}"
+        )
+    return lines
 
 
 def runs_table(doc: dict, task) -> list[str]:

@@ -32,25 +32,31 @@ log = logging.getLogger("medray.classification")
 COMPARED_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro")
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, on_error: str = "fail") -> dict[str, np.ndarray]:
-    """CPU task: file paths → uint8 grey images at the decode size.
+def decode_batch(batch: dict[str, np.ndarray], prep, tta: str = "none", on_error: str = "fail") -> dict[str, np.ndarray]:
+    """CPU task: file paths → the model's uint8 pixels (:func:`medray.data.preprocess.decode_image`):
+    ``(N, H, W[, 3])``, or ``(N, 10, H, W[, 3])`` with ``tta=tencrop``.
 
-    A file that cannot be decoded stops the run (``on_error="fail"``: BadSampleError with
-    its path and reason) or becomes a row with a ``skipped_reason`` and a blank image
-    (``"skip"``, what the pipeline uses: the driver then applies data.on_error, where the
-    error keeps its path and reason).
+    ``prep``: the resolved preprocessing (an int = the medray preset at that size).  A file
+    that cannot be decoded stops the run (``on_error="fail"``: BadSampleError with its path
+    and reason) or becomes a row with a ``skipped_reason`` and blank pixels (``"skip"``,
+    what the pipeline uses: the driver then applies data.on_error, where the error keeps
+    its path and reason).
     """
-    from medray.data.preprocess import decode_gray
+    from medray.data.preprocess import decode_image, medray_preset
     from medray.monitoring import count_error
     from medray.pipeline.faults import SAMPLE_ERRORS, BadSampleError, describe
 
+    if isinstance(prep, int):
+        prep = medray_preset(prep)
+    h, w = prep["size"]
+    shape = ((10,) if tta == "tencrop" else ()) + (h, w) + ((3,) if prep["color"] == "rgb" else ())
     paths = batch["path"]
-    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    images = np.zeros((len(paths), *shape), dtype=np.uint8)
     reasons = np.full(len(paths), "", dtype=object)
     for i, p in enumerate(paths):
         try:
             # s3://, gs://... paths (data.root on shared storage) are read through pyarrow.fs.
-            images[i] = decode_gray(str(p), size)
+            images[i] = decode_image(str(p), prep, tta)
         except SAMPLE_ERRORS as e:
             count_error("decode")
             if on_error != "skip":
@@ -59,14 +65,30 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, on_error: str = "fail"
     return {"sample_id": batch["sample_id"], "image": images, "skipped_reason": reasons}
 
 
-def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
-    """Softmax (multiclass) or sigmoid (multilabel), in float64 for stable metrics."""
+def probabilities(logits: np.ndarray, task: str, output: str = "logits", positive_index: int = 1) -> np.ndarray:
+    """The model's outputs as probabilities, float64: softmax (multiclass) or sigmoid
+    (multilabel) of logits, or the model's own ``probs``.  A binary model with one output
+    scores ``positive_index``'s class: ``[1 - p, p]`` in class order."""
     z = logits.astype(np.float64)
+    if task == "multiclass" and z.shape[1] == 1:
+        p = z[:, 0] if output == "probs" else 1.0 / (1.0 + np.exp(-z[:, 0]))
+        out = np.empty((len(z), 2))
+        out[:, positive_index], out[:, 1 - positive_index] = p, 1.0 - p
+        return out
+    if output == "probs":
+        return z
     if task == "multilabel":
         return 1.0 / (1.0 + np.exp(-z))
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def model_prep(model: ModelSpec) -> dict:
+    """The model's resolved preprocessing (the medray preset at its input size if unset)."""
+    from medray.data.preprocess import medray_preset
+
+    return model.preprocess or medray_preset(model.input_size)
 
 
 def read_block_size(n: int, batch_size: int, actors: int) -> int:
@@ -116,7 +138,7 @@ class ClassificationTask(Task):
     def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
         from medray.data.calibration import CalibrationSource, load_calibration
 
-        return CalibrationSource(samples, partial(load_calibration, input_size=model.input_size, in_chans=model.in_chans))
+        return CalibrationSource(samples, partial(load_calibration, prep=model_prep(model), in_chans=model.in_chans))
 
     # -- read stage -----------------------------------------------------------------
     def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
@@ -124,10 +146,8 @@ class ClassificationTask(Task):
         return [todo.iloc[i : i + block][["sample_id", "path"]] for i in range(0, len(todo), block)]
 
     def reader(self, spec: RunSpec):
-        from medray.data.tta import decode_size
-
-        # tencrop: decoded larger, the ten crops cut in the actor.
-        return decode_batch, {"size": decode_size(spec.model.input_size, spec.tta), "on_error": "skip"}
+        # tencrop: the read task cuts the ten crops (decode size and crops in one place).
+        return decode_batch, {"prep": model_prep(spec.model), "tta": spec.tta, "on_error": "skip"}
 
     # -- actor ----------------------------------------------------------------------
     def predict(self, backend: Backend, spec: RunSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -135,14 +155,15 @@ class ClassificationTask(Task):
         from medray.data.tta import views as tta_views
 
         model = spec.model
-        # One view without TTA; tta=tencrop: ten crops, each a backend call of the same
+        prep = model_prep(model)
+        # One view without TTA; tta=tencrop: the ten crops, each a backend call of the same
         # batch shape, probabilities averaged and call times summed (see medray.data.tta).
-        views = tta_views(batch["image"], model.input_size, spec.tta)
+        views = tta_views(batch["image"], spec.tta)
         probs, batch_ms = 0.0, 0.0
         for view in views:
-            logits = backend.infer(to_model_input(view, model.in_chans))
+            logits = backend.infer(to_model_input(view, model.in_chans, prep))
             batch_ms += backend.last_ms
-            probs = probs + probabilities(logits, model.task)
+            probs = probs + probabilities(logits, model.task, model.output, model.positive_index)
         n = len(batch["image"])
         return {
             "probs": (probs / len(views)).astype(np.float32),

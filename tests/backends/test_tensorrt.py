@@ -255,7 +255,7 @@ def test_inspector_summary_trt10_fp16_and_tf32_tactics():
 
 
 def test_fp32_and_tf32_engines_start_from_the_shared_fp32_export(tiny_spec, cache):
-    from medray.backends.onnxruntime.backend import onnx_artifact
+    from medray.backends.onnx_graph import onnx_artifact
 
     before = set(sys.modules)
     g32 = prepare_graph(trt_spec(tiny_spec, "fp32"), cache, {})
@@ -342,7 +342,7 @@ def test_int8_graph_agrees_with_fp32_on_onnxruntime_cpu(int8_graph, calibration,
     """The Q/DQ graph TensorRT is given, run by ORT on the CPU, vs the fp32 export."""
     import onnxruntime as ort
 
-    from medray.backends.onnxruntime.backend import onnx_artifact
+    from medray.backends.onnx_graph import onnx_artifact
     from medray.data.calibration import load_calibration
 
     _, g = int8_graph

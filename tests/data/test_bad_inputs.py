@@ -176,15 +176,15 @@ def test_check_pixels_rejects_nan_inf_and_channels():
 def test_predictor_passes_skipped_rows_through(test_rows, tiny_spec):
     _, rows = test_rows
     pred = Predictor(tiny_spec(batch_size=4))
-    mixed = decode_batch(_batch(rows, ["test_00000", "test_00003", "test_00001", "test_00005"]), TINY_SIZE, "skip")
+    mixed = decode_batch(_batch(rows, ["test_00000", "test_00003", "test_00001", "test_00005"]), TINY_SIZE, on_error="skip")
     out = pred(dict(mixed))
     assert list(out["skipped_reason"] != "") == [False, True, False, True]
     assert np.isfinite(out["probs"][[0, 2]]).all() and np.isnan(out["probs"][[1, 3]]).all()
     assert list(out["batch_size"]) == [2, 0, 2, 0]
     # a batch with no readable sample keeps the same columns and shapes
-    allbad = pred(dict(decode_batch(_batch(rows, ["test_00003", "test_00005"]), TINY_SIZE, "skip")))
+    allbad = pred(dict(decode_batch(_batch(rows, ["test_00003", "test_00005"]), TINY_SIZE, on_error="skip")))
     assert set(allbad) == set(out) and allbad["probs"].shape == (2, 2) and np.isnan(allbad["probs"]).all()
-    clean = pred(dict(decode_batch(_batch(rows, ["test_00000", "test_00001"]), TINY_SIZE, "skip")))
+    clean = pred(dict(decode_batch(_batch(rows, ["test_00000", "test_00001"]), TINY_SIZE, on_error="skip")))
     np.testing.assert_array_equal(clean["probs"], out["probs"][[0, 2]])
 
 

@@ -44,12 +44,12 @@ class Counting:
 def _read(cache: DecodedCache, samples: pd.DataFrame, fn, size: int = TINY_SIZE):
     looked, stats = cache.lookup(samples)
     batch = {c: looked[c].to_numpy() for c in ("sample_id", "path", *COLUMNS)}
-    return cached(fn, str(cache.dir))(batch, size=size, on_error="skip"), stats
+    return cached(fn, str(cache.dir))(batch, prep=size, on_error="skip"), stats
 
 
 def test_second_read_hits_and_equals_a_fresh_decode(tmp_path):
     samples = _images(tmp_path / "img", 6)
-    cache = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"size": TINY_SIZE}))
+    cache = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"prep": TINY_SIZE}))
     fn = Counting()
     cold, s1 = _read(cache, samples, fn)
     assert s1 == {"dir": str(cache.dir), "hits": 0, "misses": 6} and len(fn.decoded) == 6
@@ -63,7 +63,7 @@ def test_second_read_hits_and_equals_a_fresh_decode(tmp_path):
 
 def test_a_changed_file_is_a_miss_for_that_sample_only(tmp_path):
     samples = _images(tmp_path / "img", 5)
-    cache = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"size": TINY_SIZE}))
+    cache = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"prep": TINY_SIZE}))
     fn = Counting()
     _read(cache, samples, fn)
     changed = samples["path"].iat[2]
@@ -76,8 +76,8 @@ def test_a_changed_file_is_a_miss_for_that_sample_only(tmp_path):
 
 def test_another_preprocessing_is_another_cache(tmp_path):
     samples = _images(tmp_path / "img", 3)
-    a = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"size": TINY_SIZE}))
-    b = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"size": TINY_SIZE + 8}))
+    a = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"prep": TINY_SIZE}))
+    b = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"prep": TINY_SIZE + 8}))
     assert a.dir != b.dir
     _read(a, samples, Counting())
     out, stats = _read(b, samples, Counting(), size=TINY_SIZE + 8)
@@ -86,7 +86,7 @@ def test_another_preprocessing_is_another_cache(tmp_path):
 
 def test_a_damaged_shard_is_dropped_and_rebuilt(tmp_path, caplog):
     samples = _images(tmp_path / "img", 4)
-    cache = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"size": TINY_SIZE}))
+    cache = DecodedCache(str(tmp_path / "c"), cache_parts(decode_batch, {"prep": TINY_SIZE}))
     _read(cache, samples, Counting())
     (shard,) = cache.dir.glob("shard-*.parquet")
     shard.write_bytes(b"PAR1 garbage")
@@ -108,7 +108,7 @@ def _writer(args):
 
 def test_concurrent_writers_leave_only_whole_shards(tmp_path):
     samples = _images(tmp_path / "img", 12)
-    parts = cache_parts(decode_batch, {"size": TINY_SIZE})
+    parts = cache_parts(decode_batch, {"prep": TINY_SIZE})
     DecodedCache(str(tmp_path / "c"), parts).prepare()
     chunks = [samples.iloc[i:i + 8] for i in (0, 2, 4, 0)]  # overlapping, one repeated
     with mp.get_context("spawn").Pool(4) as pool:

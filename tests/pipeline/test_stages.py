@@ -34,7 +34,7 @@ def test_read_and_predict_stay_separate_operators(ray_local, tiny_spec, tmp_path
     spec = tiny_spec(batch_size=4)
     plan = plan_pool(device="cpu", streams=1, cluster_cpus=2, cluster_gpus=0, node_cores=2, reserve_cpus=1, threads=1)
     ds = predict(read_dataset(ClassificationTask(), samples, spec, block_size=4), spec, plan)
-    df, _, _ = collect(ds)
+    df, _ = collect(ds)
     assert sorted(df["sample_id"]) == sorted(samples["sample_id"])
     ops = [line.split(":")[0] for line in ds.stats().splitlines() if line.startswith("Operator ")]
     names = " | ".join(ops)

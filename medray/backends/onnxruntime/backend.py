@@ -12,7 +12,7 @@ import numpy as np
 
 from medray.backends.artifacts import ArtifactCache
 from medray.backends.base import Backend, BackendError
-from medray.models.export import INPUT_NAME
+from medray.backends.onnx_graph import onnx_artifact
 from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.onnxruntime")
@@ -29,35 +29,6 @@ _OPT_LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-
-
-def onnx_artifact(spec: RunSpec, cache: ArtifactCache, opset: int = 17) -> dict:
-    """The fp32 ONNX export of the spec's model (cached by checkpoint content + settings)."""
-    import onnx
-    import torch
-
-    m = spec.model
-    parts = {
-        "checkpoint_sha256": m.checkpoint_sha256,
-        "arch": m.arch,
-        "num_classes": m.num_classes,
-        "input_shape": list(m.input_shape),
-        "opset": opset,
-        "exporter": "torchscript",
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-    }
-    if m.net:  # MONAI architectures: the constructor arguments are part of the model
-        parts["net"] = m.net
-
-    def build(path):
-        from medray.models.export import export_onnx
-        from medray.models.factory import load_model
-
-        model = load_model(m.arch, m.num_classes, m.in_chans, m.checkpoint, trust=m.trust_checkpoint, net=m.net)
-        export_onnx(model, path, m.input_shape, opset=opset)
-
-    return cache.get_or_build("onnx", parts, "model.onnx", build).to_dict()
 
 
 def _reference(fp32: dict) -> dict:
@@ -97,6 +68,8 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict
         "per_channel": cfg.quant_per_channel,
         "calibration": calib.ids(),
         "input": list(m.input_shape),
+        # the calibration tensors are made with it: another normalisation is another INT8 model
+        "preprocess": m.preprocess,
         "device": spec.device,
         "onnxruntime": ort.__version__,
         "onnx": onnx.__version__,
@@ -166,8 +139,7 @@ class OnnxRuntimeBackend(Backend):
                 "refusing to run on a different device than configured"
             )
         self._providers = got
-        self._input = self._session.get_inputs()[0].name
-        assert self._input == INPUT_NAME, self._input
+        self._input = self._session.get_inputs()[0].name  # the export's "input", or a user's file's own
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: x})[0]

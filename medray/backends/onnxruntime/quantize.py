@@ -71,7 +71,7 @@ class CalibrationReader:
         self._pos = self._start
 
 
-def _as_reader(calib: CalibrationSet):
+def _as_reader(calib: CalibrationSet, input_name: str = INPUT_NAME):
     """A CalibrationReader that is also an ORT CalibrationDataReader (subclassing it
     here keeps the onnxruntime import lazy for the module)."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -79,7 +79,16 @@ def _as_reader(calib: CalibrationSet):
     class _Reader(CalibrationReader, CalibrationDataReader):
         pass
 
-    return _Reader(calib)
+    return _Reader(calib, input_name=input_name)
+
+
+def _input_name(path) -> str:
+    """The graph's image input (medray's exports call it "input"; a user's file its own)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
 
 
 def _chunk_stride(n_batches: int, cap: int = CALIB_CHUNK_BATCHES) -> int:
@@ -106,7 +115,7 @@ def quantize_int8(
 
     if method not in QUANT_METHODS:
         raise ValueError(f"quant_method={method!r}: use one of {', '.join(QUANT_METHODS)}")
-    reader = _as_reader(calib)
+    reader = _as_reader(calib, _input_name(src))
     stride = _chunk_stride(len(reader))
     with tempfile.TemporaryDirectory(prefix="medray-ortq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"

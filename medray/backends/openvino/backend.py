@@ -89,6 +89,8 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) 
         "accuracy_metric": "auc_macro" if max_drop is not None else None,
         "calibration": calib.ids(),
         "input": list(m.input_shape),
+        # the calibration tensors are made with it: another normalisation is another INT8 model
+        "preprocess": m.preprocess,
         "device": spec.device,
         "openvino": ov.__version__,
         "nncf": nncf.__version__,
@@ -146,7 +148,7 @@ def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, source, table, ma
         def validate(compiled, data) -> float:
             logits = np.concatenate([compiled(x)[0] for x, _ in data])
             y = np.asarray([t for _, t in data])
-            probs = probabilities(logits, m.task)
+            probs = probabilities(logits, m.task, m.output, m.positive_index)
             auc = classification_metrics(y, probs, table.task, table.classes)["auc_macro"]
             if auc is None:
                 raise BackendError(
@@ -231,7 +233,7 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def prepare(cls, spec: RunSpec, cache: ArtifactCache, context: dict) -> dict:
-        from medray.backends.onnxruntime.backend import onnx_artifact
+        from medray.backends.onnx_graph import onnx_artifact
 
         onnx_art = onnx_artifact(spec, cache, opset=ONNX_OPSET)
         ir = ir_artifact(spec, cache, onnx_art)

@@ -128,7 +128,7 @@ def prepare_graph(spec: RunSpec, cache: ArtifactCache, context: dict) -> dict:
 
     Runs on the driver and never imports TensorRT: engines are built by the actors.
     """
-    from medray.backends.onnxruntime.backend import onnx_artifact
+    from medray.backends.onnx_graph import onnx_artifact
 
     fp32 = onnx_artifact(spec, cache, opset=spec.backend.opset)
     if spec.precision == "fp16":
@@ -164,6 +164,8 @@ def qdq_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict)
         "per_channel": cfg.quant_per_channel,
         "calibration": ids,
         "input": list(m.input_shape),
+        # the calibration tensors are made with it: another normalisation is another INT8 model
+        "preprocess": m.preprocess,
         "onnxruntime": ort.__version__,
         "onnx": onnx.__version__,
     }
@@ -190,11 +192,11 @@ def quantize_qdq(src, dst, calib, method: str = "minmax", per_channel: bool = Tr
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from medray.backends.onnxruntime.quantize import _as_reader, _chunk_stride
+    from medray.backends.onnxruntime.quantize import _as_reader, _chunk_stride, _input_name
 
     if method not in _ORT_METHODS:
         raise ValueError(f"quant_method={method!r}: use one of {', '.join(_ORT_METHODS)}")
-    reader = _as_reader(calib)
+    reader = _as_reader(calib, _input_name(src))
     with tempfile.TemporaryDirectory(prefix="medray-trtq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)

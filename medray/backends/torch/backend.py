@@ -17,7 +17,7 @@ class TorchBackend(Backend):
     def _load(self) -> None:
         import torch
 
-        from medray.models.factory import load_model
+        from medray.models.sources import load_torch_model
 
         spec = self.spec
         torch.set_num_threads(spec.threads)
@@ -29,7 +29,7 @@ class TorchBackend(Backend):
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
         m = spec.model
-        model = load_model(m.arch, m.num_classes, m.in_chans, m.checkpoint, trust=m.trust_checkpoint, net=m.net)
+        model = load_torch_model(m)
         self._device = torch.device(spec.device)
         model = model.to(self._device)
         if getattr(spec.backend, "channels_last", False):
