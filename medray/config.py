@@ -140,6 +140,13 @@ class DataConfig:
     # imagefolder: class names in model-output order (null = sorted folder names);
     # chestxray14: the labels evaluated, in model-output order (null = the 14 in CheXNet order).
     classes: list[str] | None = None
+    # Two-class datasets: the class whose sensitivity / specificity / PPV / F1 are reported
+    # (null = the dataset's declared one, else the class that is not NORMAL/negative/benign...).
+    positive_class: str | None = None
+    # A CSV with a sample_id column and metadata columns (sex, age, site, scanner...) joined
+    # onto the samples: subgroups (report.subgroups); a patient_id column makes the
+    # bootstrap resample patients.
+    metadata: str | None = None
     # chestxray14: fail if a patient has images in both the calibration and evaluated split.
     check_patient_overlap: bool = False
     # 3D sources (data=msd): intensity normalisation, resampling, orientation.
@@ -173,6 +180,13 @@ class DataConfig:
             dup = sorted({c for c in self.classes if list(self.classes).count(c) > 1})
             if not self.classes or dup:
                 _fail("data.classes", self.classes, f"give each class name once ({'duplicates: ' + ', '.join(dup) if dup else 'empty list'})")
+        if self.metadata is not None:
+            from medray.io import is_local, local_path
+
+            if is_local(self.metadata):
+                self.metadata = str(Path(local_path(self.metadata)).expanduser().resolve())
+                if not Path(self.metadata).is_file():
+                    _fail("data.metadata", self.metadata, "no such file; give a CSV with a sample_id column and metadata columns")
         if self.check_patient_overlap and self.name != "chestxray14":
             _fail(
                 "data.check_patient_overlap",
@@ -377,6 +391,63 @@ class SlidingWindowConfig:
             _fail("sliding_window.sigma_scale", self.sigma_scale, "use a positive fraction of the window (0.125 is MONAI's default)")
 
 
+THRESHOLD_METHODS = ("fixed", "youden", "sensitivity", "specificity")
+
+
+@dataclass
+class ThresholdConfig:
+    """The operating threshold (binary: the positive class's probability; multilabel: each
+    label's), chosen on the baseline's predictions of a validation split and applied
+    unchanged to baseline and candidate on the evaluated split."""
+
+    # fixed = ``value``; youden = max sensitivity + specificity − 1; sensitivity /
+    # specificity = the threshold reaching ``target`` on the validation split.
+    method: str = "fixed"
+    target: float | None = None
+    value: float = 0.5
+    # Where the threshold is chosen; null = calibration.split (never the evaluated split).
+    split: str | None = None
+    # Validation samples the baseline scores for it (a deterministic subset; null = all).
+    num_samples: int | None = 2000
+
+    def __post_init__(self) -> None:
+        if self.method not in THRESHOLD_METHODS:
+            _fail("threshold.method", self.method, f"use one of {', '.join(THRESHOLD_METHODS)}")
+        if self.method in ("sensitivity", "specificity"):
+            if self.target is None or not 0 < self.target <= 1:
+                _fail("threshold.target", self.target, f"threshold.method={self.method} needs the {self.method} to reach, "
+                      "a fraction in (0, 1], e.g. threshold.target=0.95")
+        elif self.target is not None:
+            _fail("threshold.target", self.target, f"threshold.method={self.method} takes no target; remove it "
+                  "(or use threshold.method=sensitivity|specificity)")
+        if not 0 <= self.value <= 1:
+            _fail("threshold.value", self.value, "use a probability in [0, 1], e.g. 0.5")
+        if self.num_samples is not None and self.num_samples < 10:
+            _fail("threshold.num_samples", self.num_samples, "use at least 10 validation samples, or null for the whole split")
+
+
+@dataclass
+class ReportConfig:
+    """What report.md / metrics.json break the results down by."""
+
+    # Metadata columns whose groups get their own AUC and the candidate's change (null =
+    # the dataset's: ChestX-ray14's Patient Gender, Age band, View Position; every column
+    # of data.metadata).  [] = none.
+    subgroups: list[str] | None = None
+    # Groups smaller than this are not reported (their AUC is noise).
+    min_subgroup_size: int = 10
+    # ECE bins (equal width and equal mass).
+    calibration_bins: int = 15
+    # PNGs (ROC, reliability, confusion, subgroup ΔAUC, flipped samples) beside report.md.
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_subgroup_size < 1:
+            _fail("report.min_subgroup_size", self.min_subgroup_size, "use a positive number of samples, e.g. 10")
+        if self.calibration_bins < 2:
+            _fail("report.calibration_bins", self.calibration_bins, "use at least 2 bins (15 is usual)")
+
+
 @dataclass
 class EvalConfig:
     """Root config of ``jobs/evaluate.py``."""
@@ -412,6 +483,8 @@ class EvalConfig:
     tta: str = "none"
     # task=segmentation only.
     sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, BackendConfig):
@@ -445,6 +518,8 @@ class EvalConfig:
             _fail("warmup_batches", self.warmup_batches, "use 0 or more")
         if self.tta not in TTA_MODES:
             _fail("tta", self.tta, f"use one of {', '.join(TTA_MODES)}")
+        if self.task != "classification" and self.threshold.method != "fixed":
+            _fail("threshold.method", self.threshold.method, "a decision threshold is for task=classification; remove it")
         if self.tta != "none" and self.task != "classification":
             _fail("tta", self.tta, f"test-time augmentation is for task=classification; use tta=none with task={self.task}")
         if self.baseline is not None:
@@ -621,9 +696,11 @@ class ConstraintsConfig:
     # Top-1 (multilabel: per-label decision) agreement with the baseline.
     min_agreement: float | None = 0.99
     max_dice_drop: float | None = 0.01
+    # The largest AUC drop allowed in any subgroup of report.subgroups (null = no limit).
+    max_subgroup_auc_drop: float | None = None
 
     def __post_init__(self) -> None:
-        for key in ("max_auc_drop", "max_bacc_drop", "max_dice_drop"):
+        for key in ("max_auc_drop", "max_bacc_drop", "max_dice_drop", "max_subgroup_auc_drop"):
             v = getattr(self, key)
             if v is not None and not 0 <= v <= 1:
                 _fail(f"constraints.{key}", v, "use a fraction in [0, 1] (0.005 = half a point), or null for no limit")
@@ -648,6 +725,9 @@ class SweepJobConfig(EvalConfig):
             _fail("baseline", None, "a sweep compares every trial with the baseline; set baseline=<backend>-<precision>, e.g. torch-fp32")
         if self.resume:
             _fail("resume", True, "to continue an interrupted sweep use sweep.resume=true (with the same output_dir)")
+        if self.threshold.method != "fixed":
+            _fail("threshold.method", self.threshold.method, "a sweep ranks trials at a fixed threshold; choose the "
+                  "threshold with jobs/evaluate.py on the recommended configuration")
         if self.baseline == "auto":
             self.baseline = "onnxruntime-fp32" if self.model.source == "onnx" else "torch-fp32"
         name, precision = parse_run_name(self.baseline)

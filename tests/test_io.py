@@ -98,7 +98,9 @@ def test_write_outputs_identical_for_path_file_uri_and_remote(tmp_path):
     from medray.specs import ModelSpec
 
     table, samples, results = _fake_results(ModelSpec("resnet10t", 2, 3, 32, None))
-    cfg = SimpleNamespace(data=SimpleNamespace(split="test"))
+    from medray.config import ReportConfig, ThresholdConfig
+
+    cfg = SimpleNamespace(data=SimpleNamespace(split="test"), report=ReportConfig(), threshold=ThresholdConfig())
     doc = build_metrics(cfg, table, samples, results)
     config = {"backend": {"name": "onnxruntime"}, "output_dir": "x"}
     outs = [str(tmp_path / "plain"), f"file://{tmp_path}/uri", mock_root()]

@@ -10,7 +10,9 @@ Layout (the NIH download, unpacked into ``data.root``)::
 ``Finding Labels`` holds ``|``-separated findings or ``No Finding``; the task is
 multi-label over the 14 findings in the CheXNet order (``data.classes`` may choose and
 order a subset).  ``sample_id`` is the Image Index (the file name).  Patient IDs are
-kept in memory for the optional patient-overlap check only; they are never written out.
+kept in memory for the patient-overlap check and the patient-clustered bootstrap; they are
+never written out.  Patient Gender, View Position and the Patient Age's band are the
+dataset's subgroups.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ LABELS = (
 NO_FINDING = "No Finding"
 SPLIT_LISTS = {"test": "test_list.txt", "train_val": "train_val_list.txt"}
 COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
+# Manifest columns kept as subgroups when present (NIH names); ages become bands.
+METADATA = ("Patient Gender", "Patient Age", "View Position")
+AGE_BAND = "Age band"
 
 
 def find_manifest(root: Path) -> Path:
@@ -113,7 +118,8 @@ def read_chestxray14(
     missing_cols = [c for c in COLUMNS if c not in df.columns]
     if missing_cols:
         raise ConfigError(f"chestxray14: {manifest} has no column(s) {missing_cols} (has {list(df.columns)[:8]})")
-    df = df[list(COLUMNS)].rename(columns={"Image Index": "sample_id", "Finding Labels": "findings", "Patient ID": "patient_id"})
+    meta = [c for c in METADATA if c in df.columns]
+    df = df[list(COLUMNS) + meta].rename(columns={"Image Index": "sample_id", "Finding Labels": "findings", "Patient ID": "patient_id"})
     df["sample_id"] = df["sample_id"].str.strip()
     dup = df["sample_id"][df["sample_id"].duplicated()]
     if len(dup):
@@ -158,7 +164,13 @@ def read_chestxray14(
         notes.append(f"images listed but not found under images*/, left out: {per_split}")
         log.warning("chestxray14: %s", notes[-1])
         df = df[~absent]
-    df = df[["sample_id", "path", "split", "target", "patient_id"]].reset_index(drop=True)
+    groups = [c for c in meta if c != "Patient Age"]
+    if "Patient Age" in meta:
+        from medray.metrics.clinical import age_band
+
+        df[AGE_BAND] = [age_band(a) for a in df["Patient Age"]]
+        groups.insert(1, AGE_BAND)
+    df = df[["sample_id", "path", "split", "target", "patient_id", *groups]].reset_index(drop=True)
     counts = df.groupby("split").size().to_dict()
     log.info("chestxray14 %s: %s (manifest %s), %d labels", root, counts, manifest.name, len(labels))
-    return SampleTable("chestxray14", "multilabel", labels, str(root), df, notes)
+    return SampleTable("chestxray14", "multilabel", labels, str(root), df, notes, subgroup_columns=groups)

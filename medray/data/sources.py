@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from medray.config import ConfigError, DataConfig
-from medray.data.table import SampleTable, read_manifest_dir
+from medray.data.table import SampleTable, positive_class, read_manifest_dir
 
 log = logging.getLogger("medray.data")
 
@@ -16,7 +16,64 @@ _SYNTHETIC_KIND = {"synthetic": "binary", "synthetic_multilabel": "multilabel"}
 
 
 def load_table(data: DataConfig, root: str) -> SampleTable:
-    """Read (generating it first, for the synthetic sets) the dataset of ``data``."""
+    """Read (generating it first, for the synthetic sets) the dataset of ``data``; a binary
+    one gets its positive class (:func:`medray.data.table.positive_class`)."""
+    table = _read_table(data, root)
+    if data.metadata is not None:
+        join_metadata(table, data.metadata)
+    if table.task == "multiclass" and len(table.classes) == 2:
+        table.positive_class, how = positive_class(list(table.classes), data.positive_class, table.positive_class)
+        table.notes.append(f"positive class: {table.positive_class} ({how})")
+        log.info("positive class: %s (%s)", table.positive_class, how)
+    elif data.positive_class is not None:
+        raise ConfigError(
+            f"data.positive_class={data.positive_class!r}: dataset {table.name} is {table.task} with "
+            f"{len(table.classes)} classes; a positive class applies to two-class datasets only (remove it)"
+        )
+    return table
+
+
+def join_metadata(table: SampleTable, path: str) -> None:
+    """Join ``data.metadata`` (CSV: ``sample_id`` + columns) onto ``table.samples``; its
+    columns (but ``patient_id``) become subgroup columns.  A sample it does not list is in
+    group ``(missing)`` — counted in the report, never dropped."""
+    import io
+
+    from medray import io as medray_io
+
+    try:
+        meta = pd.read_csv(io.BytesIO(medray_io.read_bytes(path)), dtype=str, keep_default_na=False)
+    except Exception as e:
+        raise ConfigError(f"data.metadata={path}: cannot read it as CSV ({e})") from None
+    if "sample_id" not in meta.columns:
+        raise ConfigError(f"data.metadata={path}: no sample_id column (has {list(meta.columns)[:8]}); "
+                          "the first row must name the columns, one of them sample_id")
+    cols = [c for c in meta.columns if c != "sample_id"]
+    if not cols:
+        raise ConfigError(f"data.metadata={path}: only a sample_id column; add the metadata columns (e.g. sex, age, site)")
+    dup = meta["sample_id"][meta["sample_id"].duplicated()]
+    if len(dup):
+        raise ConfigError(f"data.metadata={path}: {len(dup)} sample_id(s) listed twice (e.g. {list(dup[:3])}); give each once")
+    clash = [c for c in cols if c in table.samples.columns and c != "patient_id"]
+    if clash:
+        raise ConfigError(f"data.metadata={path}: column(s) {clash} already exist in the dataset; rename them")
+    df = table.samples
+    if "patient_id" in cols and "patient_id" in df.columns:
+        df = df.drop(columns=["patient_id"])  # the metadata's patient ids win (the user's own)
+    joined = df.merge(meta, on="sample_id", how="left")
+    known = joined[cols[0]].notna()
+    for c in cols:
+        joined[c] = joined[c].fillna("(missing)" if c != "patient_id" else "")
+    missing = int((~known).sum())
+    if missing:
+        log.warning("data.metadata: %d of %d samples are not listed in %s (group '(missing)')", missing, len(joined), path)
+    if "patient_id" in cols:  # an unlisted sample is its own patient
+        joined["patient_id"] = [p or f"sample:{s}" for p, s in zip(joined["patient_id"], joined["sample_id"])]
+    table.samples = joined
+    table.subgroup_columns = [*table.subgroup_columns, *(c for c in cols if c != "patient_id")]
+
+
+def _read_table(data: DataConfig, root: str) -> SampleTable:
     if data.name in _SYNTHETIC_KIND:
         from medray.data.synthetic import ensure_synthetic
         from medray.io import is_remote

@@ -30,6 +30,16 @@ class SampleTable:
     root: str
     samples: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    # Binary datasets: the class whose sensitivity / PPV / F1 are reported (and which a
+    # one-score model scores); see :func:`positive_class`.
+    positive_class: str | None = None
+    # Metadata columns of ``samples`` the report breaks results down by (report.subgroups);
+    # a ``patient_id`` column, when present, makes the bootstrap resample patients.
+    subgroup_columns: list[str] = field(default_factory=list)
+
+    def positive_index(self) -> int:
+        """Index of a binary dataset's positive class (1 when none is set)."""
+        return list(self.classes).index(self.positive_class) if self.positive_class in self.classes else 1
 
     def split(self, name: str) -> pd.DataFrame:
         return self.samples[self.samples["split"] == name].reset_index(drop=True)
@@ -39,6 +49,32 @@ class SampleTable:
         if self.task == "multilabel":
             return np.asarray([list(t) for t in df["target"]], dtype=np.uint8).reshape(len(df), len(self.classes))
         return df["target"].to_numpy(dtype=np.int64)
+
+
+# Class names that mean "no finding": in a two-class dataset the other class is positive.
+NEGATIVE_NAMES = frozenset({"normal", "negative", "benign", "healthy", "no finding", "no_finding", "nofinding",
+                            "absent", "control", "no", "0", "false"})
+
+
+def positive_class(classes: list[str], configured: str | None = None, declared: str | None = None) -> tuple[str, str]:
+    """The positive class of a binary dataset and how it was chosen.
+
+    ``configured`` (data.positive_class) wins, then the dataset's ``declared`` one
+    (dataset.json's ``positive_class``), then the class that is not a "no finding" name
+    (NORMAL/PNEUMONIA → PNEUMONIA, whatever the folder order); failing all, the second class.
+    """
+    from medray.errors import ConfigError
+
+    for key, name in (("data.positive_class", configured), ("the dataset's positive_class", declared)):
+        if name is None:
+            continue
+        if name not in classes:
+            raise ConfigError(f"{key}={name!r} is not one of the classes {list(classes)}; name one of them")
+        return name, key
+    negative = [c for c in classes if str(c).strip().lower() in NEGATIVE_NAMES]
+    if len(negative) == 1:
+        return next(c for c in classes if c != negative[0]), f"the class that is not {negative[0]!r}"
+    return classes[1], "the second class (set data.positive_class to choose)"
 
 
 def read_manifest_dir(root: str | Path) -> SampleTable:
@@ -77,4 +113,5 @@ def read_manifest_dir(root: str | Path) -> SampleTable:
         df["target"] = [index.get(n[0], -1) if len(n) == 1 else -1 for n in names]
     df["problem"] = problems
     df["path"] = [medray_io.join(root, p) for p in df["path"]]
-    return SampleTable(meta["name"], meta["task"], classes, str(root), df.drop(columns=["labels"]))
+    return SampleTable(meta["name"], meta["task"], classes, str(root), df.drop(columns=["labels"]),
+                       positive_class=meta.get("positive_class"))

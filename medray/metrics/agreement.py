@@ -12,11 +12,12 @@ TASKS = ("multiclass", "multilabel")
 _MAX_LISTED = 10
 
 
-def agreement(base_probs, cand_probs, task: str, threshold: float = 0.5) -> dict:
+def agreement(base_probs, cand_probs, task: str, threshold: float = 0.5, positive: int = 1) -> dict:
     """Agreement of candidate with baseline probabilities, rows already aligned.
 
-    ``top1``: multiclass = fraction of samples with the same argmax; multilabel =
-    fraction of per-label decisions (``prob >= threshold``) that agree.
+    ``top1``: multiclass = fraction of samples with the same decision (argmax; binary:
+    the ``positive`` class's probability ``>= threshold``); multilabel = fraction of
+    per-label decisions (``prob >= threshold``) that agree.
     Also ``max_abs_prob_diff`` and ``mean_abs_prob_diff`` (over all entries) and
     ``n`` (number of rows).
     """
@@ -38,7 +39,9 @@ def agreement(base_probs, cand_probs, task: str, threshold: float = 0.5) -> dict
                 f"{int((~np.isfinite(arr)).sum())} NaN/infinite value(s)"
             )
     if task == "multiclass":
-        same = b.argmax(axis=1) == c.argmax(axis=1)
+        from medray.metrics.classification import binary_decisions
+
+        same = binary_decisions(b, threshold, positive) == binary_decisions(c, threshold, positive)
     else:
         same = (b >= threshold) == (c >= threshold)
     diff = np.abs(b - c)

@@ -15,7 +15,6 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
-    confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -34,22 +33,61 @@ def classification_metrics(
     task: str,
     classes: Sequence,
     threshold: float = 0.5,
+    positive: int = 1,
 ) -> dict:
     """Compute accuracy, balanced accuracy, AUC, F1 and a per-class table.
 
     ``task="multiclass"``: ``y_true`` int (N,), ``probs`` (N, K); prediction = argmax.
-    Binary is multiclass with K=2 (positive class index 1) and also reports
-    ``sensitivity``/``specificity`` at the argmax operating point (threshold 0.5).
+    Binary is multiclass with K=2: the decision is ``probs[:, positive] >= threshold``
+    (a 0.5/0.5 row is positive, as in multilabel) and the operating point (sensitivity,
+    specificity, PPV, NPV, F1 of the positive class) is reported for class ``positive``.
     ``task="multilabel"``: ``y_true`` 0/1 (N, L), ``probs`` (N, L) sigmoid outputs,
     decision = ``probs >= threshold``.
+
+    F1 follows AUC and balanced accuracy: the macro mean is over the classes present in
+    ``y_true`` (multilabel: labels with a positive or a predicted positive); the others are
+    listed in ``f1_skipped`` and have no F1 in the per-class table.
 
     Returns a dict of plain floats/lists/dicts; undefined values are ``None``.
     Raises ValueError on malformed inputs.
     """
     y, p, names = _validate(y_true, probs, task, classes, threshold)
     if task == "multiclass":
-        return _multiclass(y, p, names)
+        if p.shape[1] == 2 and positive not in (0, 1):
+            raise ValueError(f"positive must be the index of a class (0 or 1), got {positive}")
+        return _multiclass(y, p, names, float(threshold), int(positive))
     return _multilabel(y, p, names, float(threshold))
+
+
+def binary_decisions(probs: np.ndarray, threshold: float = 0.5, positive: int = 1) -> np.ndarray:
+    """Class index decided for each row: binary ``p[positive] >= threshold``, else argmax."""
+    p = np.asarray(probs)
+    if p.shape[1] != 2:
+        # np.argmax breaks ties towards the lower index.
+        return p.argmax(axis=1)
+    return np.where(p[:, positive] >= threshold, positive, 1 - positive)
+
+
+def operating_point(y_pos, score, threshold: float) -> dict:
+    """Sensitivity, specificity, PPV, NPV and F1 of the decision ``score >= threshold``
+    against the 0/1 truth ``y_pos``, with the confusion counts; undefined values None."""
+    y_pos = np.asarray(y_pos).astype(bool)
+    dec = np.asarray(score, dtype=np.float64) >= threshold
+    tp, fp = int((dec & y_pos).sum()), int((dec & ~y_pos).sum())
+    fn, tn = int((~dec & y_pos).sum()), int((~dec & ~y_pos).sum())
+
+    def ratio(a: int, b: int) -> float | None:
+        return a / b if b else None
+
+    return {
+        "threshold": float(threshold),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }
 
 
 def _validate(y_true, probs, task, classes, threshold):
@@ -106,14 +144,14 @@ def _validate(y_true, probs, task, classes, threshold):
                 f"y_true has {int(out.sum())} label(s) outside [0, {k - 1}] "
                 f"(probs shape {p.shape}), e.g. {np.unique(y[out])[:10].tolist()}"
             )
-        # Binary reports its operating point as 0.5 (argmax); another threshold would
-        # otherwise be ignored silently, so refuse it.
-        if threshold != 0.5:
+        # More than two classes decide by argmax; a threshold would be ignored silently.
+        if k > 2 and threshold != 0.5:
             raise ValueError(
-                f"threshold={threshold} is not supported for multiclass (prediction is "
-                "argmax, i.e. 0.5 on the positive class for binary); it applies to "
-                "multilabel only"
+                f"threshold={threshold} is not supported for {k} classes (prediction is "
+                "argmax); it applies to binary and multilabel tasks"
             )
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     else:
         if y.shape != p.shape:
             raise ValueError(
@@ -152,30 +190,39 @@ def _auc_table(onehot: np.ndarray, p: np.ndarray, names: list[str]):
     return macro, per, skipped
 
 
-def _per_class(y, pred, names, auc_per, labels=None):
-    prec, rec, f1, sup = precision_recall_fscore_support(
-        y, pred, labels=labels, average=None, zero_division=0
-    )
+def _per_class(y, pred, names, auc_per, scored, labels=None):
+    if labels is None:  # multilabel: per column (sklearn reads a single column as binary)
+        tp = (y & pred).sum(axis=0)
+        fp, fn = ((1 - y) & pred).sum(axis=0), (y & (1 - pred)).sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            prec = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+            rec = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+            f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        sup = tp + fn
+    else:
+        prec, rec, f1, sup = precision_recall_fscore_support(
+            y, pred, labels=labels, average=None, zero_division=0
+        )
     return [
         {
             "class": name,
             "support": int(sup[j]),
             "precision": float(prec[j]),
-            "recall": float(rec[j]),
-            "f1": float(f1[j]),
+            # Recall/F1 of a class with no sample (and, multilabel, no prediction) is 0/0.
+            "recall": float(rec[j]) if sup[j] else None,
+            "f1": float(f1[j]) if scored[j] else None,
             "auc": auc_per[name],
         }
         for j, name in enumerate(names)
     ]
 
 
-def _multiclass(y: np.ndarray, p: np.ndarray, names: list[str]) -> dict:
+def _multiclass(y: np.ndarray, p: np.ndarray, names: list[str], threshold: float, positive: int) -> dict:
     k = p.shape[1]
-    labels = list(range(k))
-    # np.argmax breaks ties towards the lower index: a 0.5/0.5 binary row is negative.
-    pred = p.argmax(axis=1)
+    pred = binary_decisions(p, threshold, positive)
     onehot = np.eye(k, dtype=np.int64)[y]
     auc_macro, auc_per, skipped = _auc_table(onehot, p, names)
+    present = np.bincount(y, minlength=k) > 0
     with warnings.catch_warnings():
         # sklearn warns when a predicted class is absent from y_true; that is expected
         # (recall is averaged over classes present in y_true by definition).
@@ -188,15 +235,22 @@ def _multiclass(y: np.ndarray, p: np.ndarray, names: list[str]) -> dict:
         "auc_per_class": auc_per,
         "auc_skipped": skipped,
         "f1_macro": float(
-            f1_score(y, pred, labels=labels, average="macro", zero_division=0)
+            f1_score(y, pred, labels=np.flatnonzero(present).tolist(), average="macro", zero_division=0)
         ),
-        "per_class": _per_class(y, pred, names, auc_per, labels=labels),
+        "f1_skipped": [n for n, ok in zip(names, present) if not ok],
+        "per_class": _per_class(y, pred, names, auc_per, present, labels=list(range(k))),
     }
     if k == 2:
-        tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-        out["sensitivity"] = _f(tp / (tp + fn)) if tp + fn else None
-        out["specificity"] = _f(tn / (tn + fp)) if tn + fp else None
-        out["threshold"] = 0.5
+        op = operating_point(y == positive, p[:, positive], threshold)
+        out.update(
+            positive_class=names[positive],
+            threshold=threshold,
+            sensitivity=op["sensitivity"],
+            specificity=op["specificity"],
+            ppv=op["ppv"],
+            npv=op["npv"],
+            f1_positive=op["f1"],
+        )
     return out
 
 
@@ -212,6 +266,11 @@ def _multilabel(
         for j in range(y.shape[1])
         if y[:, j].min() != y[:, j].max()
     ]
+    # F1 of a label with no positive and no predicted positive is 0/0: skipped (as
+    # sklearn's zero_division=nan), not counted as 0.
+    scored = (y.sum(axis=0) > 0) | (dec.sum(axis=0) > 0)
+    per_class = _per_class(y, dec, names, auc_per, scored)
+    f1 = np.mean([r["f1"] for r in per_class if r["f1"] is not None]) if scored.any() else None
     return {
         # accuracy_score on indicator matrices is subset (exact-match) accuracy.
         "accuracy": float(accuracy_score(y, dec)),
@@ -219,7 +278,8 @@ def _multilabel(
         "auc_macro": auc_macro,
         "auc_per_class": auc_per,
         "auc_skipped": skipped,
-        "f1_macro": float(f1_score(y, dec, average="macro", zero_division=0)),
-        "per_class": _per_class(y, dec, names, auc_per),
+        "f1_macro": _f(f1),
+        "f1_skipped": [n for n, ok in zip(names, scored) if not ok],
+        "per_class": per_class,
         "threshold": threshold,
     }

@@ -118,12 +118,17 @@ def auc_macro(y: np.ndarray, probs: np.ndarray, task: str) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def balanced_accuracy(y: np.ndarray, probs: np.ndarray, task: str, threshold: float = 0.5) -> float:
-    """Mean recall over the classes present (multilabel: mean (sens + spec) / 2 per label)."""
+def balanced_accuracy(y: np.ndarray, probs: np.ndarray, task: str, threshold: float = 0.5, positive: int = 1) -> float:
+    """Mean recall over the classes present (multilabel: mean (sens + spec) / 2 per label).
+
+    Decisions as :func:`medray.metrics.classification.binary_decisions` (binary: the
+    positive class's probability ``>= threshold``)."""
+    from medray.metrics.classification import binary_decisions
+
     probs = np.asarray(probs, dtype=np.float64)
     if task == "multiclass":
         y = np.asarray(y).astype(np.int64)
-        pred = probs.argmax(axis=1)
+        pred = binary_decisions(probs, threshold, positive)
         k = probs.shape[1]
         support = np.bincount(y, minlength=k)
         hits = np.bincount(y[pred == y], minlength=k)
@@ -141,21 +146,43 @@ def balanced_accuracy(y: np.ndarray, probs: np.ndarray, task: str, threshold: fl
     return float(np.mean((sens + spec) / 2))
 
 
-def _metric_fn(metric: str, task: str) -> Callable[[np.ndarray, np.ndarray], float]:
+def _nanmean(v: np.ndarray) -> float:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def _metric_fn(metric: str, task: str, threshold: float = 0.5, positive: int = 1) -> Callable[[np.ndarray, np.ndarray], float]:
     if metric == "auc_macro":
         return lambda y, p: auc_macro(y, p, task)
     if metric == "balanced_accuracy":
-        return lambda y, p: balanced_accuracy(y, p, task)
-    if metric == "mean":  # per-case values already (Dice): the metric is their mean
-        return lambda y, p: float(np.mean(p))
+        return lambda y, p: balanced_accuracy(y, p, task, threshold, positive)
+    if metric == "mean":
+        # Per-case values already (Dice): their mean over the cases where it is defined
+        # (a case with an empty ground truth has no Dice: NaN, as MONAI's ignore_empty).
+        return lambda y, p: _nanmean(p)
     raise ValueError(f"unknown metric {metric!r}; use auc_macro, balanced_accuracy or mean")
 
 
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _resamples(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def _resamples(n: int, n_boot: int, seed: int, clusters=None) -> list[np.ndarray]:
+    """Row indices of ``n_boot`` bootstrap samples: rows drawn with replacement, or
+    (``clusters``, one label per row) whole clusters drawn with replacement, every row of
+    a drawn cluster taken — images of one patient are not independent samples."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        return list(rng.integers(0, n, size=(n_boot, n)))
+    labels = np.asarray(clusters).astype(str)
+    if labels.shape != (n,):
+        raise ValueError(f"clusters must give one label per row ({n}), got shape {labels.shape}")
+    _, inv = np.unique(labels, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(inv))])
+    members = [order[starts[g]:starts[g + 1]] for g in range(len(starts) - 1)]
+    draws = rng.integers(0, len(members), size=(n_boot, len(members)))
+    return [np.concatenate([members[g] for g in d]) for d in draws]
 
 
 def _percentile_ci(values: np.ndarray, confidence: float) -> list[float]:
@@ -163,15 +190,17 @@ def _percentile_ci(values: np.ndarray, confidence: float) -> list[float]:
     return [float(np.quantile(values, a)), float(np.quantile(values, 1 - a))]
 
 
-def bootstrap_ci(y, values, fn: Callable, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Percentile bootstrap CI of ``fn(y, values)`` over samples (rows).
+def bootstrap_ci(y, values, fn: Callable, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                 clusters=None) -> dict:
+    """Percentile bootstrap CI of ``fn(y, values)`` over samples (rows), or over
+    ``clusters`` (one label per row: patients) when given.
 
     Resamples where the metric is undefined (e.g. no positive drawn) are dropped and
     counted in ``n_undefined``.
     """
     y = np.asarray(y)
     v = np.asarray(values)
-    idx = _resamples(len(v), n_boot, seed)
+    idx = _resamples(len(v), n_boot, seed, clusters)
     stats = np.array([fn(y[i], v[i]) for i in idx], dtype=np.float64)
     ok = ~np.isnan(stats)
     if not ok.any():
@@ -184,8 +213,10 @@ def bootstrap_ci(y, values, fn: Callable, n_boot: int = 2000, confidence: float 
     }
 
 
-def paired_bootstrap(y, values_a, values_b, fn: Callable, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Paired bootstrap of ``fn(b) − fn(a)``: both runs resampled with the same indices.
+def paired_bootstrap(y, values_a, values_b, fn: Callable, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
+                     clusters=None) -> dict:
+    """Paired bootstrap of ``fn(b) − fn(a)``: both runs resampled with the same indices
+    (rows, or whole ``clusters``).
 
     ``p_value`` is the two-sided bootstrap p-value of "no difference" (twice the smaller
     tail of the difference distribution around 0, floored at 1/n_boot).
@@ -193,7 +224,7 @@ def paired_bootstrap(y, values_a, values_b, fn: Callable, n_boot: int = 2000, co
     y = np.asarray(y)
     a = np.asarray(values_a)
     b = np.asarray(values_b)
-    idx = _resamples(len(a), n_boot, seed)
+    idx = _resamples(len(a), n_boot, seed, clusters)
     d = np.array([fn(y[i], b[i]) - fn(y[i], a[i]) for i in idx], dtype=np.float64)
     d = d[~np.isnan(d)]
     diff = float(fn(y, b) - fn(y, a))
@@ -238,31 +269,39 @@ def compare_metric(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    positive: int = 1,
+    threshold: float = 0.5,
+    clusters=None,
 ) -> dict:
     """CIs of ``metric`` for the baseline and the candidate, the paired test of their
     difference (DeLong for a binary AUC, paired bootstrap otherwise) and the verdict.
 
     ``base``/``cand`` are the runs' probabilities aligned by sample (rows), or per-case
-    values with ``metric="mean"`` (Dice).
+    values with ``metric="mean"`` (Dice).  ``clusters`` (e.g. patient ids, one per row):
+    the bootstrap resamples clusters, not rows, and DeLong is not used (it assumes
+    independent samples).
     """
     y = np.asarray(y)
     base = np.asarray(base, dtype=np.float64)
     cand = np.asarray(cand, dtype=np.float64)
-    fn = _metric_fn(metric, task)
+    fn = _metric_fn(metric, task, threshold, positive)
     out = {
         "metric": metric,
         "n": int(len(base)),
         "confidence": confidence,
-        "baseline": bootstrap_ci(y, base, fn, n_boot, confidence, seed),
-        "candidate": bootstrap_ci(y, cand, fn, n_boot, confidence, seed),
+        "resampling": "patients (clusters)" if clusters is not None else "samples",
+        "baseline": bootstrap_ci(y, base, fn, n_boot, confidence, seed, clusters),
+        "candidate": bootstrap_ci(y, cand, fn, n_boot, confidence, seed, clusters),
     }
+    if clusters is not None:
+        out["n_clusters"] = int(len(np.unique(np.asarray(clusters).astype(str))))
     binary = task == "multiclass" and base.ndim == 2 and base.shape[1] == 2
-    if metric == "auc_macro" and binary and 0 < int((y == 1).sum()) < len(y):
+    if metric == "auc_macro" and binary and clusters is None and 0 < int((y == positive).sum()) < len(y):
         # Binary softmax: the macro AUC equals the AUC of the positive-class score.
-        test = delong_test(y == 1, base[:, 1], cand[:, 1], confidence)
+        test = delong_test(y == positive, base[:, positive], cand[:, positive], confidence)
         test = {k: test[k] for k in ("difference", "se", "z", "p_value", "ci", "method")}
     else:
-        test = paired_bootstrap(y, base, cand, fn, n_boot, confidence, seed)
+        test = paired_bootstrap(y, base, cand, fn, n_boot, confidence, seed, clusters)
     out["difference"] = test
     out.update(non_inferiority(test["ci"][0], margin))
     return out

@@ -105,7 +105,7 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
                      input_size=prep["size"][0], checkpoint=None, trust_checkpoint=m.trust_checkpoint, task=table.task,
                      source=m.source, path=m.path, path_sha256=file_sha256(m.path) if m.path else None, target=m.target,
                      kwargs=dict(m.kwargs or {}), output=m.output, preprocess=prep,
-                     positive_index=_positive_index(table))
+                     positive_index=table.positive_index())
     if m.source == "timm":
         spec.checkpoint, spec.out_features = _timm_checkpoint(cfg, table, demo, prep)
     elif m.source == "python" and m.checkpoint:
@@ -116,12 +116,6 @@ def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
         spec.out_features = probe_outputs(spec)
     check_outputs(spec, table)
     return spec
-
-
-def _positive_index(table: SampleTable) -> int:
-    """The class a one-score binary model scores: the dataset's positive class (index 1)."""
-    pos = getattr(table, "positive_class", None)
-    return list(table.classes).index(pos) if pos in table.classes else 1
 
 
 def check_outputs(spec: ModelSpec, table: SampleTable) -> None:

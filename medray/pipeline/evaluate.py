@@ -48,18 +48,32 @@ def run(cfg: EvalConfig) -> dict:
         # Resume parts are local files: beside the outputs, or on the driver's disk when
         # the outputs go to a remote URI (resume then works from the same head node).
         state = ResumeState.open(_resume_dir(cfg, out), cfg, prepared.samples, prepared.specs)  # refuses a different config
+        val = prepared.task.validation_samples(cfg, prepared.table, prepared.samples)
         started = start_ray(cfg) or started
         results = execute(cfg, prepared.task, prepared.samples, prepared.specs, state)
+        validation = _validation_run(cfg, prepared, val)
     finally:
         if started:
             ray.shutdown()
     table, samples = prepared.table, prepared.samples
-    doc = build_metrics(cfg, table, samples, results, prepared.task)
+    doc = build_metrics(cfg, table, samples, results, prepared.task, validation)
     doc["wall_s"] = time.perf_counter() - t0
     doc["output_dir"] = str(out)
     write_outputs(out, as_dict(cfg), doc, results, table, samples, prepared.task)
     log.info("outputs in %s", out)
     return doc
+
+
+def _validation_run(cfg: EvalConfig, prepared, samples):
+    """The baseline (or, without one, the candidate) on the validation samples: the
+    threshold is chosen on them, never on the evaluated split."""
+    from dataclasses import replace
+
+    if samples is None:
+        return None
+    spec = replace(prepared.specs[0], role="validation")
+    log.info("%s: scoring %d validation samples (threshold.method=%s)", spec.name, len(samples), cfg.threshold.method)
+    return execute(cfg, prepared.task, samples, [spec])[0]
 
 
 def _resume_dir(cfg: EvalConfig, out: str) -> str:

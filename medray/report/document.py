@@ -89,8 +89,9 @@ def _artifact(a: dict | None, eff: dict | None = None) -> dict | None:
 
 
 def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult],
-                  task: Task | None = None) -> dict:
-    """The ``metrics.json`` document of ``results`` (baseline first, then candidates)."""
+                  task: Task | None = None, validation: RunResult | None = None) -> dict:
+    """The ``metrics.json`` document of ``results`` (baseline first, then candidates);
+    ``validation``: the baseline's run on the validation split (threshold choice)."""
     if task is None:
         from medray.tasks import make_task
 
@@ -131,7 +132,7 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
             {"sample_id": str(i), "reason": str(w)} for i, w in zip(skipped["sample_id"], skipped["reason"])
         ],
     }
-    task.document_extras(cfg, doc, results, table, samples)
+    task.document_extras(cfg, doc, results, table, samples, validation)
     return doc
 
 
@@ -161,6 +162,12 @@ def warnings_of(runs: list[dict]) -> list[str]:
             out.append(f"{r['name']}: asked for {r['precision']} but the backend executes {eff['executed']}")
         if eff.get("warning"):
             out.append(f"{r['name']}: {eff['warning']}")
+        bad = r.get("nonfinite")
+        if bad:
+            out.append(
+                f"{r['name']}: {bad['n']} sample(s) got NaN/infinite outputs and are not in its metrics "
+                f"(e.g. {', '.join(bad['sample_ids'][:5])}); see metrics.json runs[].nonfinite"
+            )
         sp = r.get("speedup") or {}
         if r["precision"] in LOWER_PRECISIONS and sp.get("factor") is not None and sp["factor"] <= 1.0:
             out.append(f"{r['name']}: {r['precision']} is not faster than the baseline (factor {sp['factor']:.2f})")

@@ -30,7 +30,7 @@ def json_default(o):
 
 def write_outputs(out: str, config: dict, doc: dict, results: list[RunResult], table: SampleTable,
                   samples: pd.DataFrame, task: Task | None = None) -> None:
-    """config.yaml, metrics.json, report.md and every run's predictions."""
+    """config.yaml, metrics.json, report.md, the task's plots/ and every run's predictions."""
     import yaml
 
     from medray.report.markdown import render_report
@@ -40,6 +40,8 @@ def write_outputs(out: str, config: dict, doc: dict, results: list[RunResult], t
     out = medray_io.normalize(str(out))
     medray_io.makedirs(out)
     medray_io.write_text(medray_io.join(out, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
+    if (config.get("report") or {}).get("plots", True):
+        doc["plots"] = task.write_plots(out, doc, results, table, samples) or None
     medray_io.write_text(medray_io.join(out, "metrics.json"), json.dumps(doc, indent=2, default=json_default))
     medray_io.write_text(medray_io.join(out, "report.md"), render_report(doc))
     for r in results:

@@ -75,6 +75,11 @@ class Task(ABC):
         """One log line about the evaluated samples."""
         return f"dataset {table.name}: {len(samples)} {self.unit}s evaluated ({table.task})"
 
+    def validation_samples(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame | None:
+        """Samples of another split the baseline also scores (e.g. to choose a threshold
+        there, not on the test set); None = no such run."""
+        return None
+
     # -- read stage (CPU tasks) -----------------------------------------------------
     @abstractmethod
     def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
@@ -114,8 +119,10 @@ class Task(ABC):
         """Task keys of the ``dataset`` section of metrics.json."""
 
     def document_extras(self, cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable,
-                        samples: pd.DataFrame) -> None:
-        """Add task sections to the metrics document (per-case table...); none by default."""
+                        samples: pd.DataFrame, validation: RunResult | None = None) -> None:
+        """Add task sections to the metrics document (per-case table...); none by default.
+        ``validation``: the baseline's run on the validation split, when the task asked for
+        one (:meth:`validation_samples`)."""
         return None
 
     @abstractmethod
@@ -125,6 +132,11 @@ class Task(ABC):
     @abstractmethod
     def runs_columns(self, run: dict) -> dict[str, str]:
         """The task's latency cells of a run's row in report.md's runs table."""
+
+    def write_plots(self, out: str, doc: dict, results: list[RunResult], table: SampleTable,
+                    samples: pd.DataFrame) -> dict[str, str]:
+        """PNGs under ``out``; ``{name: relative file}`` (none by default)."""
+        return {}
 
     @abstractmethod
     def write_predictions(self, out: str, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from medray.report.format import pct
 from medray.tasks.base import Task
+from medray.tasks.scores import finite_rows, nonfinite_entry, stacked_probs, targets
 
 if TYPE_CHECKING:
     from medray.backends.base import Backend
@@ -98,18 +99,6 @@ def read_block_size(n: int, batch_size: int, actors: int) -> int:
     return batch_size * max(1, min(max(1, 64 // batch_size), per_actor))
 
 
-def targets(table: SampleTable, samples: pd.DataFrame, ids) -> np.ndarray:
-    """The targets of the samples ``ids``, in that order."""
-    idx = pd.Index(samples["sample_id"]).get_indexer(ids)
-    if (idx < 0).any():
-        raise RuntimeError("predictions contain sample ids that were not evaluated")
-    return table.targets(samples.iloc[idx])
-
-
-def stacked_probs(df: pd.DataFrame) -> np.ndarray:
-    return np.stack(df["probs"].to_numpy()).astype(np.float64)
-
-
 @dataclass
 class ClassificationTask(Task):
     """Multiclass / multilabel image classification (the kind is the model spec's ``task``)."""
@@ -127,8 +116,19 @@ class ClassificationTask(Task):
 
             cal_split = resolve_calibration_split(table, cfg.calibration.split, cfg.data.split)
             check_patient_overlap(table, cfg.data.split, cal_split)
+        from medray.tasks.clinical import check_threshold, subgroup_columns
+
+        check_threshold(cfg, table)
+        subgroup_columns(cfg, table)
         # Missing files / unknown labels: fail now (data.on_error=fail) or mark them skipped.
         return apply_policy(samples, cfg.data.on_error)
+
+    def validation_samples(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame | None:
+        from medray.pipeline.faults import apply_policy
+        from medray.tasks.clinical import validation_samples
+
+        val = validation_samples(cfg, table, samples)
+        return None if val is None else apply_policy(val, cfg.data.on_error)
 
     def resolve_model(self, cfg: EvalConfig, table: SampleTable) -> ModelSpec:
         from medray.models.resolve import resolve_model
@@ -184,7 +184,19 @@ class ClassificationTask(Task):
 
         df = result.predictions
         y = targets(table, samples, df["sample_id"])
-        return {"tta": result.spec.tta, "metrics": classification_metrics(y, stacked_probs(df), table.task, table.classes)}
+        p = stacked_probs(df)
+        # A NaN/inf output (fp16 overflow) is one sample the model failed on, named in the
+        # report; the metrics are those of the samples with finite outputs.
+        ok = finite_rows(p)
+        out: dict[str, Any] = {"tta": result.spec.tta}
+        if ok.any():
+            out["metrics"] = classification_metrics(y[ok], p[ok], table.task, table.classes, positive=table.positive_index())
+        else:
+            out["metrics"] = {k: None for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro")} | {
+                "auc_per_class": {}, "auc_skipped": list(table.classes), "per_class": []}
+        out["nonfinite"] = nonfinite_entry(df, ok)
+        out["n_scored"] = int(ok.sum())
+        return out
 
     def compare(self, base: RunResult, cand: RunResult, table: SampleTable, samples: pd.DataFrame,
                 base_entry: dict, cand_entry: dict) -> dict[str, Any]:
@@ -193,15 +205,32 @@ class ClassificationTask(Task):
         bdf, cdf = base.predictions, cand.predictions
         bi, ci = pair_by_id(bdf["sample_id"].to_numpy(), cdf["sample_id"].to_numpy())
         bm, cm = base_entry["metrics"], cand_entry["metrics"]
+        bp, cp = stacked_probs(bdf)[bi], stacked_probs(cdf)[ci]
+        ok = finite_rows(bp) & finite_rows(cp)  # agreement of the pairs both runs scored
         return {
-            "agreement": agreement(stacked_probs(bdf)[bi], stacked_probs(cdf)[ci], table.task),
+            "agreement": agreement(bp[ok], cp[ok], table.task, positive=table.positive_index()) if ok.any() else None,
             "metric_deltas": {
                 k: (cm[k] - bm[k]) if cm.get(k) is not None and bm.get(k) is not None else None for k in COMPARED_METRICS
             },
         }
 
+    def document_extras(self, cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable,
+                        samples: pd.DataFrame, validation: RunResult | None = None) -> None:
+        from medray.tasks.clinical import add_clinical
+
+        add_clinical(cfg, doc, results, table, samples, validation)
+
+    def write_plots(self, out: str, doc: dict, results: list[RunResult], table: SampleTable,
+                    samples: pd.DataFrame) -> dict[str, str]:
+        from medray.report.plots import write_plots
+        from medray.tasks.clinical import scored_rows
+
+        rows = [(r.spec.name, *scored_rows(r, table, samples)) for r in results]
+        return write_plots(out, doc, rows, table, samples)
+
     def dataset_section(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
-        return {"task": table.task, "classes": list(table.classes)}
+        return {"task": table.task, "classes": list(table.classes), "positive_class": table.positive_class,
+                "notes": list(table.notes)}
 
     def render(self, doc: dict) -> list[str]:
         ds = doc["dataset"]
@@ -244,14 +273,23 @@ class ClassificationTask(Task):
         for r in doc["runs"]:
             if r["metrics"].get("auc_skipped"):
                 lines.append(f"\n{r['name']}: AUC skipped (one outcome only) for {', '.join(r['metrics']['auc_skipped'])}")
+        for r in doc["runs"]:
+            if r["metrics"].get("f1_skipped"):
+                lines.append(f"\n{r['name']}: F1 macro over the classes present; no F1 for "
+                             f"{len(r['metrics']['f1_skipped'])} absent: {', '.join(r['metrics']['f1_skipped'][:20])}")
         if any("sensitivity" in r["metrics"] for r in doc["runs"]):
-            lines += ["", "## Operating point", ""]
+            lines += ["", "## Operating point", "",
+                      f"Positive class **{ds.get('positive_class')}**; decision: its probability ≥ threshold.", "",
+                      "| Run | Threshold | Sensitivity | Specificity | PPV | NPV | F1 (positive) |", "|---|---|---|---|---|---|---|"]
             for r in doc["runs"]:
                 m = r["metrics"]
                 lines.append(
-                    f"- {r['name']}: sensitivity {pct(m['sensitivity'])}%, specificity {pct(m['specificity'])}% "
-                    f"at threshold {m.get('threshold', 0.5)}"
+                    f"| {r['name']} | {m.get('threshold', 0.5):g} | {pct(m['sensitivity'])} | {pct(m['specificity'])} | "
+                    f"{pct(m.get('ppv'))} | {pct(m.get('npv'))} | {pct(m.get('f1_positive'))} |"
                 )
+        from medray.tasks.clinical import render_clinical
+
+        lines += render_clinical(doc)
         return lines
 
     def runs_columns(self, r: dict) -> dict[str, str]:

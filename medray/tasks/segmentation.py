@@ -368,7 +368,7 @@ class SegmentationTask(Task):
         }
 
     def document_extras(self, cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable,
-                        samples: pd.DataFrame) -> None:
+                        samples: pd.DataFrame, validation: RunResult | None = None) -> None:
         from medray.config import as_dict
         from medray.metrics.segmentation import case_mean, fmt
 

@@ -86,6 +86,10 @@ def statistics(cfg: SweepJobConfig, table, samples: pd.DataFrame, baseline, tria
     pos = pd.Index(samples["sample_id"].astype(str)).get_indexer(ids)
     y = table.targets(samples.iloc[pos])
     b, k = _aligned(base, ids, "probs"), _aligned(cand, ids, "probs")
+    # Several images of one patient are not independent: resample patients when known.
+    if "patient_id" in samples.columns:
+        kw["clusters"] = samples["patient_id"].astype(str).to_numpy()[pos]
+    kw["positive"] = table.positive_index()
     for key, margin in STAT_METRICS["classification"]:
         out[key] = compare_metric(y, b, k, table.task, key, getattr(c, margin), **kw)
     return _nan_to_none(out)
@@ -202,8 +206,11 @@ def render(doc: dict) -> str:
                     f"{_pp(d['difference'])} [{_pp(d['ci'][0])}, {_pp(d['ci'][1])}] pp | "
                     f"{_num(d.get('p_value'), '{:.3g}')} | {d['method']} | {s['verdict']} |"
                 )
+            first = next((st[k] for k, _ in metrics if st.get(k)), {})
+            unit = ("patients (images of one patient resampled together; DeLong not used)"
+                    if first.get("resampling", "").startswith("patients") else "samples")
             lines.append(f"\nIntervals are {conf}; CIs of each run by percentile bootstrap "
-                         f"({doc['bootstrap_samples']} resamples); non-inferior = lower bound of the "
+                         f"({doc['bootstrap_samples']} resamples of {unit}); non-inferior = lower bound of the "
                          "difference above −margin (the constraint).")
     if doc.get("plot"):
         lines += ["", f"![Pareto front]({doc['plot']})"]

@@ -184,6 +184,8 @@ def _summary(entry: dict) -> dict:
         "metrics": metrics,
         "deltas": entry.get("metric_deltas") or {},
         "agreement": entry.get("agreement"),
+        # The group whose AUC dropped most (constraints.max_subgroup_auc_drop).
+        "worst_subgroup": entry.get("worst_subgroup"),
         "speedup": entry.get("speedup"),
         "effective_precision": (entry.get("effective_precision") or {}).get("executed"),
         "n_samples": entry.get("n_samples"),

@@ -66,6 +66,15 @@ def violations(trial: dict, constraints: Any, task: str) -> list[str]:
             out.append(f"{label} drop not measurable ({key}={limit:g})")
         elif drop > limit + _EPS:
             out.append(f"{label} drop {drop:.4f} > {key}={limit:g}")
+    if c.get("max_subgroup_auc_drop") is not None and task != "segmentation":
+        limit = c["max_subgroup_auc_drop"]
+        worst = trial.get("worst_subgroup")
+        if not worst or worst.get("delta_auc") is None:
+            out.append(f"subgroup AUC drop not measurable (max_subgroup_auc_drop={limit:g}; set report.subgroups "
+                       "or data.metadata)")
+        elif -worst["delta_auc"] > limit + _EPS:
+            out.append(f"AUC drop {-worst['delta_auc']:.4f} in subgroup {worst['attribute']}={worst['group']} "
+                       f"(n={worst['n']}) > max_subgroup_auc_drop={limit:g}")
     if c.get("min_agreement") is not None:
         ag = agreement_value(trial)
         if ag is None:

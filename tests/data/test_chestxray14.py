@@ -41,8 +41,10 @@ TEST_POSITIVES = {
 }
 
 
-def make_nih(root: Path, rows=ROWS, size: int = 48, manifest: str = "Data_Entry_2017_v2020.csv") -> Path:
-    """The NIH download unpacked: manifest, split lists, images_00N/images/*.png."""
+def make_nih(root: Path, rows=ROWS, size: int = 48, manifest: str = "Data_Entry_2017_v2020.csv",
+             varied: bool = False) -> Path:
+    """The NIH download unpacked: manifest (the real column names), split lists,
+    images_00N/images/*.png; ``varied``: ages, sexes and views differ between patients."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     df = pd.DataFrame(
@@ -51,9 +53,9 @@ def make_nih(root: Path, rows=ROWS, size: int = 48, manifest: str = "Data_Entry_
             "Finding Labels": [r[1] for r in rows],
             "Follow-up #": [int(r[0][9:12]) for r in rows],
             "Patient ID": [r[2] for r in rows],
-            "Patient Age": 50,
-            "Patient Gender": "M",
-            "View Position": "PA",
+            "Patient Age": [f"{20 + 7 * int(r[2]) % 70:03d}Y" if varied else 50 for r in rows],
+            "Patient Gender": [("M", "F")[int(r[2]) % 2] if varied else "M" for r in rows],
+            "View Position": [("PA", "AP")[i % 3 == 0] if varied else "PA" for i, r in enumerate(rows)],
             "OriginalImage[Width": 1024,
             "Height]": 1024,
             "OriginalImagePixelSpacing[x": 0.143,
@@ -250,3 +252,57 @@ def test_evaluate_on_an_nih_folder_with_tencrop_writes_the_output_contract(ray_l
     pred = pq.read_table(out / "predictions" / "onnxruntime-fp32.parquet").to_pandas()
     assert set(pred["sample_id"]) == {r[0] for r in ROWS if r[3] == "test"}
     assert np.stack(pred["probs"].to_numpy()).shape == (8, 14)
+
+
+def nih_rows(n_patients: int = 24, per: int = 3, seed: int = 0) -> list[tuple[str, str, str, str]]:
+    """Several images per patient, split by patient (half train_val, half test)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for pid in range(1, n_patients + 1):
+        for k in range(per):
+            found = [lab for lab in ("Effusion", "Mass", "Atelectasis") if rng.random() < 0.4]
+            rows.append((f"{pid:08d}_{k:03d}.png", "|".join(found) or "No Finding", str(pid),
+                         "train_val" if pid <= n_patients // 2 else "test"))
+    return rows
+
+
+@pytest.mark.slow
+def test_chestxray14_report_has_subgroups_threshold_transfer_calibration_and_plots(ray_local, tmp_path,
+                                                                                   tiny_multilabel_checkpoint):
+    """The reviewer's sections on the NIH layout: subgroups from the manifest's columns,
+    a threshold chosen on train_val (Youden) applied to both runs, calibration, PNGs."""
+    from hydra import compose, initialize_config_dir
+
+    from medray.config import register_configs, to_config
+    from medray.pipeline.evaluate import run
+
+    rows = nih_rows()
+    root = make_nih(tmp_path / "nih", rows=rows, varied=True)
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[
+            "data=chestxray14", f"data.root={root}", "model.name=tiny14", f"model.arch={TINY_ARCH}",
+            f"model.checkpoint={tiny_multilabel_checkpoint}", f"model.input_size={TINY_SIZE}",
+            "threshold.method=youden", "report.min_subgroup_size=2", "batch_size=4",
+            f"output_dir={tmp_path}/out", f"cache_dir={tmp_path}/cache", "warmup_batches=1",
+        ])
+    doc = run(to_config(cfg))
+    out = tmp_path / "out"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m == json.loads(json.dumps(doc, default=str))
+    thr = m["threshold"]
+    assert thr["method"] == "youden" and thr["chosen_on"]["split"] == "train_val" and thr["chosen_on"]["n"] == 36
+    base, cand = m["runs"]
+    assert set(base["subgroups"]) == {"Patient Gender", "Age band", "View Position"}
+    sexes = {g["group"]: g["n"] for g in cand["subgroups"]["Patient Gender"]}
+    assert sexes == {"F": 18, "M": 18}
+    assert all("delta_auc" in g for gs in cand["subgroups"].values() for g in gs)
+    for r in (base, cand):
+        assert set(r["threshold"]) == set(LABELS) and 0 <= r["calibration"]["ece"] <= 1
+    assert cand["flips"]["n_samples"] == 36 and "delta" in cand["calibration"]
+    report = (out / "report.md").read_text()
+    for section in ("## Threshold transfer", "## Calibration", "## Subgroups", "| Patient Gender | F | 18 |", "## Plots"):
+        assert section in report, section
+    for name, f in m["plots"].items():
+        assert (out / f).is_file() and f"![{name}]({f})" in report
+

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from medray.metrics.classification import classification_metrics
 
@@ -65,7 +65,8 @@ def names(k):
 
 
 def check_multiclass(m, y, p, k):
-    pred = p.argmax(axis=1)
+    # Binary decides "positive (index 1) when its probability >= 0.5", else argmax.
+    pred = (p[:, 1] >= 0.5).astype(int) if k == 2 else p.argmax(axis=1)
     assert m["accuracy"] == pytest.approx(np.mean(pred == y))
     present = np.unique(y)
     recalls = [np.mean(pred[y == c] == c) for c in present]
@@ -77,10 +78,16 @@ def check_multiclass(m, y, p, k):
         assert row["class"] == f"c{c}"
         assert row["support"] == int((y == c).sum())
         assert row["precision"] == pytest.approx(prec)
-        assert row["recall"] == pytest.approx(rec)
-        assert row["f1"] == pytest.approx(f1)
-        f1s.append(f1)
+        if c in present:
+            assert row["recall"] == pytest.approx(rec)
+            assert row["f1"] == pytest.approx(f1)
+            f1s.append(f1)
+        else:  # no sample of the class: recall and F1 are 0/0, not 0
+            assert row["recall"] is None and row["f1"] is None
+    # F1 macro over the classes present, as AUC and BACC (= sklearn with labels=present).
     assert m["f1_macro"] == pytest.approx(np.mean(f1s))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, labels=present, average="macro"))
+    assert m["f1_skipped"] == [f"c{c}" for c in range(k) if c not in present]
     aucs = []
     for c in range(k):
         yc = y == c
@@ -161,9 +168,10 @@ def test_multiclass_class_absent_from_y_true():
     assert m["auc_per_class"]["c3"] is None
     others = [ref_auc(y == c, p[:, c]) for c in (0, 1, 2, 4)]
     assert m["auc_macro"] == pytest.approx(np.mean(others))
-    # f1_macro still averages over all 5 classes (labels=range(K)); class 3's F1 is 0.
-    assert m["per_class"][3]["f1"] == 0.0
+    # F1 macro over the 4 classes present (class 3 has no sample: no F1, listed).
+    assert m["per_class"][3]["f1"] is None
     assert m["per_class"][3]["support"] == 0
+    assert m["f1_skipped"] == ["c3"]
     check_multiclass(m, y, p, 5)
 
 
@@ -227,12 +235,16 @@ def check_multilabel(m, y, p, thr=0.5):
         prec, rec, f1 = ref_prf(y[:, j], dec[:, j])
         row = m["per_class"][j]
         assert row["support"] == int(y[:, j].sum())
-        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx(
-            (prec, rec, f1)
-        )
-        f1s.append(f1)
+        assert row["precision"] == pytest.approx(prec)
+        if tp + fn + fp:
+            assert row["f1"] == pytest.approx(f1)
+            f1s.append(f1)
+        else:  # no positive, none predicted: F1 is 0/0
+            assert row["f1"] is None and f"c{j}" in m["f1_skipped"]
     assert m["balanced_accuracy"] == (pytest.approx(np.mean(bal)) if bal else None)
-    assert m["f1_macro"] == pytest.approx(np.mean(f1s))
+    assert m["f1_macro"] == (pytest.approx(np.mean(f1s)) if f1s else None)
+    if f1s:  # sklearn leaves 0/0 labels out of the mean with zero_division=nan
+        assert m["f1_macro"] == pytest.approx(f1_score(y, dec, average="macro", zero_division=np.nan))
     assert m["auc_macro"] == (pytest.approx(np.mean(aucs)) if aucs else None)
     json.dumps(m, allow_nan=False)
 
@@ -340,7 +352,7 @@ def test_rejects_other_bad_inputs():
         classification_metrics(y, p, "segmentation", names(3))
     with pytest.raises(ValueError, match="not logits"):
         classification_metrics(y, p * 5 - 2, "multiclass", names(3))
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(ValueError, match="threshold=0.3 is not supported for 3 classes"):
         classification_metrics(y, p, "multiclass", names(3), threshold=0.3)
     with pytest.raises(ValueError, match="unique"):
         classification_metrics(y, p, "multiclass", ["a", "a", "b"])
@@ -352,3 +364,59 @@ def test_rejects_other_bad_inputs():
         classification_metrics(
             np.zeros(0, int), np.zeros((0, 3)), "multiclass", names(3)
         )
+
+
+# ---------------------------------------------------------------- audit defects
+def test_f1_macro_over_present_classes_rsna_bone_age_shape():
+    """Seed 000's shape: 256 classes, 65 in the test set. F1 macro averages the 65 present
+    classes (sklearn's default when predictions stay in them), not 256 with 191 zeros."""
+    rng = np.random.default_rng(0)
+    present = np.sort(rng.choice(256, 65, replace=False))
+    y = rng.choice(present, 2000)
+    guess = np.where(rng.random(2000) < 0.6, y, rng.choice(present, 2000))
+    p = np.full((2000, 256), 0.1 / 255)
+    p[np.arange(2000), guess] = 0.9
+    m = classification_metrics(y, p, "multiclass", names(256))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, guess, average="macro"))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, guess, labels=present, average="macro"))
+    assert m["f1_macro"] > 2 * f1_score(y, guess, labels=range(256), average="macro", zero_division=0)
+    assert len(m["f1_skipped"]) == 191
+    assert sum(r["f1"] is not None for r in m["per_class"]) == 65
+
+
+def test_binary_tie_is_positive_like_multilabel():
+    y = np.array([1, 0, 1, 0])
+    p1 = np.array([0.5, 0.5, 0.9, 0.1])
+    m = classification_metrics(y, np.c_[1 - p1, p1], "multiclass", ["neg", "pos"])
+    # Rows 0 and 1 are 0.5/0.5: both decided positive (p >= 0.5), as multilabel decides.
+    assert m["sensitivity"] == 1.0 and m["specificity"] == 0.5
+    ml = classification_metrics(np.c_[y], np.c_[p1], "multilabel", ["pos"])
+    assert ml["per_class"][0]["recall"] == m["sensitivity"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_binary_operating_point_of_the_positive_class_index_0(seed):
+    """abnormal/normal folders: the positive class is index 0; sensitivity, PPV, NPV and F1
+    are its own (sklearn with pos_label=0)."""
+    y, p = make_multiclass(seed, 300, 2)
+    m = classification_metrics(y, p, "multiclass", ["abnormal", "normal"], positive=0)
+    pred = np.where(p[:, 0] >= 0.5, 0, 1)
+    tp, fn, fp, tn = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    assert m["positive_class"] == "abnormal"
+    assert m["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert m["specificity"] == pytest.approx(tn / (tn + fp))
+    assert m["ppv"] == pytest.approx(tp / (tp + fp))
+    assert m["npv"] == pytest.approx(tn / (tn + fn))
+    assert m["f1_positive"] == pytest.approx(f1_score(y, pred, pos_label=0))
+    default = classification_metrics(y, p, "multiclass", ["abnormal", "normal"])
+    assert default["sensitivity"] == pytest.approx(m["specificity"])  # index 1 is "normal"
+
+
+def test_multilabel_f1_skips_labels_never_positive_nor_predicted():
+    y, p = make_multilabel(3, 200, 5)
+    y[:, 2] = 0
+    p[:, 2] = 0.1  # no positive, none predicted: 0/0
+    m = classification_metrics(y, p, "multilabel", names(5))
+    assert m["f1_skipped"] == ["c2"]
+    assert m["f1_macro"] == pytest.approx(f1_score(y, p >= 0.5, average="macro", zero_division=np.nan))
+    assert m["f1_macro"] > f1_score(y, p >= 0.5, average="macro", zero_division=0)

@@ -123,3 +123,24 @@ def test_reproduce_command_composes_to_the_same_config(tmp_path, tiny_checkpoint
     want["output_dir"] = str(tmp_path / "repro")
     assert _evaluate_dict(argv[2:]) == want
     assert (REPO / "jobs" / "evaluate.py").is_file()
+
+
+def test_subgroup_constraint_rejects_a_trial_that_passes_the_overall_one():
+    """Overall AUC drop 0.002 (allowed at 0.005) but 0.04 in women: rejected, and the
+    next feasible trial is recommended; the worst group comes from the run entry as
+    build_metrics writes it (the sweep's trial summary)."""
+    from medray.tune.runner import _summary
+
+    c = ConstraintsConfig(max_auc_drop=0.005, min_agreement=None, max_subgroup_auc_drop=0.02)
+    entry = {"metric_deltas": {"auc_macro": -0.002}, "metrics": {}, "agreement": {"top1": 1.0},
+             "worst_subgroup": {"attribute": "Patient Gender", "group": "F", "n": 120, "delta_auc": -0.04},
+             "latency_ms": {"per_sample_p50": 1.0}}
+    bad = {**trial("int8-b64", 500, -0.002), "worst_subgroup": _summary(entry)["worst_subgroup"]}
+    ok = {**trial("fp16-b64", 300, -0.003), "worst_subgroup": {"attribute": "Patient Gender", "group": "M", "n": 130,
+                                                             "delta_auc": -0.01}}
+    assert violations(bad, ConstraintsConfig(max_auc_drop=0.005, min_agreement=None), "classification") == []
+    assert violations(bad, c, "classification") == [
+        "AUC drop 0.0400 in subgroup Patient Gender=F (n=120) > max_subgroup_auc_drop=0.02"]
+    assert select([bad, ok], c, "throughput", "classification")["recommended"] == "fp16-b64"
+    assert violations(trial("x", 1, 0.0), c, "classification") == [
+        "subgroup AUC drop not measurable (max_subgroup_auc_drop=0.02; set report.subgroups or data.metadata)"]
