@@ -335,6 +335,10 @@ class RayConfig:
     # sizing the actor pool (the pool is sized on the GPUs present when the run starts).
     min_gpus: int = 0
     scale_timeout_s: float = 900.0
+    # On a cluster (ray.address set): before any work, every node that could host the
+    # actors checks it can run the requested backend × precision × device
+    # (medray.doctor.cluster); a node that cannot fails the job, named with the fix.
+    check_nodes: bool = True
 
     def __post_init__(self) -> None:
         if self.min_gpus < 0:

@@ -50,6 +50,10 @@ def run(cfg: EvalConfig) -> dict:
         state = ResumeState.open(_resume_dir(cfg, out), cfg, prepared.samples, prepared.specs)  # refuses a different config
         val = prepared.task.validation_samples(cfg, prepared.table, prepared.samples)
         started = start_ray(cfg) or started
+        if cfg.ray.address is not None and cfg.ray.check_nodes:
+            from medray.doctor.cluster import check_nodes
+
+            check_nodes([(s.backend.name, s.precision, s.device) for s in prepared.specs])
         results = execute(cfg, prepared.task, prepared.samples, prepared.specs, state)
         validation = _validation_run(cfg, prepared, val)
     finally:
