@@ -13,7 +13,14 @@ log = logging.getLogger("medray")
 
 
 def setup_logging(level: str = "INFO") -> None:
+    """medray's level; the console keeps medray's steps, the rest goes to the job's log file
+    (:mod:`medray.console`)."""
+    from medray import console
+
     logging.getLogger("medray").setLevel(level)
+    path = console.configure(level)
+    if path:
+        log.debug("full log (Ray, Ray Data, workers, warnings): %s", path)
 
 
 def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:

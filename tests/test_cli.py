@@ -74,3 +74,33 @@ def test_bad_input_exits_with_the_file_and_the_hint(tmp_path, tiny_checkpoint):
     assert p.returncode == 3, p.stderr[-2000:]
     assert "medray: bad input:" in p.stderr and Path(gone).name in p.stderr and "data.on_error=skip" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_default_run_console_is_quiet_and_the_log_has_everything(tmp_path, tiny_checkpoint):
+    """Data and model ready: ≤ 25 console lines plus the progress lines (baseline and
+    candidate, one per run when not a TTY); Ray Data's and the workers' output in evaluate.log."""
+    from helpers import TINY_ARCH, TINY_SIZE
+
+    from medray.data.synthetic import ensure_synthetic
+
+    sizes = {"n_train": 4, "n_calibration": 8, "n_test": 64, "image_size": 48}
+    root = ensure_synthetic("binary", tmp_path / "data", **sizes)
+    p = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "evaluate.py"), f"data.root={root}",
+         *[f"data.{k}={v}" for k, v in sizes.items()], "model.name=tiny", f"model.arch={TINY_ARCH}",
+         f"model.checkpoint={tiny_checkpoint}", f"model.input_size={TINY_SIZE}", f"output_dir={tmp_path}/o",
+         f"cache_dir={tmp_path}/cache"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = (p.stdout + p.stderr).splitlines()
+    progress = [x for x in lines if "[medray.progress]" in x]
+    steps = [x for x in lines if "[medray.progress]" not in x]
+    assert len(steps) <= 25, "\n".join(steps)
+    assert len(progress) == 2 and "torch-fp32: 64/64 images (100%)" in progress[0]
+    assert not any("Starting execution of Dataset" in x or "Tasks:" in x or "pid=" in x for x in lines)
+    log = (tmp_path / "o" / "evaluate.log").read_text()
+    assert "Starting execution of Dataset" in log and "MapBatches(Predictor)" in log
+    assert "torch-fp32: loaded in" in log  # an actor's own log line, routed from the worker
+    assert "[medray.execute]" in log and "64/64 images" in log

@@ -31,6 +31,9 @@ def start_ray(cfg: EvalConfig) -> bool:
     else:
         kwargs["address"] = cfg.ray.address
     ray.init(**kwargs)
+    from medray import console
+
+    console.route_worker_logs()  # the workers' output to evaluate.log, not the console
     return True
 
 

@@ -191,10 +191,14 @@ def execute(
             # driver, where the error keeps its path and reason (see raise_first_bad).
             ds = predict(read_dataset(task, todo, spec, plan.actors, cfg.data.read_block_size,
                                       None if cache is None else str(cache.dir)), spec, plan, task, cfg.ray.max_retries)
-            on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None, progress)
+            bar = _progress_bar(spec.name, len(todo), task.unit)
+            on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None,
+                                   progress, bar)
             failure = None
             try:
                 new, clock = collect(ds, on_batch=on_batch)
+                if bar is not None:
+                    bar.close()
             except BadSampleError as e:
                 failure = e
             except Exception as e:  # Ray's wrappers → the cause (OOM, dying worker, backend error)
@@ -229,8 +233,9 @@ def execute(
     return results
 
 
-def _batch_hook(on_error: str, todo: pd.DataFrame, writer, progress=None):
-    """What the driver does with each received batch: the fail policy, then the resume part."""
+def _batch_hook(on_error: str, todo: pd.DataFrame, writer, progress=None, bar=None):
+    """What the driver does with each received batch: the fail policy, the resume part,
+    the caller's ``progress`` and the console's bar."""
     paths = dict(zip(todo["sample_id"].astype(str), todo["path"].astype(str)))
 
     def hook(batch):
@@ -240,8 +245,23 @@ def _batch_hook(on_error: str, todo: pd.DataFrame, writer, progress=None):
             writer(batch)
         if progress is not None:
             progress(batch)
+        if bar is not None:
+            bar.update(len(batch["sample_id"]))
 
     return hook
+
+
+def _progress_bar(name: str, total: int, unit: str):
+    """medray's bar (TTY) or periodic lines instead of Ray Data's, when the console is
+    routed (:mod:`medray.console`); None otherwise (a sweep trial, a library caller)."""
+    from medray import console
+
+    if not console.progress_enabled():
+        return None
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return console.Progress(name, total, unit)
 
 
 def check_complete(name: str, expected: pd.Series, df: pd.DataFrame) -> None:
