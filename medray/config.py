@@ -396,6 +396,37 @@ class SlidingWindowConfig:
 
 
 THRESHOLD_METHODS = ("fixed", "youden", "sensitivity", "specificity")
+TRACKERS = ("none", "mlflow")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking (the ``tracking=`` group): every evaluation an MLflow run, a sweep
+    a parent run with one child per trial (medray.tracking)."""
+
+    backend: str = "none"
+    # null = sqlite:///<cwd>/mlruns/mlflow.db (MLflow 3 refuses its legacy file store);
+    # any MLflow tracking URI (http://server:5000, sqlite:///..., databricks).
+    uri: str | None = None
+    experiment: str = "medray"
+    # Log report.md/html, metrics.json, config.yaml and the plots as run artifacts.
+    artifacts: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in TRACKERS:
+            _fail("tracking.backend", self.backend, f"use one of {', '.join(TRACKERS)} (tracking=mlflow)")
+        if self.backend == "mlflow":
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                _fail("tracking", "mlflow", "mlflow is not installed: pip install -e '.[tracking]' (or pip install mlflow)")
+        if not self.experiment:
+            _fail("tracking.experiment", self.experiment, "name the MLflow experiment, e.g. tracking.experiment=medray")
+
+    def resolved_uri(self) -> str:
+        if self.uri:
+            return self.uri
+        return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
 
 
 @dataclass
@@ -444,12 +475,16 @@ class ReportConfig:
     calibration_bins: int = 15
     # PNGs (ROC, reliability, confusion, subgroup ΔAUC, flipped samples) beside report.md.
     plots: bool = True
+    # task=segmentation: HD95 and surface Dice at this tolerance (mm) beside Dice; null = off.
+    surface_tolerance_mm: float | None = 2.0
 
     def __post_init__(self) -> None:
         if self.min_subgroup_size < 1:
             _fail("report.min_subgroup_size", self.min_subgroup_size, "use a positive number of samples, e.g. 10")
         if self.calibration_bins < 2:
             _fail("report.calibration_bins", self.calibration_bins, "use at least 2 bins (15 is usual)")
+        if self.surface_tolerance_mm is not None and not self.surface_tolerance_mm > 0:
+            _fail("report.surface_tolerance_mm", self.surface_tolerance_mm, "use a positive tolerance in mm (e.g. 2), or null")
 
 
 @dataclass
@@ -489,6 +524,7 @@ class EvalConfig:
     sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, BackendConfig):
@@ -768,6 +804,7 @@ def register_configs() -> None:
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/preprocess", name="preprocess", node=PreprocessConfig)
     cs.store(group="schema/ray", name="ray", node=RayConfig)
+    cs.store(group="schema/tracking", name="tracking", node=TrackingConfig)
 
 
 def to_config(cfg: Any, schema: type = EvalConfig):

@@ -35,6 +35,59 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignor
     return metric(p, t)[0].double().numpy()
 
 
+def surface_distances(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing, tolerance_mm: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """HD95 (mm) and normalised surface Dice at ``tolerance_mm`` of each foreground class of
+    one case, by MONAI's ``compute_hausdorff_distance(percentile=95)`` and
+    ``compute_surface_dice`` on one-hot maps in the voxel ``spacing`` (mm per axis).
+
+    A class absent from the reference is NaN (as Dice with ignore_empty); present in the
+    reference but not predicted: HD95 is infinite (left out of the mean and counted in
+    ``hd95_missed`` by :func:`surface_summary`), surface Dice 0.
+    """
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"mask shapes differ: prediction {pred.shape}, reference {target.shape}")
+    k = num_classes
+    p = torch.from_numpy(np.stack([pred == c for c in range(k)])[None].astype(np.float32))
+    t = torch.from_numpy(np.stack([target == c for c in range(k)])[None].astype(np.float32))
+    sp = [float(v) for v in spacing]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():  # MONAI warns on empty classes: they are NaN by definition here
+            warnings.simplefilter("ignore")
+            hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=sp)[0].double().numpy()
+            nsd = compute_surface_dice(p, t, class_thresholds=[tolerance_mm] * (k - 1), include_background=False,
+                                       spacing=sp)[0].double().numpy()
+    present = np.array([(target == c).any() for c in range(1, k)])
+    predicted = np.array([(pred == c).any() for c in range(1, k)])
+    hd = np.where(present, np.where(predicted, hd, np.inf), np.nan)
+    nsd = np.where(present, nsd, np.nan)
+    return hd, nsd
+
+
+def surface_summary(hd: np.ndarray, nsd: np.ndarray, classes: list[str]) -> dict:
+    """Per class: mean HD95 over the cases where it is finite (and how many were missed:
+    a class in the labels the model did not predict), mean surface Dice."""
+    hd = np.asarray(hd, dtype=np.float64).reshape(-1, len(classes))
+    nsd = np.asarray(nsd, dtype=np.float64).reshape(-1, len(classes))
+    out: dict = {"hd95_per_class": {}, "hd95_missed": {}, "surface_dice_per_class": {}}
+    for j, c in enumerate(classes):
+        h, s = hd[:, j], nsd[:, j]
+        fin = np.isfinite(h)
+        out["hd95_per_class"][c] = float(h[fin].mean()) if fin.any() else None
+        out["hd95_missed"][c] = int(np.isinf(h).sum())
+        ok = ~np.isnan(s)
+        out["surface_dice_per_class"][c] = float(s[ok].mean()) if ok.any() else None
+    vals = [v for v in out["surface_dice_per_class"].values() if v is not None]
+    out["surface_dice_mean"] = float(np.mean(vals)) if vals else None
+    return out
+
+
 def dice_summary(per_case: np.ndarray, classes: list[str]) -> dict:
     """Mean Dice as MONAI's ``reduction="mean"``: each case's mean over its classes, then
     the mean over cases (NaNs skipped at both steps); per class as ``"mean_batch"``.

@@ -63,8 +63,14 @@ def run(cfg: EvalConfig) -> dict:
     doc = build_metrics(cfg, table, samples, results, prepared.task, validation)
     doc["wall_s"] = time.perf_counter() - t0
     doc["output_dir"] = str(out)
-    write_outputs(out, as_dict(cfg), doc, results, table, samples, prepared.task)
+    config = as_dict(cfg)
+    write_outputs(out, config, doc, results, table, samples, prepared.task)
     log.info("outputs in %s", out)
+    if cfg.tracking.backend == "mlflow":
+        from medray.tracking import log_evaluation
+
+        doc["tracking"] = {"mlflow_run_id": log_evaluation(cfg.tracking, config, doc, out),
+                           "uri": cfg.tracking.resolved_uri(), "experiment": cfg.tracking.experiment}
     return doc
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("medray.resume")
 STATE_FILE = "resume.json"
 # Keys that say where/how verbosely to run or how the predictions are summarised, not
 # what is predicted.
-NOT_HASHED = ("resume", "output_dir", "log_level", "ray", "report", "threshold")
+NOT_HASHED = ("resume", "output_dir", "log_level", "ray", "report", "threshold", "tracking")
 # Test hook: the driver exits (as if killed) right after writing this many parts.
 EXIT_AFTER_PARTS_ENV = "MEDRAY_TEST_EXIT_AFTER_PARTS"
 _parts_written = 0  # per driver process, for the test hook

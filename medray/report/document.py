@@ -8,6 +8,7 @@ metrics, its comparison with the baseline and its dataset keys.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,8 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
             "n_samples": int(len(samples)),
             "split": cfg.data.split,
             "root": table.root,
+            # Which samples exactly (two runs on the same hash saw the same samples).
+            "samples_sha256": hashlib.sha256("\n".join(sorted(map(str, samples["sample_id"]))).encode()).hexdigest(),
             **task.dataset_section(cfg, table, samples),
         },
         "model": model_section(results[0].spec.model) if results else None,

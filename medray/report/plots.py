@@ -63,7 +63,10 @@ def roc_png(columns: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]]) 
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("1 − specificity", fontsize=8)
         ax.set_ylabel("sensitivity", fontsize=8)
-        ax.legend(fontsize=6, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="lower right")
+        else:  # one outcome only in the test set: no ROC
+            ax.text(0.5, 0.5, "one outcome only", ha="center", va="center", fontsize=8, transform=ax.transAxes)
     for k in range(n, axes.size):
         axes[k // w][k % w].axis("off")
     return _png(plt, fig)
@@ -210,3 +213,33 @@ def _flip_items(entry: dict, doc: dict, rows: list, samples: pd.DataFrame) -> li
             parts.append(f"{label[:12]} {base[3][bi[sid], j]:.2f}→{cand[3][ci[sid], j]:.2f}")
         items.append({"sample_id": sid, "path": paths.get(sid, ""), "text": "\n".join(parts)})
     return items
+
+
+def worst_cases_png(cases: list[dict]) -> bytes:
+    """Segmentation: for each case, the axial slice where the runs disagree most — the
+    image with the labels' (white), the baseline's (blue) and the candidate's (orange)
+    mask outlines.  ``cases``: ``{"sample_id", "image" (X, Y, Z), "label" or None,
+    "masks": {run: (X, Y, Z)}, "text"}``."""
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    n = len(cases)
+    plt, fig, axes = _figure(1, n, (3.6, 3.9))
+    for ax, case in zip(axes[0], cases):
+        masks = list(case["masks"].items())
+        vol = np.asarray(case["image"], dtype=np.float32)
+        if len(masks) > 1:
+            diff = (masks[0][1] != masks[1][1]).sum(axis=(0, 1))
+        else:
+            diff = (masks[0][1] != (case["label"] if case["label"] is not None else 0)).sum(axis=(0, 1))
+        z = int(np.argmax(diff)) if diff.any() else vol.shape[2] // 2
+        ax.imshow(vol[:, :, z].T, cmap="gray", origin="lower")
+        outlines = ([("labels", case["label"], "white")] if case["label"] is not None else []) + [
+            (name, m, colours[i % len(colours)]) for i, (name, m) in enumerate(masks)]
+        for name, m, col in outlines:
+            sl = (np.asarray(m)[:, :, z] > 0).T.astype(float)
+            if sl.any() and not sl.all():
+                ax.contour(sl, levels=[0.5], colors=[col], linewidths=1.0)
+            ax.plot([], [], color=col, label=name)
+        ax.set_title(f"{case['sample_id'][:28]} (z={z})\n{case['text']}", fontsize=7)
+        ax.legend(fontsize=6, loc="lower right")
+        ax.axis("off")
+    return _png(plt, fig)

@@ -30,9 +30,11 @@ def json_default(o):
 
 def write_outputs(out: str, config: dict, doc: dict, results: list[RunResult], table: SampleTable,
                   samples: pd.DataFrame, task: Task | None = None) -> None:
-    """config.yaml, metrics.json, report.md, the task's plots/ and every run's predictions."""
+    """config.yaml, metrics.json, report.md, report.html, the task's plots/ and every run's
+    predictions."""
     import yaml
 
+    from medray.report.html import render_html
     from medray.report.markdown import render_report
     from medray.tasks import task_of
 
@@ -43,6 +45,20 @@ def write_outputs(out: str, config: dict, doc: dict, results: list[RunResult], t
     if (config.get("report") or {}).get("plots", True):
         doc["plots"] = task.write_plots(out, doc, results, table, samples) or None
     medray_io.write_text(medray_io.join(out, "metrics.json"), json.dumps(doc, indent=2, default=json_default))
-    medray_io.write_text(medray_io.join(out, "report.md"), render_report(doc))
+    md = render_report(doc)
+    medray_io.write_text(medray_io.join(out, "report.md"), md)
+    medray_io.write_text(medray_io.join(out, "report.html"), render_html(md, _reader(out), f"medray — {doc['dataset']['name']}"))
     for r in results:
         task.write_predictions(out, r, table, samples)
+
+
+def _reader(out: str):
+    """Bytes of a file under ``out`` by relative path (None when absent): report.html's images."""
+
+    def read(rel: str) -> bytes | None:
+        try:
+            return medray_io.read_bytes(medray_io.join(out, *rel.split("/")))
+        except Exception:
+            return None
+
+    return read

@@ -166,6 +166,8 @@ class SegmentationTask(Task):
     sliding: dict = field(default_factory=dict)
     num_classes: int = 2
     modality: list[str] = field(default_factory=list)
+    # HD95 and surface Dice (at this tolerance, mm) beside Dice; null = Dice only.
+    surface_tolerance_mm: float | None = 2.0
 
     name: ClassVar[str] = "segmentation"
     unit: ClassVar[str] = "case"
@@ -179,7 +181,8 @@ class SegmentationTask(Task):
 
         modality = modalities(read_dataset_json(table.root))
         prep = resolve_preprocessing(cfg.data.volume, modality)
-        return cls(prep.to_dict(), as_dict(cfg.sliding_window), len(table.classes), list(modality))
+        return cls(prep.to_dict(), as_dict(cfg.sliding_window), len(table.classes), list(modality),
+                   cfg.report.surface_tolerance_mm)
 
     # -- driver, before Ray ---------------------------------------------------------
     def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
@@ -269,16 +272,22 @@ class SegmentationTask(Task):
         return mask, {"latency_ms": float(sum(calls)), "sw_ms": sw_ms, "n_calls": len(calls), "n_windows": windows[0]}
 
     def predict(self, backend: Backend, spec: RunSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from medray.metrics.segmentation import dice_per_class
+        from medray.metrics.segmentation import dice_per_class, surface_distances
 
         rows = []
+        blank = np.full(self.num_classes - 1, np.nan)
         for i in range(len(batch["sample_id"])):
             mask, timing = self.segment(backend, spec, np.asarray(batch["image"][i], dtype=np.float32))
             blob = pack_mask(mask)
             has = bool(batch["has_label"][i])
+            hd, nsd = blank, blank
+            if has and self.surface_tolerance_mm is not None:  # in the model's voxel space, its spacing
+                hd, nsd = surface_distances(mask, np.asarray(batch["label"][i]), self.num_classes,
+                                            np.asarray(batch["spacing"][i]), self.surface_tolerance_mm)
             rows.append({
-                "dice": dice_per_class(mask, np.asarray(batch["label"][i]), self.num_classes) if has
-                else np.full(self.num_classes - 1, np.nan),
+                "dice": dice_per_class(mask, np.asarray(batch["label"][i]), self.num_classes) if has else blank,
+                "hd95": hd,
+                "surface_dice": nsd,
                 **timing,
                 "model_shape": np.asarray(mask.shape, dtype=np.float64),
                 "mask": blob,
@@ -292,7 +301,8 @@ class SegmentationTask(Task):
         return self._passthrough(batch, out)
 
     def placeholder(self, n: int, spec: RunSpec) -> dict[str, np.ndarray]:
-        row = {"dice": np.full(self.num_classes - 1, np.nan), "latency_ms": 0.0, "sw_ms": 0.0, "n_calls": 0, "n_windows": 0,
+        blank = np.full(self.num_classes - 1, np.nan)
+        row = {"dice": blank, "hd95": blank, "surface_dice": blank, "latency_ms": 0.0, "sw_ms": 0.0, "n_calls": 0, "n_windows": 0,
                "model_shape": np.zeros(3), "mask": b"", "mask_sha256": "", "mask_file": ""}
         out = _columns([row] * n)
         out["batch_ms"] = np.zeros(n, dtype=np.float64)
@@ -319,6 +329,12 @@ class SegmentationTask(Task):
         labelled = df[df["has_label"].astype(bool)] if len(df) else df
         if len(labelled):
             metrics: dict[str, Any] = dice_summary(np.stack(labelled["dice"].to_numpy()), fg)
+            if self.surface_tolerance_mm is not None and "hd95" in labelled.columns:
+                from medray.metrics.segmentation import surface_summary
+
+                metrics.update(surface_summary(np.stack(labelled["hd95"].to_numpy()),
+                                               np.stack(labelled["surface_dice"].to_numpy()), fg))
+                metrics["surface_tolerance_mm"] = self.surface_tolerance_mm
         else:
             metrics = {"dice_mean": None, "dice_per_class": {c: None for c in fg}}
         metrics["n_labelled"] = int(len(labelled))
@@ -426,6 +442,21 @@ class SegmentationTask(Task):
             cells = [fdice(r["metrics"].get("dice_per_class", {}).get(c)) for r in runs]
             cells += [fdice((r.get("agreement") or {}).get("dice_per_class", {}).get(c)) for r in cand]
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        if any("hd95_per_class" in r["metrics"] for r in runs):
+            tol = next(r["metrics"]["surface_tolerance_mm"] for r in runs if "hd95_per_class" in r["metrics"])
+            lines += ["", f"## Surface distances (MONAI; HD95 in mm, surface Dice at {tol:g} mm)", "",
+                      "| Class | " + " | ".join(f"{r['name']} HD95 | {r['name']} surface Dice" for r in runs) + " |",
+                      "|---" * (1 + 2 * len(runs)) + "|"]
+            for c in ds["classes"]:
+                cells = []
+                for r in runs:
+                    m = r["metrics"]
+                    hd, missed = (m.get("hd95_per_class") or {}).get(c), (m.get("hd95_missed") or {}).get(c, 0)
+                    cells.append(("–" if hd is None else f"{hd:.2f}") + (f" ({missed} missed)" if missed else ""))
+                    cells.append(fdice((m.get("surface_dice_per_class") or {}).get(c)))
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+            lines.append("\nA class in a case's labels that the model did not predict has no HD95 (counted as missed) "
+                         "and surface Dice 0; a class absent from the labels does not count.")
         for r in cand:
             a = r.get("agreement")
             if a:
@@ -435,6 +466,8 @@ class SegmentationTask(Task):
                 )
         lines += self._per_case(doc, base, cand)
         lines.append("\nMasks (uint8 label maps in the model's voxel space, .npz): `predictions/<run>_masks/`.")
+        if doc.get("plots"):
+            lines += ["", "## Worst cases", ""] + [f"![{k}]({v})" for k, v in doc["plots"].items()]
         return lines
 
     @staticmethod
@@ -464,6 +497,38 @@ class SegmentationTask(Task):
                          f"{sec(case.get('latency_ms:' + n0))} | {fdice(case.get('dice:' + n0))} |")
         return lines
 
+    def write_plots(self, out: str, doc: dict, results: list[RunResult], table: SampleTable,
+                    samples: pd.DataFrame, n_worst: int = 3) -> dict[str, str]:
+        """plots/worst_cases.png: the cases with the lowest Dice vs the baseline (or vs the
+        labels without a candidate), their slice of most disagreement, every run's mask."""
+        from medray import io as medray_io
+        from medray.data.msd import load_case
+        from medray.metrics.segmentation import case_mean
+        from medray.report.plots import worst_cases_png
+
+        if not results or not len(results[-1].predictions):
+            return {}
+        last = results[-1].predictions.set_index("sample_id")
+        if "dice_vs_baseline" in last.columns:
+            score = {s: case_mean(v) for s, v in last["dice_vs_baseline"].items() if isinstance(v, np.ndarray)}
+            what = "Dice vs baseline"
+        else:
+            score = {s: case_mean(v) for s, v, h in zip(last.index, last["dice"], last["has_label"]) if h}
+            what = "Dice vs labels"
+        score = {s: v for s, v in score.items() if v == v}
+        worst = sorted(score, key=score.get)[:n_worst]
+        if not worst:
+            return {}
+        rows = samples.set_index("sample_id")
+        cases = []
+        for sid in worst:
+            case = load_case(str(rows.loc[sid, "path"]), str(rows.loc[sid, "label_path"]) or None, self.prep, self.num_classes)
+            masks = {r.spec.name: unpack_mask(r.predictions.set_index("sample_id").loc[sid, "mask"]) for r in results}
+            cases.append({"sample_id": sid, "image": case["image"][0], "label": case["label"], "masks": masks,
+                          "text": f"{what} {score[sid]:.4f}"})
+        medray_io.write_bytes(medray_io.join(out, "plots", "worst_cases.png"), worst_cases_png(cases))
+        return {"worst_cases": "plots/worst_cases.png"}
+
     def runs_columns(self, r: dict) -> dict[str, str]:
         lat = r["latency_ms"]
         pw = lat.get("per_window_mean")
@@ -487,6 +552,11 @@ class SegmentationTask(Task):
         cols: dict[str, Any] = {"sample_id": pa.array(df["sample_id"].astype(str) if n else [], pa.string())}
         for j, c in enumerate(classes):
             cols[f"dice_{c}"] = pa.array(dice[:, j].astype(np.float64), pa.float64())
+        for key in ("hd95", "surface_dice"):
+            if key in df.columns and n:
+                v = np.stack(df[key].to_numpy()).astype(np.float64)
+                for j, c in enumerate(classes):
+                    cols[f"{key}_{c}"] = pa.array(v[:, j], pa.float64())
         with np.errstate(all="ignore"):
             cols["dice_mean"] = pa.array([float(np.nanmean(d)) if np.isfinite(d).any() else np.nan for d in dice], pa.float64())
         if "dice_vs_baseline" in df.columns:

@@ -397,7 +397,14 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
     if not cfg.sweep.resume:
         (out / "sweep_config.json").write_text(json.dumps(_comparable(cfg), indent=1, default=str))
     started = start_ray(base_cfg)
+    parent = None
     try:
+        callbacks = []
+        if cfg.tracking.backend == "mlflow":  # a parent run; Tune's callback makes one child per trial
+            from medray.tracking import start_sweep
+
+            parent, cb = start_sweep(cfg.tracking, as_dict(cfg))
+            callbacks.append(cb)
         baseline = load_baseline(out / "baseline", base_spec, samples) if cfg.sweep.resume else None
         if baseline is None:
             baseline = run_baseline(cfg, task, samples, base_spec, out)
@@ -442,6 +449,7 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
                     storage_path=str(out),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                     verbose=1,
+                    callbacks=callbacks,
                 ),
             )
         grid = tuner.fit()
@@ -451,8 +459,14 @@ def run(cfg: SweepJobConfig, choices: dict[str, str] | None = None) -> dict:
     finally:
         if started:
             ray.shutdown()
-    return finish(cfg, out, task, table, samples, baseline, records, prep_errors, interrupted,
-                  time.perf_counter() - t0, choices)
+    doc = finish(cfg, out, task, table, samples, baseline, records, prep_errors, interrupted,
+                 time.perf_counter() - t0, choices)
+    if parent is not None:
+        from medray.tracking import finish_sweep
+
+        finish_sweep(cfg.tracking, parent, doc, str(out))
+        doc["tracking"] = {"mlflow_run_id": parent, "uri": cfg.tracking.resolved_uri()}
+    return doc
 
 
 def _trial_name(trial) -> str:

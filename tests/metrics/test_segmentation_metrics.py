@@ -104,3 +104,34 @@ def test_all_nan_and_shape_errors():
     b = a.copy()
     b[0, 0, 0] = 1
     assert voxel_agreement(a, b) == pytest.approx(7 / 8)
+
+
+def _cubes(shift: int, size: int = 20):
+    a = np.zeros((size, size, size), np.uint8)
+    b = a.copy()
+    a[5:12, 5:12, 5:12] = 1
+    b[5 + shift:12 + shift, 5:12, 5:12] = 1
+    return a, b
+
+
+def test_hd95_and_surface_dice_of_shifted_cubes_by_hand():
+    from medray.metrics.segmentation import surface_distances, surface_summary
+
+    target, pred = _cubes(2)
+    hd, nsd = surface_distances(pred, target, 2, (1.0, 1.0, 1.0), tolerance_mm=1.0)
+    assert hd[0] == pytest.approx(2.0)  # the faces normal to the shift are 2 voxels apart
+    # Spacing scales the distances: 2 mm along the shifted axis doubles HD95.
+    hd2, _ = surface_distances(pred, target, 2, (2.0, 1.0, 1.0), tolerance_mm=1.0)
+    assert hd2[0] == pytest.approx(4.0)
+    same, nsd_same = surface_distances(target, target, 2, (1.0, 1.0, 1.0), tolerance_mm=1.0)
+    assert same[0] == 0.0 and nsd_same[0] == 1.0
+    assert 0.0 < nsd[0] < 1.0
+    # Within a 2-voxel tolerance every surface point of either cube is close enough.
+    assert surface_distances(pred, target, 2, (1.0, 1.0, 1.0), tolerance_mm=2.0)[1][0] == pytest.approx(1.0)
+    missed_hd, missed_nsd = surface_distances(np.zeros_like(target), target, 2, (1, 1, 1), 1.0)
+    assert np.isinf(missed_hd[0]) and missed_nsd[0] == 0.0
+    absent_hd, absent_nsd = surface_distances(target * 0, target * 0, 2, (1, 1, 1), 1.0)
+    assert np.isnan(absent_hd[0]) and np.isnan(absent_nsd[0])
+    s = surface_summary(np.array([[2.0], [np.inf], [np.nan]]), np.array([[0.5], [0.0], [np.nan]]), ["spleen"])
+    assert s["hd95_per_class"] == {"spleen": 2.0} and s["hd95_missed"] == {"spleen": 1}
+    assert s["surface_dice_per_class"] == {"spleen": 0.25} and s["surface_dice_mean"] == 0.25

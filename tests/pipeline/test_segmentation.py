@@ -29,7 +29,7 @@ from medray.config import (
 from medray.data.msd import load_case
 from medray.data.phantoms import ensure_phantoms, phantom_tag
 from medray.io import file_sha256
-from medray.metrics.segmentation import dice_per_class
+from medray.metrics.segmentation import dice_per_class, surface_distances
 from medray.pipeline.execute import execute
 from medray.pipeline.predictor import Predictor
 from medray.pipeline.prepare import prepare
@@ -151,6 +151,10 @@ def test_pipeline_dice_is_the_dice_of_the_saved_masks(evaluated):
             mask = load_mask(out / "predictions" / f"{r.spec.name}_masks", row.mask_file)
             assert mask.shape == case["label"].shape == tuple(int(v) for v in row.model_shape)
             np.testing.assert_allclose(row.dice, dice_per_class(mask, case["label"], 3), equal_nan=True)
+            # HD95 / surface Dice of the saved mask, in the model's voxel spacing (MONAI).
+            hd, nsd = surface_distances(mask, case["label"], 3, case["spacing"], 2.0)
+            np.testing.assert_allclose(row.hd95, hd, equal_nan=True)
+            np.testing.assert_allclose(row.surface_dice, nsd, equal_nan=True)
             x, y, z = case["image"].shape[1:]
             assert row.n_windows == windows_per_axis(x, 16, 0.25) * windows_per_axis(y, 16, 0.25) * windows_per_axis(z, 16, 0.25)
             assert 0 < row.latency_ms <= row.sw_ms
@@ -169,7 +173,8 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
     # ORT and torch give the same masks (fp32, same graph)
     assert cand["agreement"]["dice_mean"] >= 0.99 and cand["agreement"]["voxel_agreement_min"] >= 0.999
     assert cand["speedup"]["factor"] > 0 and "dice_mean" in cand["metric_deltas"]
-    assert set(cand["metrics"]) >= {"dice_mean", "dice_per_class"} and "auc_macro" not in cand["metrics"]
+    assert set(cand["metrics"]) >= {"dice_mean", "dice_per_class", "hd95_per_class", "surface_dice_per_class"}
+    assert "auc_macro" not in cand["metrics"] and cand["metrics"]["surface_tolerance_mm"] == 2.0
     assert doc["dataset"]["classes"] == ["organ", "lesion"] and doc["dataset"]["task"] == "segmentation"
     json.dumps(doc)  # JSON-serialisable as it is
     md = render_report(doc)
@@ -178,11 +183,19 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
     assert sum(line.startswith("| phantom_test_00") for line in md.splitlines()) == 3 + 1
     assert [c["sample_id"] for c in doc["cases"]] == ["phantom_test_000", "phantom_test_001", "phantom_test_002"]
     assert "## Skipped samples" in md and doc["skipped"][0]["sample_id"] == "phantom_test_003"
+    assert "## Surface distances (MONAI; HD95 in mm, surface Dice at 2 mm)" in md
     pq = pd.read_parquet(out / "predictions" / "onnxruntime-fp32.parquet")
     assert len(pq) == 3 and {"sample_id", "dice_organ", "dice_lesion", "dice_mean", "dice_vs_baseline_organ",
-                             "latency_ms", "sw_ms", "shape", "mask_file"} <= set(pq.columns)
+                             "hd95_organ", "surface_dice_lesion", "latency_ms", "sw_ms", "shape", "mask_file"} <= set(pq.columns)
     assert list(pq["shape"].iloc[0])[:2] == [24, 24]
     assert (out / "predictions" / "torch-fp32_masks" / "phantom_test_000.npz").is_file()
+    # The worst cases' slices with every run's mask, linked from the report.
+    from PIL import Image
+
+    assert doc["plots"] == {"worst_cases": "plots/worst_cases.png"}
+    img = np.asarray(Image.open(out / "plots" / "worst_cases.png").convert("L"), dtype=float)
+    assert img.shape[1] > 600 and img.std() > 10
+    assert "![worst_cases](plots/worst_cases.png)" in (out / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------- one pipeline: what classification has
