@@ -208,7 +208,12 @@ def main(argv=None) -> dict:
     gflops = model_gflops(model, (3, args.input_size, args.input_size))
     del model
     spec = make_spec(args, ckpt, file_sha256(ckpt), threads=cores)
-    spec.artifact = get_backend(args.backend).prepare(spec, ArtifactCache(work / "cache"), {"calibration": calib})
+    from functools import partial
+
+    from medray.data.calibration import CalibrationSource, load_calibration
+
+    source = CalibrationSource(calib, partial(load_calibration, prep=args.input_size, in_chans=3))
+    spec.artifact = get_backend(args.backend).prepare(spec, ArtifactCache(work / "cache"), {"calibration": source})
     artifact_path = spec.artifact["path"] if spec.artifact else str(ckpt)
 
     u8 = np.stack([decode_gray(p, args.input_size) for p in samples["path"]])
