@@ -188,7 +188,9 @@ class SegmentationTask(Task):
     def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
         from medray.data.msd import VolumeError, check_headers
         from medray.pipeline.faults import BadSampleError
+        from medray.tasks.clinical import subgroup_columns
 
+        subgroup_columns(cfg, table)  # report.subgroups must name existing columns (before Ray)
         try:
             return check_headers(samples, cfg.data.on_error)
         except VolumeError as e:  # a bad input file: exit 3 with its path, like a bad image
@@ -402,6 +404,47 @@ class SegmentationTask(Task):
                     v = row.dice_vs_baseline
                     c[f"dice_vs_baseline:{r.spec.name}"] = fmt(case_mean(v)) if isinstance(v, np.ndarray) else None
         doc["cases"] = [c for c in cases.values() if "shape" in c]  # skipped cases are listed under "skipped"
+        from medray.tasks.clinical import subgroup_columns
+
+        columns = subgroup_columns(cfg, table)
+        if columns:
+            self._subgroups(doc, results, samples, columns, cfg.report.min_subgroup_size)
+
+    @staticmethod
+    def _subgroups(doc: dict, results: list[RunResult], samples: pd.DataFrame, columns: list[str], min_n: int) -> None:
+        """Per metadata group: labelled cases, mean Dice vs labels; candidates add the change
+        vs the baseline and ``worst_subgroup`` (same keys as classification's, Dice for AUC)."""
+        from medray.metrics.segmentation import case_mean
+
+        meta = samples.set_index("sample_id")
+        per_run = {}
+        for r in results:
+            df = r.predictions[r.predictions["has_label"].astype(bool)] if len(r.predictions) else r.predictions
+            scores = pd.Series({s: case_mean(d) for s, d in zip(df["sample_id"], df["dice"])}, dtype=float)
+            out = {}
+            for col in columns:
+                g = meta.loc[scores.index, col].astype(str) if len(scores) else pd.Series(dtype=str)
+                rows = []
+                for name in sorted(set(g)):
+                    v = scores[g == name].dropna()
+                    if len(v) >= min_n:
+                        rows.append({"group": name, "n": int(len(v)), "dice_mean": float(v.mean())})
+                out[col] = rows
+            per_run[r.spec.name] = out
+        base = next((r.spec.name for r in results if r.spec.role == "baseline"), None)
+        for entry in doc["runs"]:
+            entry["subgroups"] = per_run.get(entry["name"], {})
+            if entry["role"] != "candidate" or base is None:
+                continue
+            worst = None
+            for col, rows in entry["subgroups"].items():
+                bmap = {x["group"]: x["dice_mean"] for x in per_run[base].get(col, [])}
+                for x in rows:
+                    x["dice_baseline"] = bmap.get(x["group"])
+                    x["delta_dice"] = None if x["dice_baseline"] is None else x["dice_mean"] - x["dice_baseline"]
+                    if x["delta_dice"] is not None and (worst is None or x["delta_dice"] < worst["delta_dice"]):
+                        worst = {"attribute": col, "group": x["group"], "n": x["n"], "delta_dice": x["delta_dice"]}
+            entry["worst_subgroup"] = worst
 
     def render(self, doc: dict) -> list[str]:
         ds, sw = doc["dataset"], doc["sliding_window"]
@@ -466,6 +509,19 @@ class SegmentationTask(Task):
                 )
         lines += self._per_case(doc, base, cand)
         lines.append("\nMasks (uint8 label maps in the model's voxel space, .npz): `predictions/<run>_masks/`.")
+        if any(r.get("subgroups") for r in runs):
+            lines += ["", "## Subgroups", "", "Mean Dice vs labels per group (labelled cases); Δ = candidate − baseline.", "",
+                      "| Attribute | Group | n | " + " | ".join(r["name"] for r in runs) + " | ΔDice |",
+                      "|---" * (len(runs) + 4) + "|"]
+            for col, rows in runs[0]["subgroups"].items():
+                for x in rows:
+                    cells, delta = [], "–"
+                    for r in runs:
+                        mine = next((y for y in r["subgroups"].get(col, []) if y["group"] == x["group"]), None)
+                        cells.append(fdice(mine and mine["dice_mean"]))
+                        if mine and mine.get("delta_dice") is not None:
+                            delta = f"{mine['delta_dice']:+.4f}"
+                    lines.append(f"| {col} | {x['group']} | {x['n']} | " + " | ".join(cells) + f" | {delta} |")
         if doc.get("plots"):
             lines += ["", "## Worst cases", ""] + [f"![{k}]({v})" for k, v in doc["plots"].items()]
         return lines

@@ -307,3 +307,29 @@ def test_interrupted_segmentation_run_resumes_with_the_remaining_cases(ray_local
         pd.testing.assert_frame_equal(t1.select(keep).to_pandas(), t2.select(keep).to_pandas())  # NaN Dice = NaN
         for f in (tmp_path / "ref" / "predictions" / f"{run_name}_masks").glob("*.npz"):
             assert (out / "predictions" / f"{run_name}_masks" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_segmentation_subgroups_from_metadata(evaluated):
+    """Mean Dice per metadata group (e.g. scanner), the candidate's change, the worst group."""
+    from dataclasses import replace
+
+    from medray.config import ReportConfig
+    from medray.metrics.segmentation import case_mean
+
+    cfg, table, samples, prep, results, doc, out = evaluated
+    scanner = {"phantom_test_000": "A", "phantom_test_001": "B", "phantom_test_002": "B", "phantom_test_003": "A"}
+    s2 = samples.assign(scanner=samples["sample_id"].map(scanner))
+    t2 = replace(table, samples=table.samples.assign(scanner=table.samples["sample_id"].map(scanner).fillna("(missing)")),
+                 subgroup_columns=["scanner"])
+    c2 = replace(cfg, report=ReportConfig(min_subgroup_size=1))
+    d2 = build_metrics(c2, t2, s2, results)  # the task made from the config, as run() does
+    for r, entry in zip(results, d2["runs"]):
+        means = {row.sample_id: case_mean(row.dice) for row in r.predictions.itertuples()}
+        got = {x["group"]: x for x in entry["subgroups"]["scanner"]}
+        assert got["A"]["n"] == 1 and got["B"]["n"] == 2  # the skipped case is in no group's Dice
+        assert got["B"]["dice_mean"] == pytest.approx(np.mean([means["phantom_test_001"], means["phantom_test_002"]]))
+    cand = d2["runs"][1]
+    assert cand["worst_subgroup"]["attribute"] == "scanner"
+    assert all(x["delta_dice"] == pytest.approx(x["dice_mean"] - x["dice_baseline"]) for x in cand["subgroups"]["scanner"])
+    assert "## Subgroups" in render_report(d2) and "| scanner | B | 2 |" in render_report(d2)
+
