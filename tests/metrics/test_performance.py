@@ -127,3 +127,29 @@ def test_a_read_workers_first_block_does_not_set_the_read_rate():
     t1 = np.repeat([2.0, 2.1, 2.2], 10)
     r = pipeline_rates(t0, t1, np.full(30, 2.2), np.full(30, 2.21), ["a:0"] * 30, 0.0, 2.21, read_pid=np.ones(30))
     assert r["throughput_sps"] == pytest.approx(20 / 0.2)
+
+
+def test_a_retried_batch_is_counted_once_in_the_rates():
+    """A batch delivered twice (its actor retried after returning it) is one batch of work:
+    execute drops the identical second copy before the rates, as here."""
+    import numpy as np
+    import pandas as pd
+
+    from medray.pipeline.execute import rates
+    from medray.pipeline.faults import dedupe_retried
+
+    n = 64
+    t_read0, t_read, t_start, t_end, uid, done = _timeline(n, 1000.0, 100.0, ready=1.0)
+    df = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "probs": [np.array([0.3, 0.7], np.float32)] * n,
+                       "t_read0": t_read0, "t_read": t_read, "t_start": t_start, "t_end": t_end, "batch_uid": uid,
+                       "read_pid": 1})
+    again = df.iloc[:8].assign(batch_uid="actor:retry", t_start=done, t_end=done + 0.08)  # the same 8 outputs again
+    both = pd.concat([df, again], ignore_index=True)
+    clock = {"t_submit": 0.0, "t_done": done + 0.08}
+    once, n_dup = dedupe_retried("r", both)
+    assert n_dup == 8 and len(once) == n
+    right, wrong = rates(once, clock), rates(both, clock)
+    assert right["inference_sps"] == pytest.approx(100.0, rel=1e-6)
+    # The end-to-end rate is samples over the driver's clock: 64 samples, not 72.
+    assert right["throughput_sps"] == pytest.approx(64 / (clock["t_done"] - 1.0), rel=1e-6)
+    assert wrong["throughput_sps"] == pytest.approx(72 / (clock["t_done"] - 1.0), rel=1e-6)  # the defect
