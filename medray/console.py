@@ -63,7 +63,8 @@ def configure(level: str = "INFO") -> str | None:
 
 
 def route_library_loggers() -> None:
-    """Ray's loggers print through their own console handlers: move them to the log file."""
+    """Ray's loggers print through their own console handlers: those keep errors only, and
+    everything goes to the log file."""
     if _FILE is None or _DEBUG:
         return
     try:
@@ -74,7 +75,7 @@ def route_library_loggers() -> None:
         lg = logging.getLogger(name)
         for h in list(lg.handlers):
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                lg.removeHandler(h)
+                h.setLevel(logging.ERROR)  # their errors stay on the console; the rest: the file
         if _LIB not in lg.handlers and not lg.propagate:
             lg.addHandler(_LIB)
 
