@@ -161,15 +161,22 @@ def _subgroups(df, y, p, table, samples, columns, min_n) -> dict:
 
 
 def _subgroup_deltas(entry: dict, base: dict) -> None:
+    subgroup_changes(entry, base["subgroups"], "auc_macro", "auc_baseline", "delta_auc")
+
+
+def subgroup_changes(entry: dict, base_groups: dict, value: str, base_key: str, delta_key: str) -> None:
+    """Each group of ``entry["subgroups"]`` gets the baseline's ``value`` (as ``base_key``) and
+    the change (``delta_key``); ``entry["worst_subgroup"]`` is the group with the largest drop.
+    Classification compares macro AUC, segmentation mean Dice."""
     worst = None
     for col, groups in entry["subgroups"].items():
-        bmap = {g["group"]: g["auc_macro"] for g in base["subgroups"].get(col, [])}
+        bmap = {g["group"]: g[value] for g in base_groups.get(col, [])}
         for g in groups:
             b = bmap.get(g["group"])
-            g["auc_baseline"] = b
-            g["delta_auc"] = g["auc_macro"] - b if g["auc_macro"] is not None and b is not None else None
-            if g["delta_auc"] is not None and (worst is None or g["delta_auc"] < worst["delta_auc"]):
-                worst = {"attribute": col, "group": g["group"], "n": g["n"], "delta_auc": g["delta_auc"]}
+            g[base_key] = b
+            g[delta_key] = g[value] - b if g[value] is not None and b is not None else None
+            if g[delta_key] is not None and (worst is None or g[delta_key] < worst[delta_key]):
+                worst = {"attribute": col, "group": g["group"], "n": g["n"], delta_key: g[delta_key]}
     entry["worst_subgroup"] = worst
 
 

@@ -415,6 +415,7 @@ class SegmentationTask(Task):
         """Per metadata group: labelled cases, mean Dice vs labels; candidates add the change
         vs the baseline and ``worst_subgroup`` (same keys as classification's, Dice for AUC)."""
         from medray.metrics.segmentation import case_mean
+        from medray.tasks.clinical import subgroup_changes
 
         meta = samples.set_index("sample_id")
         per_run = {}
@@ -436,15 +437,7 @@ class SegmentationTask(Task):
             entry["subgroups"] = per_run.get(entry["name"], {})
             if entry["role"] != "candidate" or base is None:
                 continue
-            worst = None
-            for col, rows in entry["subgroups"].items():
-                bmap = {x["group"]: x["dice_mean"] for x in per_run[base].get(col, [])}
-                for x in rows:
-                    x["dice_baseline"] = bmap.get(x["group"])
-                    x["delta_dice"] = None if x["dice_baseline"] is None else x["dice_mean"] - x["dice_baseline"]
-                    if x["delta_dice"] is not None and (worst is None or x["delta_dice"] < worst["delta_dice"]):
-                        worst = {"attribute": col, "group": x["group"], "n": x["n"], "delta_dice": x["delta_dice"]}
-            entry["worst_subgroup"] = worst
+            subgroup_changes(entry, per_run[base], "dice_mean", "dice_baseline", "delta_dice")
 
     def render(self, doc: dict) -> list[str]:
         ds, sw = doc["dataset"], doc["sliding_window"]
