@@ -139,7 +139,7 @@ def bench_pipeline(spec, samples: pd.DataFrame, images: np.ndarray | None, cores
 
     from medray.pipeline.execute import collect, predict, rates, read_dataset
     from medray.pipeline.resources import plan_pool
-    from medray.tasks.classification import ClassificationTask, read_block_size
+    from medray.tasks.classification import ClassificationTask
 
     plan = plan_pool(
         device="cpu",
@@ -153,15 +153,16 @@ def bench_pipeline(spec, samples: pd.DataFrame, images: np.ndarray | None, cores
     from dataclasses import replace
 
     spec = replace(spec, threads=plan.threads)
-    block = read_block_size(len(samples), spec.batch_size, plan.actors)
+    task = ClassificationTask()
+    block = task.block_size(len(samples), spec, plan.actors, None)
     if images is None:
-        ds = read_dataset(ClassificationTask(), samples, spec, plan.actors, block)
+        ds = read_dataset(task, samples, spec, plan.actors, block)
     else:
         ids = samples["sample_id"].to_numpy()
         blocks = [{"sample_id": ids[i : i + block], "image": images[i : i + block]} for i in range(0, len(ids), block)]
         ds = ray.data.from_items([{"sample_id": s, "image": im} for b in blocks for s, im in zip(b["sample_id"], b["image"])],
                                  override_num_blocks=len(blocks))
-    df, clock = collect(predict(ds, spec, plan))
+    df, clock = collect(predict(ds, spec, plan, task, block=block))
     assert len(df) == len(samples), (len(df), len(samples))
     return rates(df, clock)["throughput_sps"]
 

@@ -128,7 +128,9 @@ class DataConfig:
     n_calibration: int = 300
     n_test: int = 1000
     image_size: int = 256
-    # Samples per block handed to the decode tasks (multiple of batch_size is best).
+    # Samples per read task and per actor call (the actor runs it as backend batches of
+    # batch_size; a multiple of batch_size avoids ragged batches). null = about 256 samples,
+    # at most 64 MiB of decoded input, several blocks per actor (classification).
     read_block_size: int | None = None
     # Decode once (medray.data.cache): the read stage's outputs cached in cache_dir/decoded
     # and read back by later runs (baseline, candidate, sweep trials). auto = images yes,

@@ -51,7 +51,7 @@ def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int =
     from medray.data import cache as decoded
 
     fn, kwargs = task.reader(spec)
-    blocks = task.read_blocks(samples, spec, actors, block_size)
+    blocks = task.read_blocks(samples, spec, task.block_size(len(samples), spec, actors, block_size))
     if cache_dir is not None:
         where = samples.set_index("sample_id")[list(decoded.COLUMNS)]
         blocks = [b.join(where, on="sample_id") for b in blocks]
@@ -87,15 +87,16 @@ def _stamped(fn):
     return read
 
 
-def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task | None = None, max_retries: int = 3):
-    """Append the Predictor actor pool (``plan``) to a dataset of read samples."""
+def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task | None = None, max_retries: int = 3, block: int | None = None):
+    """Append the Predictor actor pool (``plan``) to a dataset of read samples; each actor
+    call takes one read ``block`` (default: one backend batch)."""
     from medray.pipeline.predictor import Predictor
     from medray.tasks.classification import ClassificationTask
 
     task = task or ClassificationTask()
     return map_stage(ds, Stage(
         Predictor,
-        batch_size=task.actor_batch(spec),
+        batch_size=task.actor_batch(spec, block or spec.batch_size),
         actors=plan.actors,
         constructor_kwargs={"spec": spec, "task": task},
         num_cpus=plan.num_cpus,
@@ -189,8 +190,9 @@ def execute(
         if len(todo):
             # Read tasks always mark bad rows; data.on_error=fail is applied here, on the
             # driver, where the error keeps its path and reason (see raise_first_bad).
-            ds = predict(read_dataset(task, todo, spec, plan.actors, cfg.data.read_block_size,
-                                      None if cache is None else str(cache.dir)), spec, plan, task, cfg.ray.max_retries)
+            block = task.block_size(len(todo), spec, plan.actors, cfg.data.read_block_size)
+            ds = predict(read_dataset(task, todo, spec, plan.actors, block, None if cache is None else str(cache.dir)),
+                         spec, plan, task, cfg.ray.max_retries, block)
             bar = _progress_bar(spec.name, len(todo), task.unit)
             on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None,
                                    progress, bar)

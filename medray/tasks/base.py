@@ -63,9 +63,18 @@ class Task(ABC):
         """Inputs per backend call (``RunSpec.batch_size``)."""
         return cfg.batch_size
 
-    def actor_batch(self, spec: RunSpec) -> int:
-        """Read samples per actor call (``map_batches``' batch size)."""
+    def actor_batch(self, spec: RunSpec, block: int) -> int:
+        """Read samples per actor call (``map_batches``' batch size): one read block, which
+        the Predictor splits into backend calls of :meth:`split_batch` samples."""
+        return block
+
+    def split_batch(self, spec: RunSpec) -> int | None:
+        """Samples per backend call inside one actor call; None = the whole call at once."""
         return spec.batch_size
+
+    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
+        """Samples per read task (``configured``: data.read_block_size)."""
+        return configured or spec.batch_size
 
     @abstractmethod
     def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
@@ -82,8 +91,8 @@ class Task(ABC):
 
     # -- read stage (CPU tasks) -----------------------------------------------------
     @abstractmethod
-    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
-        """The blocks of samples handed to the read tasks (``block_size``: data.read_block_size)."""
+    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, block: int) -> list[pd.DataFrame]:
+        """The blocks of samples handed to the read tasks (``block``: :meth:`block_size`)."""
 
     @abstractmethod
     def reader(self, spec: RunSpec) -> tuple[Callable, dict[str, Any]]:

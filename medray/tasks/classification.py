@@ -92,11 +92,20 @@ def model_prep(model: ModelSpec) -> dict:
     return model.preprocess or medray_preset(model.input_size)
 
 
-def read_block_size(n: int, batch_size: int, actors: int) -> int:
-    """Samples per read task: a multiple of the batch size (no ragged batches inside a
-    block), about 64 images, but small enough that every actor gets several blocks."""
+# Samples per read task and actor call.  Ray Data costs 15-30 ms per actor call on a
+# 2-core VM (measured, docs/benchmarks.md): with 64 samples a call, a fast backend (the
+# demo model: 12 ms per 64) spent more time between calls than in them.
+BLOCK_SAMPLES = 256
+BLOCK_BYTES = 64 * 2**20  # a block's decoded uint8 input, ten crops included
+
+
+def read_block_size(n: int, batch_size: int, actors: int, sample_bytes: int = 0) -> int:
+    """Samples per read task (= per actor call): a multiple of the batch size (no ragged
+    backend batches), about :data:`BLOCK_SAMPLES` and at most :data:`BLOCK_BYTES` of input,
+    but small enough that every actor gets several blocks (read and predict overlap)."""
     per_actor = math.ceil(n / (actors * 4 * batch_size))
-    return batch_size * max(1, min(max(1, 64 // batch_size), per_actor))
+    by_bytes = BLOCK_BYTES // max(1, sample_bytes * batch_size)
+    return batch_size * max(1, min(max(1, BLOCK_SAMPLES // batch_size), by_bytes, per_actor))
 
 
 @dataclass
@@ -141,8 +150,15 @@ class ClassificationTask(Task):
         return CalibrationSource(samples, partial(load_calibration, prep=model_prep(model), in_chans=model.in_chans))
 
     # -- read stage -----------------------------------------------------------------
-    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
-        block = block_size or read_block_size(len(todo), spec.batch_size, actors)
+    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
+        from medray.data.tta import VIEWS
+
+        prep = model_prep(spec.model)
+        h, w = prep["size"]
+        sample_bytes = h * w * (1 if prep.get("color") == "grey" else 3) * VIEWS[spec.tta]
+        return configured or read_block_size(n, spec.batch_size, actors, sample_bytes)
+
+    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, block: int) -> list[pd.DataFrame]:
         return [todo.iloc[i : i + block][["sample_id", "path"]] for i in range(0, len(todo), block)]
 
     def reader(self, spec: RunSpec):

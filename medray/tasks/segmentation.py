@@ -206,8 +206,14 @@ class SegmentationTask(Task):
     def backend_batch(self, cfg: EvalConfig) -> int:
         return cfg.sliding_window.sw_batch_size  # windows per backend call
 
-    def actor_batch(self, spec: RunSpec) -> int:
+    def actor_batch(self, spec: RunSpec, block: int) -> int:
         return 1  # one case per actor call
+
+    def split_batch(self, spec: RunSpec) -> int | None:
+        return None  # batch_size is windows per backend call, inside the case's sliding window
+
+    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
+        return 1
 
     def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
         from medray.data.calibration import CalibrationSource
@@ -222,7 +228,7 @@ class SegmentationTask(Task):
                 f"{table.classes}; preprocessing {self.prep}")
 
     # -- read stage -----------------------------------------------------------------
-    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, actors: int, block_size: int | None) -> list[pd.DataFrame]:
+    def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, block: int) -> list[pd.DataFrame]:
         return [todo.iloc[[i]][["sample_id", "path", "label_path"]] for i in range(len(todo))]
 
     def reader(self, spec: RunSpec):

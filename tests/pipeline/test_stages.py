@@ -54,3 +54,52 @@ def test_predictor_closes_its_backend_when_it_goes(tiny_spec):
     assert not backend._loaded  # Ray Data deletes the UDF on a graceful actor shutdown: __del__ closes
     with pytest.raises(Exception, match=r"infer\(\) before load\(\)"):
         backend.infer(np.zeros((2, 3, TINY_SIZE, TINY_SIZE), np.float32))
+
+
+def test_one_actor_call_runs_its_block_as_backend_batches(tiny_spec):
+    """A read block of 10 samples at batch_size 4 is three backend calls (4, 4, 2), each with
+    its own batch_uid, clocks and batch_size; the outputs equal one call per batch, and a bad
+    row in the middle batch is a blank row there, not a lost batch."""
+    from medray.pipeline.predictor import Predictor
+
+    p = Predictor(tiny_spec(batch_size=4))
+    shapes = []
+    real = p.backend.infer
+
+    def infer(x):
+        shapes.append(len(x))
+        return real(x)
+
+    p.backend.infer = infer
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (10, TINY_SIZE, TINY_SIZE), dtype=np.uint8)
+    ids = np.array([f"s{i}" for i in range(10)])
+    reasons = np.array([""] * 5 + ["unreadable: x.png"] + [""] * 4, dtype=object)
+    out = p({"sample_id": ids, "image": images, "skipped_reason": reasons})
+    assert list(out["sample_id"]) == list(ids)
+    assert shapes == [4, 3, 2]  # the bad row is not sent to the backend
+    uids = list(out["batch_uid"])
+    assert len(set(uids[:4])) == len(set(uids[4:8])) == len(set(uids[8:])) == 1
+    assert len({uids[0], uids[4], uids[8]}) == 3
+    assert list(out["batch_size"]) == [4, 4, 4, 4, 3, 0, 3, 3, 2, 2]  # the skipped row shares no batch time
+    assert np.isnan(out["probs"][5]).all() and out["skipped_reason"][5] == reasons[5]
+    assert np.all(out["t_start"][4:8] >= out["t_end"][0]) and np.all(out["t_start"][8:] >= out["t_end"][4])
+    q = Predictor(tiny_spec(batch_size=4))
+    one_by_one = [q({"sample_id": ids[i : i + 4], "image": images[i : i + 4], "skipped_reason": reasons[i : i + 4]})
+                  for i in range(0, 10, 4)]
+    np.testing.assert_array_equal(out["probs"], np.concatenate([o["probs"] for o in one_by_one]))
+
+
+def test_read_block_size_amortises_actor_calls_within_memory_and_overlap_limits():
+    from medray.tasks.classification import BLOCK_BYTES, BLOCK_SAMPLES, read_block_size
+
+    assert read_block_size(100_000, 64, 1) == BLOCK_SAMPLES == 256  # 4 backend batches per actor call
+    assert read_block_size(100_000, 32, 1) % 32 == 0
+    assert read_block_size(1000, 64, 1) == 256  # 4 blocks: read and predict still overlap
+    assert read_block_size(300, 64, 1) == 128  # 3 blocks
+    assert read_block_size(200, 64, 1) == 64  # a small set: several blocks, not one
+    assert read_block_size(100_000, 512, 1) == 512  # never below one backend batch
+    # Ten 224-px RGB crops a sample (1.5 MB): the block stays within BLOCK_BYTES.
+    big = 10 * 224 * 224 * 3
+    b = read_block_size(100_000, 8, 1, big)
+    assert b % 8 == 0 and b * big <= BLOCK_BYTES and (b + 8) * big > BLOCK_BYTES
