@@ -386,10 +386,36 @@ def to_model_input(images_u8: np.ndarray, in_chans: int, prep: dict | None = Non
     """
     mean = np.asarray(prep["mean"] if prep else [MEAN] * in_chans, dtype=np.float32)
     std = np.asarray(prep["std"] if prep else [STD] * in_chans, dtype=np.float32)
+    nchw = not prep or prep["layout"] == "nchw"
+    if images_u8.dtype == np.uint8:
+        return _normalise_u8(images_u8, in_chans, mean, std, nchw)
     x = images_u8.astype(np.float32) / np.float32(255)
     if x.ndim == 3:  # grey
         x = np.repeat(x[..., None], in_chans, axis=-1)
     x = (x - mean) / std
-    if not prep or prep["layout"] == "nchw":
+    if nchw:
         x = x.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(x)
+
+
+def _normalise_u8(images: np.ndarray, in_chans: int, mean: np.ndarray, std: np.ndarray, nchw: bool) -> np.ndarray:
+    """:func:`to_model_input` of uint8 images through a 256-entry table per channel.
+
+    Each output value depends only on its pixel value and channel, so the table holds
+    exactly what the float32 formula computes (the same operations in the same order):
+    bit-identical, one pass instead of five (half the time for 224-px RGB batches, which
+    the actor does before every backend call)."""
+    grey = images.ndim == 3
+    chans = in_chans if grey else images.shape[-1]
+    v = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    lut = np.ascontiguousarray(np.broadcast_to((v[:, None] - mean) / std, (256, chans)).T)  # (C, 256)
+    n, h, w = images.shape[:3]
+    out = np.empty((n, chans, h, w) if nchw else (n, h, w, chans), dtype=np.float32)
+    for c in range(chans):
+        dst = out[:, c] if nchw else out[..., c]
+        if grey and c and np.array_equal(lut[c], lut[0]):
+            dst[...] = out[:, 0] if nchw else out[..., 0]  # a repeated grey channel: a copy
+        else:
+            np.take(lut[c], images if grey else images[..., c], out=dst) if nchw else dst.__setitem__(
+                Ellipsis, lut[c][images if grey else images[..., c]])
+    return out

@@ -145,3 +145,30 @@ def test_bad_preprocessing_names_the_key_and_the_fix():
         PreprocessConfig(layout="hwc")
     with pytest.raises(ConfigError, match="preprocess='timm': the timm preset reads the model's timm config"):
         resolve(PreprocessConfig(name="timm"), 3, 224, timm_arch=None)
+
+
+@pytest.mark.parametrize("shape,in_chans,prep", [
+    ((4, 7, 9), 3, None),  # medray preset: grey repeated to 3 channels
+    ((4, 7, 9), 1, None),
+    ((4, 7, 9, 3), 3, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "nchw"}),
+    ((4, 7, 9, 3), 3, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "nhwc"}),
+    ((4, 7, 9), 3, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "nchw"}),
+])
+def test_model_input_of_uint8_images_is_bit_identical_to_totensor_normalize(shape, in_chans, prep):
+    """The uint8 fast path (a table per channel) gives torchvision's ToTensor + Normalize
+    exactly, every pixel value included, in both layouts."""
+    import torch
+    from torchvision.transforms import v2
+
+    x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    x[0].flat[:256] = np.arange(256, dtype=np.uint8)[: x[0].size]  # every value appears
+    got = to_model_input(x, in_chans, prep)
+    t = torch.from_numpy(x).float() / 255
+    t = t[..., None].expand(*t.shape, in_chans) if x.ndim == 3 else t
+    mean = torch.tensor(prep["mean"] if prep else [0.5] * in_chans)
+    std = torch.tensor(prep["std"] if prep else [0.25] * in_chans)
+    want = v2.functional.normalize(t.permute(0, 3, 1, 2), mean.tolist(), std.tolist())
+    if prep and prep["layout"] == "nhwc":
+        want = want.permute(0, 2, 3, 1)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want.contiguous().numpy())
