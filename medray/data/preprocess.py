@@ -412,10 +412,11 @@ def _normalise_u8(images: np.ndarray, in_chans: int, mean: np.ndarray, std: np.n
     n, h, w = images.shape[:3]
     out = np.empty((n, chans, h, w) if nchw else (n, h, w, chans), dtype=np.float32)
     for c in range(chans):
-        dst = out[:, c] if nchw else out[..., c]
-        if grey and c and np.array_equal(lut[c], lut[0]):
-            dst[...] = out[:, 0] if nchw else out[..., 0]  # a repeated grey channel: a copy
+        src = images if grey else images[..., c]
+        if nchw and grey and c and np.array_equal(lut[c], lut[0]):
+            out[:, c] = out[:, 0]  # a grey image repeated with one mean/std: a copy
+        elif nchw:
+            np.take(lut[c], src, out=out[:, c])
         else:
-            np.take(lut[c], images if grey else images[..., c], out=dst) if nchw else dst.__setitem__(
-                Ellipsis, lut[c][images if grey else images[..., c]])
+            out[..., c] = lut[c][src]
     return out
