@@ -151,12 +151,14 @@ class ClassificationTask(Task):
 
     # -- read stage -----------------------------------------------------------------
     def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
+        if configured:  # data.read_block_size; also read_dataset's second call with execute's block
+            return configured
         from medray.data.tta import VIEWS
 
         prep = model_prep(spec.model)
         h, w = prep["size"]
         sample_bytes = h * w * (1 if prep.get("color") == "grey" else 3) * VIEWS[spec.tta]
-        return configured or read_block_size(n, spec.batch_size, actors, sample_bytes)
+        return read_block_size(n, spec.batch_size, actors, sample_bytes)
 
     def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, block: int) -> list[pd.DataFrame]:
         return [todo.iloc[i : i + block][["sample_id", "path"]] for i in range(0, len(todo), block)]
