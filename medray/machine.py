@@ -9,8 +9,9 @@ import platform
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def machine() -> dict:
-    """CPU model and features, cores, memory, load, Python and library versions."""
+def machine(versions: bool = True) -> dict:
+    """CPU model and features, cores, memory, load, Python and (``versions``: imports them)
+    library versions."""
     cpu, flags = None, set()
     try:
         for line in open("/proc/cpuinfo"):
@@ -26,10 +27,10 @@ def machine() -> dict:
         mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
-    versions = {}
-    for mod in ("torch", "onnxruntime", "openvino", "ray", "numpy", "PIL"):
+    found = {}
+    for mod in ("torch", "onnxruntime", "openvino", "ray", "numpy", "PIL") if versions else ():
         try:
-            versions[mod] = __import__(mod).__version__
+            found[mod] = __import__(mod).__version__
         except Exception:  # not installed: the benchmark that needs it says so itself
             pass
     return {
@@ -40,5 +41,5 @@ def machine() -> dict:
         # A loaded machine makes every figure meaningless: recorded with the figures.
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
-        **versions,
+        **found,
     }

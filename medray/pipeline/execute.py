@@ -40,8 +40,9 @@ log = logging.getLogger("medray.execute")
 
 
 def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int = 1, block_size: int | None = None,
-                 cache_dir: str | None = None):
-    """Ray Dataset of read samples: one read task per block (the task's blocks and reader).
+                 cache_dir: str | None = None, plan: PoolPlan | None = None):
+    """Ray Dataset of read samples: one read task per block (the task's blocks and reader),
+    each asking ``plan.read_cpus``, at most ``plan.read_tasks`` at once (default: 1 CPU each).
 
     With ``cache_dir`` the read stage goes through the decoded cache (:mod:`medray.data.cache`):
     ``samples`` must carry its columns (:meth:`~medray.data.cache.DecodedCache.lookup`).
@@ -56,7 +57,8 @@ def read_dataset(task: Task, samples: pd.DataFrame, spec: RunSpec, actors: int =
         where = samples.set_index("sample_id")[list(decoded.COLUMNS)]
         blocks = [b.join(where, on="sample_id") for b in blocks]
         fn = decoded.cached(fn, cache_dir)
-    return map_stage(ray.data.from_pandas(blocks), Stage(_stamped(fn), fn_kwargs=kwargs))
+    cpus, tasks = (plan.read_cpus, plan.read_tasks) if plan is not None else (1.0, None)
+    return map_stage(ray.data.from_pandas(blocks), Stage(_stamped(fn), fn_kwargs=kwargs, num_cpus=cpus, tasks=tasks))
 
 
 def read_cache(cfg: EvalConfig, task: Task, spec: RunSpec):
@@ -165,6 +167,18 @@ def execute(
     shipped: dict = {}
     results = []
     for spec in specs:
+        done = state.load(spec.name) if state is not None else pd.DataFrame()
+        todo = to_run[~to_run["sample_id"].isin(set(done["sample_id"]))] if len(done) else to_run
+        new, clock = pd.DataFrame(), {"t_submit": 0.0, "t_done": 0.0}
+        cache = read_cache(cfg, task, spec) if len(todo) else None
+        cache_stats = None
+        if cache is not None:
+            todo, cache_stats = cache.lookup(todo)
+            log.info("%s: decoded cache %d of %d hit, %d to decode (%s)", spec.name, cache_stats["hits"], len(todo),
+                     cache_stats["misses"], cache.dir)
+        # The split of a single node's cores between decoding and inference, from what a sample
+        # costs each (a sweep trial's pool is sized by the sweep; other nodes may differ from this one).
+        costs = _costs(task, spec, todo, cfg.cache_dir, cache) if pool is None and alive == 1 else None
         plan = pool if pool is not None else plan_pool(
             device=spec.device,
             streams=spec.streams,
@@ -173,25 +187,18 @@ def execute(
             node_cores=cores,
             reserve_cpus=cfg.ray.reserve_cpus_for_reading,
             threads=spec.backend.threads,
+            costs=costs,
         )
         spec = replace(spec, threads=plan.threads)
         if shipping:  # actors on other nodes get the driver's files via the object store
             spec = ship(spec, shipped)
-        done = state.load(spec.name) if state is not None else pd.DataFrame()
-        todo = to_run[~to_run["sample_id"].isin(set(done["sample_id"]))] if len(done) else to_run
         log.info("%s (%s): %s, batch %d", spec.name, spec.role, plan.describe(), spec.batch_size)
-        new, clock = pd.DataFrame(), {"t_submit": 0.0, "t_done": 0.0}
-        cache = read_cache(cfg, task, spec) if len(todo) else None
-        cache_stats = None
-        if cache is not None:
-            todo, cache_stats = cache.lookup(todo)
-            log.info("%s: decoded cache %d of %d hit, %d to decode (%s)", spec.name, cache_stats["hits"], len(todo),
-                     cache_stats["misses"], cache.dir)
         if len(todo):
             # Read tasks always mark bad rows; data.on_error=fail is applied here, on the
             # driver, where the error keeps its path and reason (see raise_first_bad).
-            block = task.block_size(len(todo), spec, plan.actors, cfg.data.read_block_size)
-            ds = predict(read_dataset(task, todo, spec, plan.actors, block, None if cache is None else str(cache.dir)),
+            block = task.block_size(len(todo), spec, plan.actors, cfg.data.read_block_size,
+                                    plan.costs["read_s"] if plan.costs else None)
+            ds = predict(read_dataset(task, todo, spec, plan.actors, block, None if cache is None else str(cache.dir), plan),
                          spec, plan, task, cfg.ray.max_retries, block)
             bar = _progress_bar(spec.name, len(todo), task.unit)
             on_batch = _batch_hook(cfg.data.on_error, todo, state.writer(spec.name) if state is not None else None,
@@ -233,6 +240,19 @@ def execute(
                  r["inference_sps"] or 0.0, len(skipped))
     check_same_skipped({r.spec.name: r.skipped for r in results})
     return results
+
+
+def _costs(task: Task, spec: RunSpec, todo: pd.DataFrame, cache_dir: str, cache):
+    """:func:`medray.pipeline.costs.stage_costs`, or None (the fixed split) with a warning
+    naming why when the driver cannot measure them (e.g. a backend only the workers have)."""
+    from medray.pipeline.costs import stage_costs
+
+    try:
+        return stage_costs(task, spec, todo, cache_dir, None if cache is None else str(cache.dir))
+    except Exception as e:
+        log.warning("%s: could not measure what a sample costs on this node (%s: %s); the fixed CPU split is used",
+                    spec.name, type(e).__name__, e)
+        return None
 
 
 def _batch_hook(on_error: str, todo: pd.DataFrame, writer, progress=None, bar=None):

@@ -1,14 +1,22 @@
-"""How big the actor pool is and what each actor asks Ray for.
+"""How big the actor pool is, what each actor and read task asks Ray for, and how the
+cores are split between decoding and inference.
 
 The rule that keeps a small machine from hanging: the pool's CPUs never exceed the
 cluster's CPUs minus ``reserve_cpus_for_reading``, so decode tasks always get a CPU.
+
+Every core busy (CPU pools): with what one sample costs each stage (:class:`StageCosts`,
+measured at start-up by :mod:`medray.pipeline.costs`), the backend gets the threads its
+share of the node's core time needs and the read stage as many concurrent tasks as its
+share needs, each rounded up, so that neither stage alone leaves a core idle while the
+other waits.  The read tasks share the reserved CPUs (fractions of a CPU each): Ray counts
+them, the operating system runs them on whichever core is free.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from medray.config import ConfigError
 
@@ -16,17 +24,46 @@ log = logging.getLogger("medray.resources")
 
 
 @dataclass
+class StageCosts:
+    """Core-seconds one sample costs each stage on this node, measured at start-up."""
+
+    # Read + decode + preprocess one sample on one core (decoded-cache hits: reading it back).
+    read_s: float
+    # The actor's work for one sample at one thread: normalisation, TTA views, the backend.
+    infer_s: float
+
+    @property
+    def infer_share(self) -> float:
+        """The fraction of the node's core time inference needs when both stages keep pace."""
+        return self.infer_s / (self.infer_s + self.read_s)
+
+    def describe(self) -> str:
+        return f"read {1e3 * self.read_s:.3g} ms, inference {1e3 * self.infer_s:.3g} core-ms per sample"
+
+
+@dataclass
 class PoolPlan:
-    """Actor-pool sizing for one run."""
+    """Actor-pool sizing for one run, and the read stage's share of the CPUs."""
 
     actors: int
     num_cpus: float
     num_gpus: float
     threads: int
+    # Ray CPUs each read task asks for, and how many may run at once (None: as many as
+    # the CPUs left by the pool admit).
+    read_cpus: float = 1.0
+    read_tasks: int | None = None
+    # What the split was sized from (StageCosts as a dict), None = the fixed split.
+    costs: dict | None = None
 
     def describe(self) -> str:
         gpu = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
-        return f"{self.actors} actor(s) × ({self.num_cpus:g} CPU{gpu}, {self.threads} threads)"
+        text = f"{self.actors} actor(s) × ({self.num_cpus:g} CPU{gpu}, {self.threads} threads)"
+        if self.read_tasks:
+            text += f", up to {self.read_tasks} read task(s) × {self.read_cpus:g} CPU"
+        if self.costs:
+            text += f" ({StageCosts(**self.costs).describe()})"
+        return text
 
 
 def plan_pool(
@@ -38,11 +75,13 @@ def plan_pool(
     node_cores: int,
     reserve_cpus: float,
     threads: int | None,
+    costs: StageCosts | None = None,
 ) -> PoolPlan:
     """Size the Predictor pool.
 
     CPU: ``streams`` actors sharing the node's cores (``threads`` each, default
-    cores // streams).  GPU: ``streams`` actors per GPU, each asking ``1/streams`` GPU,
+    cores // streams, or what inference's share of the node needs when ``costs`` are
+    known; then also the read concurrency, see the module docstring).  GPU: ``streams`` actors per GPU, each asking ``1/streams`` GPU,
     so every GPU runs ``streams`` concurrent sessions.
 
     Why one actor per stream rather than ``streams`` contexts inside one actor: a Ray Data
@@ -93,8 +132,21 @@ def plan_pool(
             f"{free:g} CPUs cannot be shared by {streams} actors (each needs >= 0.01 CPU); "
             f"use streams<={int(free / 0.01)}"
         )
-    per_actor_threads = threads or max(1, node_cores // streams)
+    most = max(1, node_cores // streams)
+    per_actor_threads = threads or (_rounded_up(node_cores * costs.infer_share / streams, most) if costs else most)
     num_cpus = min(float(per_actor_threads), free / streams)
     # Ray accepts fractional CPUs below 1 only; round to keep the pool within `free`.
     num_cpus = math.floor(num_cpus * 100) / 100 if num_cpus < 1 else math.floor(num_cpus)
-    return PoolPlan(streams, num_cpus, 0.0, per_actor_threads)
+    if costs is None:
+        return PoolPlan(streams, num_cpus, 0.0, per_actor_threads)
+    tasks = _rounded_up(cluster_cpus * (1.0 - costs.infer_share), max(1, int(cluster_cpus)))
+    # The CPUs the pool leaves, shared by the concurrent read tasks (a test checks that Ray
+    # Data runs that many at once: tests/pipeline/test_stages.py).
+    read_cpus = math.floor((cluster_cpus - streams * num_cpus) / tasks * 100) / 100
+    return PoolPlan(streams, num_cpus, 0.0, per_actor_threads, read_cpus, tasks, asdict(costs))
+
+
+def _rounded_up(need: float, most: int) -> int:
+    """``need`` (cores) rounded up to whole threads/tasks, 1..most; 5 % of slack, so a
+    measured 1.02 cores is one, not two."""
+    return max(1, min(most, math.ceil(need - 0.05)))

@@ -12,6 +12,7 @@ stages stay separate operators).
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class Stage:
     fn: Callable | type
     batch_size: int | None = None
     fn_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Read tasks only: how many may run at once (None: as many as their CPUs admit).
+    tasks: int | None = None
     # Actor pools only.
     actors: int | None = None
     constructor_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -57,8 +60,16 @@ def map_stage(ds, stage: Stage):
         if stage.actors is None:
             # A ray_remote_args_fn keeps Ray Data from fusing the read into the actors:
             # fused, each actor would read then infer serially instead of overlapping them.
+            # num_cpus is also passed as such: Ray Data's resource budgets read the static
+            # value only (without it they count every read task as 1 CPU, and a fraction
+            # of a CPU per task would admit no more concurrent reads than whole CPUs).
             return ds.map_batches(
-                stage.fn, fn_kwargs=stage.fn_kwargs, ray_remote_args_fn=_read_task_args, **common
+                stage.fn,
+                fn_kwargs=stage.fn_kwargs,
+                num_cpus=stage.num_cpus,
+                ray_remote_args_fn=functools.partial(_read_task_args, stage.num_cpus),
+                compute=ray.data.TaskPoolStrategy(size=stage.tasks),
+                **common,
             )
         return ds.map_batches(
             stage.fn,
@@ -73,8 +84,8 @@ def map_stage(ds, stage: Stage):
         )
 
 
-def _read_task_args() -> dict:
-    return {"num_cpus": 1}
+def _read_task_args(num_cpus: float) -> dict:
+    return {"num_cpus": num_cpus}
 
 
 def _actor_placement() -> dict:

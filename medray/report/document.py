@@ -63,6 +63,9 @@ def run_entry(result: RunResult, table: SampleTable, samples: pd.DataFrame, task
             "num_cpus": result.pool.num_cpus,
             "num_gpus": result.pool.num_gpus,
             "threads": result.pool.threads,
+            "read_cpus": result.pool.read_cpus,
+            "read_tasks": result.pool.read_tasks,
+            "costs": result.pool.costs,
             "nodes": sorted(df["node_id"].unique().tolist()) if len(df) else [],
         },
     }

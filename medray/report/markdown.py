@@ -66,7 +66,8 @@ def runs_table(doc: dict, task) -> list[str]:
         rows.append({"Run": r["name"], **task.runs_columns(r),
                      "Throughput / capacity (per s)": f"{r['throughput_sps']:.1f} / {'–' if cap is None else f'{cap:.1f}'}",
                      "Start-up (s)": "–" if start is None else f"{start:.1f}", "Wall (s)": f"{r['wall_s']:.1f}",
-                     "Pool": f"{p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr)", "Executed precision": eff,
+                     "Pool": f"{p['actors']}×({p['num_cpus']:g} CPU, {p['threads']} thr)"
+                             + (f", ≤{p['read_tasks']} reads" if p.get("read_tasks") else ""), "Executed precision": eff,
                      "Artifact": art})
     if not rows:
         return []

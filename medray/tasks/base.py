@@ -48,6 +48,9 @@ class Task(ABC):
     identity_columns: ClassVar[tuple[str, ...]] = ()
     # data.cache=auto caches this task's read outputs (medray.data.cache).
     cache_by_default: ClassVar[bool] = True
+    # The driver times a few samples through the reader and predict before a CPU run, to
+    # split the cores between decoding and inference (medray.pipeline.costs).
+    cost_probe: ClassVar[bool] = True
 
     # -- driver, before Ray ---------------------------------------------------------
     @abstractmethod
@@ -72,8 +75,9 @@ class Task(ABC):
         """Samples per backend call inside one actor call; None = the whole call at once."""
         return spec.batch_size
 
-    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
-        """Samples per read task (``configured``: data.read_block_size)."""
+    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None, read_s: float | None = None) -> int:
+        """Samples per read task (``configured``: data.read_block_size; ``read_s``: one
+        sample's measured read cost, when known)."""
         return configured or spec.batch_size
 
     @abstractmethod

@@ -94,18 +94,23 @@ def model_prep(model: ModelSpec) -> dict:
 
 # Samples per read task and actor call.  Ray Data costs 15-30 ms per actor call on a
 # 2-core VM (measured, docs/benchmarks.md): with 64 samples a call, a fast backend (the
-# demo model: 12 ms per 64) spent more time between calls than in them.
+# demo model: 12 ms per 64) spent more time between calls than in them.  A read task
+# costs about as much again (~45 ms of scheduling per task, measured with sleeping
+# stages): when the read cost is measured, a block holds at least BLOCK_SECONDS of it.
 BLOCK_SAMPLES = 256
+BLOCK_SECONDS = 0.4
 BLOCK_BYTES = 64 * 2**20  # a block's decoded uint8 input, ten crops included
 
 
-def read_block_size(n: int, batch_size: int, actors: int, sample_bytes: int = 0) -> int:
+def read_block_size(n: int, batch_size: int, actors: int, sample_bytes: int = 0, read_s: float | None = None) -> int:
     """Samples per read task (= per actor call): a multiple of the batch size (no ragged
-    backend batches), about :data:`BLOCK_SAMPLES` and at most :data:`BLOCK_BYTES` of input,
-    but small enough that every actor gets several blocks (read and predict overlap)."""
+    backend batches), about :data:`BLOCK_SAMPLES` (or :data:`BLOCK_SECONDS` of reading
+    when one sample's ``read_s`` is known and cheaper) and at most :data:`BLOCK_BYTES` of
+    input, but small enough that every actor gets several blocks (read and predict overlap)."""
     per_actor = math.ceil(n / (actors * 4 * batch_size))
     by_bytes = BLOCK_BYTES // max(1, sample_bytes * batch_size)
-    return batch_size * max(1, min(max(1, BLOCK_SAMPLES // batch_size), by_bytes, per_actor))
+    target = max(BLOCK_SAMPLES, int(BLOCK_SECONDS / read_s)) if read_s else BLOCK_SAMPLES
+    return batch_size * max(1, min(max(1, target // batch_size), by_bytes, per_actor))
 
 
 @dataclass
@@ -150,7 +155,7 @@ class ClassificationTask(Task):
         return CalibrationSource(samples, partial(load_calibration, prep=model_prep(model), in_chans=model.in_chans))
 
     # -- read stage -----------------------------------------------------------------
-    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
+    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None, read_s: float | None = None) -> int:
         if configured:  # data.read_block_size; also read_dataset's second call with execute's block
             return configured
         from medray.data.tta import VIEWS
@@ -158,7 +163,7 @@ class ClassificationTask(Task):
         prep = model_prep(spec.model)
         h, w = prep["size"]
         sample_bytes = h * w * (1 if prep.get("color") == "grey" else 3) * VIEWS[spec.tta]
-        return read_block_size(n, spec.batch_size, actors, sample_bytes)
+        return read_block_size(n, spec.batch_size, actors, sample_bytes, read_s)
 
     def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, block: int) -> list[pd.DataFrame]:
         return [todo.iloc[i : i + block][["sample_id", "path"]] for i in range(0, len(todo), block)]

@@ -173,6 +173,9 @@ class SegmentationTask(Task):
     unit: ClassVar[str] = "case"
     identity_columns: ClassVar[tuple[str, ...]] = ("dice", "mask_sha256")
     cache_by_default: ClassVar[bool] = False  # a preprocessed float volume is tens of MB
+    # One case is a whole volume through the sliding window: timing one on the driver at one
+    # thread would cost as much as the probe saves on a test set of tens of cases.
+    cost_probe: ClassVar[bool] = False
 
     @classmethod
     def for_config(cls, cfg: EvalConfig, table: SampleTable) -> SegmentationTask:
@@ -212,7 +215,7 @@ class SegmentationTask(Task):
     def split_batch(self, spec: RunSpec) -> int | None:
         return None  # batch_size is windows per backend call, inside the case's sliding window
 
-    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None) -> int:
+    def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None, read_s: float | None = None) -> int:
         return 1
 
     def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:

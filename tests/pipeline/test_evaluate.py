@@ -86,6 +86,8 @@ def test_end_to_end_throughput_does_not_depend_on_the_set_size(ray_local, tmp_pa
     """256 and 2048 samples of the same images: the same end-to-end rate up to machine noise
     (a rate from the actors' first batch on was the backend's on 256, the reads' on 2048),
     and the inference capacity at least as high (it is the backend alone)."""
+    from medray.pipeline.costs import MIN_SAMPLES
+
     tmp = tmp_path_factory.mktemp("tput")
     data = DataConfig(name="synthetic", root=str(tmp / "data"), n_train=2, n_calibration=2, n_test=2048, image_size=256)
     got = {}
@@ -96,5 +98,7 @@ def test_end_to_end_throughput_does_not_depend_on_the_set_size(ray_local, tmp_pa
         r = execute(cfg, task, samples, specs)[0]
         assert len(r.predictions) == limit and r.startup_s > 0 and r.wall_s > r.startup_s
         assert r.inference_sps >= 0.9 * r.throughput_sps
+        # 2048 samples: the cores split by what a sample costs each stage, measured first.
+        assert (r.pool.costs is not None) == (limit >= MIN_SAMPLES), r.pool
         got[limit] = r.throughput_sps
     assert 0.6 < got[256] / got[2048] < 1 / 0.6, got

@@ -43,3 +43,54 @@ def test_gpu_pool_uses_fractional_gpus_per_stream():
 def test_gpu_requested_on_cpu_cluster_names_resources():
     with pytest.raises(ConfigError, match=r"device=cuda: the Ray cluster has no GPU \(resources: 2 CPU, 0 GPU\)"):
         plan(device="cuda")
+
+
+# -- the split from measured costs (every core busy) ------------------------------------
+from medray.pipeline.resources import StageCosts  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "read_ms, infer_ms, threads, tasks, read_cpus",
+    [
+        # The demo model (OpenVINO INT8) on 256-px PNGs: decoding is 60 % of the work, so
+        # one backend thread (0.76 cores needed) and two decode tasks (1.24 cores needed).
+        (0.75, 0.5, 1, 2, 0.5),
+        # DenseNet121 on 1024-px JPEGs: 0.72 cores of decoding, 1.28 of inference.
+        (4.3, 7.9, 2, 1, 1.0),
+        # Warm cache: reading back is a fraction of inference.
+        (0.1, 0.5, 2, 1, 1.0),
+    ],
+)
+def test_costs_size_backend_threads_and_decode_tasks_rounded_up(read_ms, infer_ms, threads, tasks, read_cpus):
+    p = plan(costs=StageCosts(read_ms / 1e3, infer_ms / 1e3))
+    assert (p.actors, p.num_cpus, p.threads, p.read_tasks, p.read_cpus) == (1, 1.0, threads, tasks, read_cpus)
+    assert p.costs == {"read_s": read_ms / 1e3, "infer_s": infer_ms / 1e3}
+    assert f"up to {tasks} read task(s)" in p.describe() and "inference" in p.describe()
+
+
+@pytest.mark.parametrize("streams", [1, 2, 4])
+@pytest.mark.parametrize("read_ms", [0.01, 0.5, 2.0, 50.0])
+@pytest.mark.parametrize("cpus", [2, 3, 8, 32])
+def test_a_costed_split_never_gives_away_the_read_reserve(streams, read_ms, cpus):
+    """Whatever the costs: the actors' CPUs plus the read tasks' CPUs fit the cluster, the
+    actors never take the reserved CPU (the 2-CPU hang), and each read task gets a share."""
+    p = plan(streams=streams, cluster_cpus=cpus, node_cores=cpus, costs=StageCosts(read_ms / 1e3, 1e-3))
+    assert p.actors * p.num_cpus <= cpus - 1.0
+    assert p.actors * p.num_cpus + p.read_tasks * p.read_cpus <= cpus + 1e-9
+    assert p.read_cpus > 0 and 1 <= p.read_tasks <= cpus and 1 <= p.threads <= max(1, cpus // streams)
+
+
+def test_a_big_node_splits_its_cores_by_the_costs():
+    p = plan(streams=4, cluster_cpus=32, node_cores=32, costs=StageCosts(1e-3, 1e-3))
+    assert (p.threads, p.read_tasks) == (4, 16)  # half the cores each: 4 threads × 4 actors, 16 decode tasks
+    assert p.actors * p.num_cpus + p.read_tasks * p.read_cpus <= 32
+
+
+def test_explicit_threads_stay_with_costs_known():
+    p = plan(threads=2, costs=StageCosts(0.75e-3, 0.5e-3))
+    assert (p.threads, p.read_tasks) == (2, 2)
+
+
+def test_gpu_pools_ignore_cpu_costs():
+    p = plan(device="cuda", cluster_cpus=8, cluster_gpus=1, costs=StageCosts(1e-3, 1e-3))
+    assert (p.read_tasks, p.read_cpus, p.costs) == (None, 1.0, None)

@@ -103,3 +103,49 @@ def test_read_block_size_amortises_actor_calls_within_memory_and_overlap_limits(
     big = 10 * 224 * 224 * 3
     b = read_block_size(100_000, 8, 1, big)
     assert b % 8 == 0 and b * big <= BLOCK_BYTES and (b + 8) * big > BLOCK_BYTES
+
+
+def _most_at_once(starts, ends) -> int:
+    events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends])
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("read_ms, tasks", [(0.75, 2), (0.1, 1)])
+def test_a_costed_plan_runs_its_read_tasks_at_once_on_two_cpus(ray_local, read_ms, tasks):
+    """The plan's read concurrency is what Ray Data really runs on the 2-CPU machine beside
+    the actor pool (its budgets see the read tasks' fractional CPUs), and never more; the
+    run finishes (an actor pool that takes every CPU would hang here)."""
+    import ray.data
+
+    from medray.pipeline.resources import StageCosts, plan_pool
+    from medray.pipeline.stages import Stage, map_stage
+
+    def slow_read(batch):  # defined here: Ray pickles it by value (the test module is not importable there)
+        import os
+        import time
+
+        t0 = time.time()
+        time.sleep(0.15)
+        n = len(batch["i"])
+        return {"i": batch["i"], "t0": np.full(n, t0), "t1": np.full(n, time.time()), "pid": np.full(n, os.getpid())}
+
+    class Passthrough:
+        def __call__(self, batch):
+            return dict(batch)
+
+    p = plan_pool(device="cpu", streams=1, cluster_cpus=2, cluster_gpus=0, node_cores=2, reserve_cpus=1, threads=None,
+                  costs=StageCosts(read_ms / 1e3, 0.5e-3))
+    assert p.read_tasks == tasks
+    blocks = [pd.DataFrame({"i": np.arange(j * 4, (j + 1) * 4)}) for j in range(16)]
+    ds = map_stage(ray.data.from_pandas(blocks), Stage(slow_read, num_cpus=p.read_cpus, tasks=p.read_tasks))
+    ds = map_stage(ds, Stage(Passthrough, batch_size=4, actors=p.actors, num_cpus=p.num_cpus))
+    rows = pd.concat([pd.DataFrame(dict(b)) for b in ds.iter_batches(batch_size=None, batch_format="numpy")])
+    assert sorted(rows["i"]) == list(range(64))
+    reads = rows.groupby(["pid", "t0"])["t1"].first().reset_index()
+    assert len(reads) == 16
+    assert _most_at_once(reads["t0"], reads["t1"]) == tasks

@@ -1,0 +1,163 @@
+"""What one sample costs each stage on this node, measured at start-up (the CPU split).
+
+Before a CPU run's pipeline starts, the driver reads a few of the run's own samples with
+the run's reader (decoded-cache hits read back, misses decoded) and runs the actor's
+``predict`` on them with the backend at one thread.  Those two costs size the split of the
+node's cores between the read tasks and the backend (:func:`medray.pipeline.resources.plan_pool`).
+
+The backend's cost is kept in ``cache_dir/costs`` (keyed by the model or artifact, backend
+options, precision, batch, TTA, the CPU and the library versions), so the next run of the
+same configuration on this kind of machine does not load the model on the driver again.
+Runs of fewer than :data:`MIN_SAMPLES` samples, GPU runs and tasks that opt out
+(:attr:`medray.tasks.base.Task.cost_probe`) keep the fixed split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medray.pipeline.resources import StageCosts
+from medray.specs import RunSpec
+from medray.tasks.base import Task
+
+log = logging.getLogger("medray.costs")
+
+# Samples read (after one warm-up sample) to time the read stage.
+PROBE_SAMPLES = 8
+# Below this a run is a few read blocks and finishes in about the time a probe takes.
+MIN_SAMPLES = 512
+# Time the backend is given per probe call (seconds of one core): big models are timed on a
+# smaller batch than the run's rather than for minutes on the driver.
+PROBE_CALL_S = 0.5
+_LIBRARIES = ("numpy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
+
+
+def stage_costs(task: Task, spec: RunSpec, todo: pd.DataFrame, cache_dir: str, decoded_dir: str | None = None
+                ) -> StageCosts | None:
+    """The read and inference cost of one sample of ``todo`` under ``spec``; None when the
+    run keeps the fixed split (GPU, small run, a task without a probe, nothing readable).
+
+    ``decoded_dir``: the decoded cache's folder when the run reads through it (``todo``
+    then carries its columns): hits are timed reading the cache, misses decoding.
+    """
+    if spec.device != "cpu" or not task.cost_probe or len(todo) < MIN_SAMPLES:
+        return None
+    read_s, batch = read_cost(task, spec, todo, decoded_dir)
+    if batch is None:
+        return None
+    return StageCosts(read_s=read_s, infer_s=backend_cost(task, spec, batch, cache_dir))
+
+
+def read_cost(task: Task, spec: RunSpec, todo: pd.DataFrame, decoded_dir: str | None = None
+              ) -> tuple[float, dict | None]:
+    """Core-seconds to read one sample (a mix of cache hits and misses in ``todo``'s
+    proportion) and the readable rows read (None if none was)."""
+    from medray.data import cache as decoded
+
+    fn, kwargs = task.reader(spec)
+    hit = (todo[decoded.SHARD] != "").to_numpy() if decoded_dir is not None else np.zeros(len(todo), dtype=bool)
+    costs, rows = [], None
+    for mask, reader in ((~hit, fn), (hit, decoded.cached(fn, decoded_dir) if hit.any() else None)):
+        if not mask.any():
+            continue
+        part = todo[mask].head(PROBE_SAMPLES + 1)
+        block_df = task.read_blocks(part, spec, len(part))[0]
+        if reader is not fn:
+            block_df = block_df.join(part.set_index("sample_id")[list(decoded.COLUMNS)], on="sample_id")
+        block = {c: block_df[c].to_numpy() for c in block_df.columns}
+        first = {k: v[:1] for k, v in block.items()}
+        reader(first, **kwargs)  # imports, decoder set-up: not the per-sample cost
+        rest = {k: v[1:] for k, v in block.items()} if len(part) > 1 else first
+        # Wall time on the idle driver: the read path's own threads (Arrow's decompression of
+        # cache shards) and its I/O count, as they do in the read tasks.
+        t0 = time.perf_counter()
+        out = reader(rest, **kwargs)
+        costs.append((mask.mean(), (time.perf_counter() - t0) / len(rest["sample_id"])))
+        ok = np.array([not r for r in out["skipped_reason"]], dtype=bool)
+        if rows is None and ok.any():
+            rows = {k: np.asarray(v)[ok] for k, v in out.items() if k != "skipped_reason"}
+    return float(sum(share * c for share, c in costs)), rows
+
+
+def backend_cost(task: Task, spec: RunSpec, rows: dict, cache_dir: str) -> float:
+    """Core-seconds of the actor's ``predict`` per sample at one thread (normalisation, TTA
+    views and the backend), timed on ``rows`` tiled to a batch; cached in ``cache_dir/costs``."""
+    from medray.backends.artifacts import cache_key
+
+    parts = {
+        "task": task.name, "backend": asdict(spec.backend), "precision": spec.precision, "tta": spec.tta,
+        "batch": spec.batch_size, "model": asdict(spec.model),
+        "artifact": (spec.artifact or {}).get("key"), "cpu": _cpu(), "versions": _versions(),
+    }
+    path = Path(cache_dir) / "costs" / f"{cache_key(parts)[:16]}.json"
+    try:
+        return float(json.loads(path.read_text())["infer_s"])
+    except (OSError, ValueError, KeyError):
+        pass
+    infer_s = _time_backend(task, spec, rows)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps({"infer_s": infer_s, **parts}, indent=1, default=str))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache only costs the next run another probe
+        log.warning("could not record the measured cost in %s (%s)", path, e)
+    return infer_s
+
+
+def _time_backend(task: Task, spec: RunSpec, rows: dict) -> float:
+    import torch
+
+    from medray.backends import get_backend
+
+    one = replace(spec, threads=1, warmup_batches=0)
+    n_rows = len(rows["sample_id"])
+
+    def timed(m: int) -> float:
+        idx = np.arange(m) % n_rows
+        batch = {k: v[idx] for k, v in rows.items()}
+        t0 = time.process_time()
+        task.predict(backend, one, batch)
+        return (time.process_time() - t0) / m
+
+    threads = torch.get_num_threads()  # the torch backend and task.open set the process's threads
+    try:
+        with get_backend(spec.backend.name)(one) as backend:
+            task.open(one)
+            first = timed(1)  # warm-up: the first call pays for allocation and kernel selection
+            size = task.split_batch(spec) or n_rows
+            size = size if first * size <= 2 * PROBE_CALL_S else max(1, int(PROBE_CALL_S / first))
+            if size * first > PROBE_CALL_S:
+                return timed(size)
+            timed(size)  # the batch shape's own warm-up
+            return min(timed(size) for _ in range(2))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cpu() -> str:
+    from medray.machine import machine
+
+    m = machine(versions=False)
+    return f"{m['cpu']}|{','.join(m['cpu_flags'])}"
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
