@@ -2,7 +2,8 @@
 
 On the same files and the same artifact, measures
   * decode   — CPU seconds to decode + preprocess one image (one process = one core);
-  * bare     — the backend loop on pre-decoded tensors at the pool's threads and batch;
+  * bare     — the backend loop on pre-decoded tensors at the warm run's threads and batch
+               (the threads medray's CPU split gave that run);
   * bare_1t  — the same at one thread: the backend's CPU seconds per image;
   * limit    — the machine limit for decode + inference of one image on all its cores:
                cores / (decode s + backend core-s per image);
@@ -83,7 +84,7 @@ def end_to_end(cfg, spec, samples: pd.DataFrame) -> dict:
 
     (r,) = execute(cfg, ClassificationTask(), samples.assign(problem=""), [spec])
     return {"throughput_sps": r.throughput_sps, "inference_sps": r.inference_sps, "wall_s": r.wall_s,
-            "startup_s": r.startup_s, "read_cache": r.read_cache, "pool": r.pool.describe()}
+            "startup_s": r.startup_s, "read_cache": r.read_cache, "pool": r.pool.describe(), "threads": r.pool.threads}
 
 
 def main(argv=None) -> dict:
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--precision", default="int8")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--streams", type=int, default=1)
-    p.add_argument("--num-images", type=int, default=1000)
+    p.add_argument("--num-images", type=int, default=4000)
     p.add_argument("--image-size", type=int, default=1024, help="--data jpeg: side of the files (px)")
     p.add_argument("--input-size", type=int, default=96, help="model input side (px)")
     p.add_argument("--repeats", type=int, default=3)
@@ -114,8 +115,6 @@ def main(argv=None) -> dict:
     from medray.data.preprocess import decode_image, medray_preset, to_model_input
     from medray.io import file_sha256
     from medray.models.factory import build_model, save_checkpoint
-    from medray.pipeline.cluster import cluster_shape
-    from medray.pipeline.resources import plan_pool
 
     cores = len(os.sched_getaffinity(0))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="medray-limit-"))
@@ -130,15 +129,10 @@ def main(argv=None) -> dict:
 
     t_dec = decode_cost(list(samples["path"]), prep, args.repeats)
     x = to_model_input(np.stack([decode_image(p, prep) for p in samples["path"]]), 3, prep)
+    bare_1t = bare_rate(replace(spec, threads=1), x, args.repeats)
+    limit = cores / (t_dec + 1.0 / bare_1t)
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
-        cpus, gpus, node_cores = cluster_shape()
-        plan = plan_pool(device="cpu", streams=args.streams, cluster_cpus=cpus, cluster_gpus=gpus, node_cores=node_cores,
-                         reserve_cpus=1.0, threads=None)
-        pooled = replace(spec, threads=plan.threads)
-        bare = bare_rate(pooled, x, args.repeats)
-        bare_1t = bare_rate(replace(spec, threads=1), x, args.repeats)
-        limit = cores / (t_dec + 1.0 / bare_1t)
         base = dict(backend=backend_config(args.backend),
                     precision=args.precision, data=DataConfig(name="synthetic"), ray=RayConfig(num_cpus=cores),
                     batch_size=args.batch_size, streams=args.streams, cache_dir=str(work / "cache"), baseline=None,
@@ -154,11 +148,14 @@ def main(argv=None) -> dict:
         warm = [end_to_end(cfg_on, spec, samples) for _ in range(args.repeats)]
     finally:
         ray.shutdown()
+    threads = warm[0]["threads"]  # the bare loop at the threads the warm runs were given
+    bare = bare_rate(replace(spec, threads=threads), x, args.repeats)
     med = lambda runs: statistics.median(r["throughput_sps"] for r in runs)  # noqa: E731
     out = {
         "data": args.data, "image_size": args.image_size if args.data == "jpeg" else 256, "num_images": len(samples),
         "model": args.model, "input_size": args.input_size, "backend": args.backend, "precision": args.precision,
-        "batch_size": args.batch_size, "streams": args.streams, "cores": cores, "pool": plan.describe(),
+        "batch_size": args.batch_size, "streams": args.streams, "cores": cores,
+        "cold_pool": cold[0]["pool"], "warm_pool": warm[0]["pool"], "bare_threads": threads,
         "decode_ms_per_image": 1e3 * t_dec,
         "bare_sps": bare, "bare_1thread_sps": bare_1t, "backend_core_ms_per_image": 1e3 / bare_1t,
         "machine_limit_sps": limit,
