@@ -57,7 +57,11 @@ class Backend(ABC):
     name: ClassVar[str]
 
     def __init__(self, spec: RunSpec):
+        from medray.data.preprocess import InputBuffers
+
         self.spec = spec
+        # Arrays the session's inputs are normalised into, reused batch after batch.
+        self.inputs = InputBuffers()
         self.last_ms: float = 0.0
         self.effective_precision: dict[str, Any] = {}
         self._loaded = False

@@ -377,18 +377,20 @@ def _to_gray_u8(im) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def to_model_input(images_u8: np.ndarray, in_chans: int, prep: dict | None = None) -> np.ndarray:
+def to_model_input(images_u8: np.ndarray, in_chans: int, prep: dict | None = None,
+                   buffers: InputBuffers | None = None) -> np.ndarray:
     """uint8 ``(N, H, W)`` / ``(N, H, W, 3)`` → float32 model input, C-contiguous.
 
     ``x / 255`` then ``(x - mean) / std`` per channel in float32 — torchvision's ``ToTensor``
     + ``Normalize``, bit for bit — a grey image repeated to ``in_chans``; NCHW, or NHWC
-    with ``prep["layout"]``.  ``prep=None`` is the medray preset.
+    with ``prep["layout"]``.  ``prep=None`` is the medray preset.  With ``buffers`` the
+    result is written into a reused array (valid until the next call with the same shape).
     """
     mean = np.asarray(prep["mean"] if prep else [MEAN] * in_chans, dtype=np.float32)
     std = np.asarray(prep["std"] if prep else [STD] * in_chans, dtype=np.float32)
     nchw = not prep or prep["layout"] == "nchw"
     if images_u8.dtype == np.uint8:
-        return _normalise_u8(images_u8, in_chans, mean, std, nchw)
+        return _normalise_u8(images_u8, in_chans, mean, std, nchw, buffers)
     x = images_u8.astype(np.float32) / np.float32(255)
     if x.ndim == 3:  # grey
         x = np.repeat(x[..., None], in_chans, axis=-1)
@@ -398,7 +400,29 @@ def to_model_input(images_u8: np.ndarray, in_chans: int, prep: dict | None = Non
     return np.ascontiguousarray(x)
 
 
-def _normalise_u8(images: np.ndarray, in_chans: int, mean: np.ndarray, std: np.ndarray, nchw: bool) -> np.ndarray:
+class InputBuffers:
+    """Model-input arrays reused from batch to batch, one per shape (the few most recent).
+
+    A fresh float array per batch is paid in page faults: 3.4 ms for 64 grey 96-px images
+    against 0.5 ms to normalise them into an array already touched (2-core VM)."""
+
+    KEEP = 4  # full batches, the last partial one, ten-crop views
+
+    def __init__(self):
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def get(self, shape: tuple) -> np.ndarray:
+        a = self._arrays.pop(shape, None)
+        if a is None:
+            a = np.empty(shape, dtype=np.float32)
+            while len(self._arrays) >= self.KEEP:
+                self._arrays.pop(next(iter(self._arrays)))
+        self._arrays[shape] = a  # most recent last
+        return a
+
+
+def _normalise_u8(images: np.ndarray, in_chans: int, mean: np.ndarray, std: np.ndarray, nchw: bool,
+                  buffers: InputBuffers | None = None) -> np.ndarray:
     """:func:`to_model_input` of uint8 images through a 256-entry table per channel.
 
     Each output value depends only on its pixel value and channel, so the table holds
@@ -410,7 +434,8 @@ def _normalise_u8(images: np.ndarray, in_chans: int, mean: np.ndarray, std: np.n
     v = np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255)
     lut = np.ascontiguousarray(np.broadcast_to((v[:, None] - mean) / std, (256, chans)).T)  # (C, 256)
     n, h, w = images.shape[:3]
-    out = np.empty((n, chans, h, w) if nchw else (n, h, w, chans), dtype=np.float32)
+    shape = (n, chans, h, w) if nchw else (n, h, w, chans)
+    out = buffers.get(shape) if buffers is not None else np.empty(shape, dtype=np.float32)
     for c in range(chans):
         src = images if grey else images[..., c]
         if nchw and grey and c and np.array_equal(lut[c], lut[0]):

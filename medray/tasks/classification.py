@@ -184,7 +184,7 @@ class ClassificationTask(Task):
         views = tta_views(batch["image"], spec.tta)
         probs, batch_ms = 0.0, 0.0
         for view in views:
-            logits = backend.infer(to_model_input(view, model.in_chans, prep))
+            logits = backend.infer(to_model_input(view, model.in_chans, prep, backend.inputs))
             batch_ms += backend.last_ms
             probs = probs + probabilities(logits, model.task, model.output, model.positive_index)
         n = len(batch["image"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medray.data.preprocess import PreprocessConfig, decode_image, resolve, to_model_input
+from medray.data.preprocess import InputBuffers, PreprocessConfig, decode_image, resolve, to_model_input
 from medray.errors import ConfigError
 
 TOL = 1e-6
@@ -163,6 +163,12 @@ def test_model_input_of_uint8_images_is_bit_identical_to_totensor_normalize(shap
     x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     x[0].flat[:256] = np.arange(256, dtype=np.uint8)[: x[0].size]  # every value appears
     got = to_model_input(x, in_chans, prep)
+    # Into a reused array (the actor's): the same values, whatever the array held before.
+    buffers = InputBuffers()
+    buffers.get(got.shape).fill(np.nan)
+    reused = to_model_input(x, in_chans, prep, buffers)
+    assert reused is buffers.get(got.shape)
+    np.testing.assert_array_equal(reused, got)
     t = torch.from_numpy(x).float() / 255
     t = t[..., None].expand(*t.shape, in_chans) if x.ndim == 3 else t
     mean = torch.tensor(prep["mean"] if prep else [0.5] * in_chans)
@@ -172,3 +178,12 @@ def test_model_input_of_uint8_images_is_bit_identical_to_totensor_normalize(shap
         want = want.permute(0, 2, 3, 1)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     np.testing.assert_array_equal(got, want.contiguous().numpy())
+
+
+def test_input_buffers_reuse_one_array_per_shape_and_keep_the_latest_few():
+    b = InputBuffers()
+    a = b.get((2, 3))
+    assert b.get((2, 3)) is a and a.dtype == np.float32
+    others = [b.get((n, 3)) for n in range(3, 3 + InputBuffers.KEEP)]
+    assert b.get((2, 3)) is not a  # evicted: only the KEEP most recent shapes are held
+    assert b.get((3 + InputBuffers.KEEP - 1, 3)) is others[-1]
