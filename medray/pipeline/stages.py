@@ -6,7 +6,8 @@ that are never fused into the actors, restarts and retries of dead actors, the p
 group of a sweep trial — goes through Ray's remote-args hooks, which Ray 2.60 deprecates
 for removal in 2.64 with no named replacement.  They are passed here and nowhere else,
 so moving the Ray pin is a change to :func:`map_stage` only (a test checks that the two
-stages stay separate operators).
+stages stay separate operators).  So is the one setting of Ray Data's internals medray
+changes (:func:`prompt_resource_limits`).
 """
 
 from __future__ import annotations
@@ -51,9 +52,28 @@ class Stage:
     max_retries: int = 3
 
 
+# How often Ray Data 2.60 asks its autoscaling coordinator for the cluster's resources
+# (its default: every 1 s).  Until the first answer an execution's limits are zero and it
+# runs one task at a time; medray asks every 0.1 s, so the answer is used as soon as it
+# comes (measured on the 2-core VM: reads and predicts serialised for the first ~1 s of
+# every run; the demo set on OpenVINO INT8 went from ~1300 to ~1500 img/s end to end).
+LIMITS_REFRESH_S = 0.1
+
+
+def prompt_resource_limits() -> None:
+    """Make Ray Data pick up the cluster's resources within :data:`LIMITS_REFRESH_S` of an
+    execution's start (a private class attribute of Ray 2.60: checked by a test)."""
+    from ray.data._internal.execution.resource_manager import ResourceManager
+
+    ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S,
+                                                          LIMITS_REFRESH_S)
+
+
 def map_stage(ds, stage: Stage):
     """``ds.map_batches`` for ``stage``, with the remote args that keep it what it is."""
     import ray.data
+
+    prompt_resource_limits()
 
     common = dict(batch_format="numpy", batch_size=stage.batch_size)
     with ray_remote_args_accepted():
