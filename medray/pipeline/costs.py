@@ -38,6 +38,8 @@ MIN_SAMPLES = 512
 # Time the backend is given per probe call (seconds of one core): big models are timed on a
 # smaller batch than the run's rather than for minutes on the driver.
 PROBE_CALL_S = 0.5
+# Part of the cached cost's key: a change to how the probe times is a new measurement.
+PROBE_VERSION = 2
 _LIBRARIES = ("numpy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
 
 
@@ -103,7 +105,7 @@ def backend_cost(task: Task, spec: RunSpec, rows: dict, cache_dir: str) -> float
     from medray.backends.artifacts import cache_key
 
     parts = {
-        "task": task.name, "backend": asdict(spec.backend), "precision": spec.precision, "tta": spec.tta,
+        "probe": PROBE_VERSION, "task": task.name, "backend": asdict(spec.backend), "precision": spec.precision, "tta": spec.tta,
         "batch": spec.batch_size, "model": asdict(spec.model),
         "artifact": (spec.artifact or {}).get("key"), "cpu": _cpu(), "versions": _versions(),
     }
@@ -142,12 +144,13 @@ def _time_backend(task: Task, spec: RunSpec, rows: dict) -> float:
     try:
         with get_backend(spec.backend.name)(one) as backend:
             task.open(one)
-            first = timed(1)  # warm-up: the first call pays for allocation and kernel selection
+            timed(1)  # warm-up: the first call pays for allocation and kernel selection (2x here)
+            first = timed(1)  # one sample alone: an upper bound of its share of a batch
             size = task.split_batch(spec) or n_rows
             size = size if first * size <= 2 * PROBE_CALL_S else max(1, int(PROBE_CALL_S / first))
+            timed(size)  # the batch shape's own warm-up
             if size * first > PROBE_CALL_S:
                 return timed(size)
-            timed(size)  # the batch shape's own warm-up
             return min(timed(size) for _ in range(2))
     finally:
         torch.set_num_threads(threads)

@@ -30,6 +30,10 @@ def test_ort_fp32_matches_torch(tiny_spec, cache):
     eff = ort_b.effective_precision
     assert eff["executed"] == "fp32" and eff["providers"][0] == "CPUExecutionProvider"
     assert eff["initializer_dtypes"].get("float", 0) > 0 and eff["quantized_op_share"] == 0
+    # Its idle threads sleep: the actor shares the node's cores with the read tasks.
+    opts = ort_b._session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == o_spec.threads
 
 
 def test_export_is_cached_by_content(tiny_spec, cache, caplog):
