@@ -171,23 +171,11 @@ def _assemble(n: int, pieces: list[tuple[np.ndarray, dict]]) -> dict[str, np.nda
 
 
 def _read_rows(shard: str, rows: np.ndarray) -> dict | None:
-    """Columns of ``rows`` of a shard (multi-dimensional columns reshaped from their flat
-    Arrow values, no per-row objects); None when the shard is gone or unreadable."""
-    import pyarrow.parquet as pq
+    """Columns of ``rows`` of a shard; None when the shard is gone or unreadable."""
+    from medray.pipeline.resume import read_columns
 
     try:
-        table = pq.read_table(shard)
-        shapes = json.loads((table.schema.metadata or {}).get(b"medray_shapes", b"{}"))
-        table = table.take(np.asarray(rows, dtype=np.int64))
-        out = {}
-        for name in table.column_names:
-            if name == "file_key":
-                continue
-            col = table.column(name).combine_chunks()
-            if name in shapes:
-                out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), *shapes[name])
-            else:
-                out[name] = col.to_numpy(zero_copy_only=False)
+        out = read_columns(shard, rows, skip=("file_key",))
     except Exception:
         return None
     out["skipped_reason"] = np.full(len(rows), "", dtype=object)
