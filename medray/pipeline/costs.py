@@ -6,14 +6,17 @@ the run's reader (decoded-cache hits read back, misses decoded) and runs the act
 node's cores between the read tasks and the backend (:func:`medray.pipeline.resources.plan_pool`).
 
 The backend's cost is kept in ``cache_dir/costs`` (keyed by the model or artifact, backend
-options, precision, batch, TTA, the CPU and the library versions), so the next run of the
-same configuration on this kind of machine does not load the model on the driver again.
+options, precision, batch, TTA, the CPU, the library versions and medray's own source), so
+the next run of the same configuration on this kind of machine does not load the model on
+the driver again.  Decoded-cache misses are timed decoding only: writing their shard
+(a buffer copy and Snappy) is small beside decoding and left out.
 Runs of fewer than :data:`MIN_SAMPLES` samples, GPU runs and tasks that opt out
 (:attr:`medray.tasks.base.Task.cost_probe`) keep the fixed split.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,8 +41,6 @@ MIN_SAMPLES = 512
 # Time the backend is given per probe call (seconds of one core): big models are timed on a
 # smaller batch than the run's rather than for minutes on the driver.
 PROBE_CALL_S = 0.5
-# Part of the cached cost's key: a change to how the probe times is a new measurement.
-PROBE_VERSION = 2
 _LIBRARIES = ("numpy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
 
 
@@ -55,6 +56,8 @@ def stage_costs(task: Task, spec: RunSpec, todo: pd.DataFrame, cache_dir: str, d
         return None
     read_s, batch = read_cost(task, spec, todo, decoded_dir)
     if batch is None:
+        log.warning("%s: none of the %d samples read to measure the CPU split was readable; "
+                    "the fixed split is used", spec.name, PROBE_SAMPLES + 1)
         return None
     return StageCosts(read_s=read_s, infer_s=backend_cost(task, spec, batch, cache_dir))
 
@@ -105,14 +108,17 @@ def backend_cost(task: Task, spec: RunSpec, rows: dict, cache_dir: str) -> float
     from medray.backends.artifacts import cache_key
 
     parts = {
-        "probe": PROBE_VERSION, "task": task.name, "backend": asdict(spec.backend), "precision": spec.precision, "tta": spec.tta,
+        "task": task.name, "backend": asdict(spec.backend), "precision": spec.precision, "tta": spec.tta,
         "batch": spec.batch_size, "model": asdict(spec.model),
-        "artifact": (spec.artifact or {}).get("key"), "cpu": _cpu(), "versions": _versions(),
+        "artifact": (spec.artifact or {}).get("key"), "cpu": _cpu(), "versions": _versions(), "code": _code(),
     }
     path = Path(cache_dir) / "costs" / f"{cache_key(parts)[:16]}.json"
     try:
-        return float(json.loads(path.read_text())["infer_s"])
-    except (OSError, ValueError, KeyError):
+        cached = float(json.loads(path.read_text())["infer_s"])
+        if np.isfinite(cached) and cached > 0:
+            return cached
+        log.warning("%s: %s holds no usable cost (%r); measuring again", spec.name, path, cached)
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     infer_s = _time_backend(task, spec, rows)
     try:
@@ -161,6 +167,20 @@ def _cpu() -> str:
 
     m = machine(versions=False)
     return f"{m['cpu']}|{','.join(m['cpu_flags'])}"
+
+
+@functools.cache
+def _code() -> str:
+    """A digest of medray's own source: a change to predict, normalisation or a backend's
+    session options is a new measurement without anyone remembering to bump a version."""
+    import hashlib
+
+    import medray
+
+    h = hashlib.sha256()
+    for f in sorted(Path(medray.__file__).parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _versions() -> dict:

@@ -176,9 +176,12 @@ def execute(
             todo, cache_stats = cache.lookup(todo)
             log.info("%s: decoded cache %d of %d hit, %d to decode (%s)", spec.name, cache_stats["hits"], len(todo),
                      cache_stats["misses"], cache.dir)
-        # The split of a single node's cores between decoding and inference, from what a sample
-        # costs each (a sweep trial's pool is sized by the sweep; other nodes may differ from this one).
-        costs = _costs(task, spec, todo, cfg.cache_dir, cache) if pool is None and alive == 1 else None
+        # The split of the node's cores between decoding and inference, from what a sample costs
+        # each, measured on the driver: only where the driver is that node (the embedded local
+        # Ray). A sweep trial's pool is sized by the sweep; a cluster's nodes (or a client's
+        # machine, or nodes an autoscaler adds later) may differ from the driver's.
+        local = cfg.ray.address is None and alive == 1
+        costs = _costs(task, spec, todo, cfg.cache_dir, cache) if pool is None and local else None
         plan = pool if pool is not None else plan_pool(
             device=spec.device,
             streams=spec.streams,

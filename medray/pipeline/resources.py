@@ -8,8 +8,9 @@ Every core busy (CPU pools): with what one sample costs each stage (:class:`Stag
 measured at start-up by :mod:`medray.pipeline.costs`), the backend gets the threads its
 share of the node's core time needs and the read stage as many concurrent tasks as its
 share needs, each rounded up, so that neither stage alone leaves a core idle while the
-other waits.  The read tasks share the reserved CPUs (fractions of a CPU each): Ray counts
-them, the operating system runs them on whichever core is free.
+other waits.  The read tasks share the CPUs the pool leaves (at least the reserved ones;
+fractions of a CPU each): Ray counts them, the operating system runs them on whichever
+core is free.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ class StageCosts:
     read_s: float
     # The actor's work for one sample at one thread: normalisation, TTA views, the backend.
     infer_s: float
+
+    def __post_init__(self):
+        for name in ("read_s", "infer_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"StageCosts.{name}={v!r}: a measured cost is a positive number of seconds")
 
     @property
     def infer_share(self) -> float:
@@ -140,13 +147,18 @@ def plan_pool(
     if costs is None:
         return PoolPlan(streams, num_cpus, 0.0, per_actor_threads)
     tasks = _rounded_up(cluster_cpus * (1.0 - costs.infer_share), max(1, int(cluster_cpus)))
+    if threads:  # the user's threads: decoding gets the cores they leave, however dear it is
+        tasks = min(tasks, max(1, node_cores - streams * threads))
     # The CPUs the pool leaves, shared by the concurrent read tasks (a test checks that Ray
-    # Data runs that many at once: tests/pipeline/test_stages.py).
-    read_cpus = math.floor((cluster_cpus - streams * num_cpus) / tasks * 100) / 100
+    # Data runs that many at once: tests/pipeline/test_stages.py); at least 0.01 CPU each,
+    # the least Ray counts.
+    left = cluster_cpus - streams * num_cpus
+    tasks = min(tasks, max(1, int(left * 100)))
+    read_cpus = math.floor(left / tasks * 100) / 100
     return PoolPlan(streams, num_cpus, 0.0, per_actor_threads, read_cpus, tasks, asdict(costs))
 
 
 def _rounded_up(need: float, most: int) -> int:
-    """``need`` (cores) rounded up to whole threads/tasks, 1..most; 5 % of slack, so a
-    measured 1.02 cores is one, not two."""
+    """``need`` (cores) rounded up to whole threads/tasks, 1..most, with 0.05 of a core of
+    slack, so a measured 1.02 cores is one, not two."""
     return max(1, min(most, math.ceil(need - 0.05)))

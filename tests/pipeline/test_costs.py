@@ -60,13 +60,13 @@ def test_read_cost_mixes_cache_hits_and_decoding_in_the_sets_proportion(tmp_path
     task, spec = SlowReader(), tiny_spec(batch_size=4)
     samples = _images(tmp_path / "img", 40)
     cold, _ = costs.read_cost(task, spec, samples)
-    assert SLEEP_S <= cold < SLEEP_S + 0.004
+    assert SLEEP_S <= cold < 3 * SLEEP_S  # the sleep, a 48-px PNG's decode, a loaded machine's slack
     todo, where = _cache(tmp_path, task, spec, samples, 20)
     half, rows = costs.read_cost(task, spec, todo, where)
-    assert 0.5 * SLEEP_S <= half < 0.5 * SLEEP_S + 0.003  # half the samples read back without the decoder
+    assert 0.5 * SLEEP_S <= half < 0.8 * cold  # half the samples read back without the decoder
     todo, where = _cache(tmp_path, task, spec, samples, 40)
     warm, _ = costs.read_cost(task, spec, todo, where)
-    assert warm < 0.5 * SLEEP_S
+    assert warm < 0.25 * cold
     # What the reader produced: the model's input pixels of readable samples, for the backend probe.
     assert rows["image"].dtype == np.uint8 and rows["image"].shape[1:] == (spec.model.input_size,) * 2
     assert "skipped_reason" not in rows and len(rows["sample_id"]) == costs.PROBE_SAMPLES
@@ -87,8 +87,33 @@ def test_backend_cost_is_measured_once_per_configuration(tmp_path, tiny_spec, mo
 
     monkeypatch.setattr(costs, "_time_backend", no_probe)
     assert costs.backend_cost(task, spec, rows, str(tmp_path)) == first  # read back, not re-measured
-    with pytest.raises(AssertionError, match="measured again"):  # another batch is another configuration
-        costs.backend_cost(task, replace(spec, batch_size=8), rows, str(tmp_path))
+    # Another batch, precision, TTA or medray source is another configuration.
+    for other in (replace(spec, batch_size=8), replace(spec, precision="fp16"), replace(spec, tta="hflip")):
+        with pytest.raises(AssertionError, match="measured again"):
+            costs.backend_cost(task, other, rows, str(tmp_path))
+    monkeypatch.setattr(costs, "_code", lambda: "edited")
+    with pytest.raises(AssertionError, match="measured again"):
+        costs.backend_cost(task, spec, rows, str(tmp_path))
+
+
+@pytest.mark.parametrize("bad", ['{"infer_s": NaN}', '{"infer_s": -1}', '{"infer_s": null}', "{broken"])
+def test_a_damaged_cost_file_is_measured_again(tmp_path, tiny_spec, monkeypatch, bad):
+    task, spec = ClassificationTask(), tiny_spec(batch_size=4)
+    _, rows = costs.read_cost(task, spec, _images(tmp_path / "img", 10))
+    costs.backend_cost(task, spec, rows, str(tmp_path))
+    (path,) = (tmp_path / "costs").glob("*.json")
+    path.write_text(bad)
+    monkeypatch.setattr(costs, "_time_backend", lambda *a: 0.123)
+    assert costs.backend_cost(task, spec, rows, str(tmp_path)) == 0.123
+
+
+def test_no_readable_sample_is_a_warning_and_the_fixed_split(tmp_path, tiny_spec, monkeypatch, caplog):
+    monkeypatch.setattr(costs, "MIN_SAMPLES", 4)
+    bad = pd.DataFrame({"sample_id": [f"s{i}" for i in range(12)], "path": [str(tmp_path / f"gone{i}.png") for i in range(12)],
+                        "problem": ""})
+    with caplog.at_level(logging.WARNING, logger="medray.costs"):
+        assert costs.stage_costs(ClassificationTask(), tiny_spec(batch_size=4), bad, str(tmp_path)) is None
+    assert "none of the 9 samples read to measure the CPU split was readable" in caplog.text
 
 
 def test_backend_cost_is_the_actors_work_per_sample_ten_crops_included(tmp_path, tiny_spec):

@@ -69,15 +69,18 @@ def test_costs_size_backend_threads_and_decode_tasks_rounded_up(read_ms, infer_m
 
 
 @pytest.mark.parametrize("streams", [1, 2, 4])
-@pytest.mark.parametrize("read_ms", [0.01, 0.5, 2.0, 50.0])
-@pytest.mark.parametrize("cpus", [2, 3, 8, 32])
-def test_a_costed_split_never_gives_away_the_read_reserve(streams, read_ms, cpus):
-    """Whatever the costs: the actors' CPUs plus the read tasks' CPUs fit the cluster, the
-    actors never take the reserved CPU (the 2-CPU hang), and each read task gets a share."""
-    p = plan(streams=streams, cluster_cpus=cpus, node_cores=cpus, costs=StageCosts(read_ms / 1e3, 1e-3))
+@pytest.mark.parametrize("read_ms", [0.01, 0.5, 2.0, 50.0, 5000.0])
+@pytest.mark.parametrize("cpus", [2, 3, 8, 32, 128])
+@pytest.mark.parametrize("explicit", [False, True])
+def test_a_costed_split_never_gives_away_the_read_reserve(streams, read_ms, cpus, explicit):
+    """Whatever the costs and threads: the actors' CPUs plus the read tasks' CPUs fit the
+    cluster, the actors never take the reserved CPU (the 2-CPU hang), and each read task gets
+    a share Ray counts (>= 0.01 CPU)."""
+    threads = max(1, cpus // streams) if explicit else None
+    p = plan(streams=streams, cluster_cpus=cpus, node_cores=cpus, threads=threads, costs=StageCosts(read_ms / 1e3, 1e-3))
     assert p.actors * p.num_cpus <= cpus - 1.0
     assert p.actors * p.num_cpus + p.read_tasks * p.read_cpus <= cpus + 1e-9
-    assert p.read_cpus > 0 and 1 <= p.read_tasks <= cpus and 1 <= p.threads <= max(1, cpus // streams)
+    assert p.read_cpus >= 0.01 and 1 <= p.read_tasks <= cpus and 1 <= p.threads <= max(1, cpus // streams)
 
 
 def test_a_big_node_splits_its_cores_by_the_costs():
@@ -86,11 +89,20 @@ def test_a_big_node_splits_its_cores_by_the_costs():
     assert p.actors * p.num_cpus + p.read_tasks * p.read_cpus <= 32
 
 
-def test_explicit_threads_stay_with_costs_known():
+def test_explicit_threads_stay_and_decoding_gets_the_cores_they_leave():
+    # Decoding alone would want 2 tasks; 2 threads on 2 cores leave it one.
     p = plan(threads=2, costs=StageCosts(0.75e-3, 0.5e-3))
-    assert (p.threads, p.read_tasks) == (2, 2)
+    assert (p.threads, p.read_tasks, p.read_cpus) == (2, 1, 1.0)
+    p = plan(threads=2, cluster_cpus=8, node_cores=8, costs=StageCosts(0.75e-3, 0.5e-3))
+    assert (p.threads, p.read_tasks) == (2, 5)  # 4.8 cores of decoding wanted, 6 left
 
 
 def test_gpu_pools_ignore_cpu_costs():
     p = plan(device="cuda", cluster_cpus=8, cluster_gpus=1, costs=StageCosts(1e-3, 1e-3))
     assert (p.read_tasks, p.read_cpus, p.costs) == (None, 1.0, None)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -1e-3, float("inf"), None])
+def test_stage_costs_are_positive_finite_seconds(bad):
+    with pytest.raises(ValueError, match="StageCosts.read_s=.*a measured cost is a positive number"):
+        StageCosts(bad, 1e-3)
