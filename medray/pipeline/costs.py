@@ -44,21 +44,25 @@ PROBE_CALL_S = 0.5
 _LIBRARIES = ("numpy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
 
 
+def wanted(task: Task, spec: RunSpec, n: int) -> bool:
+    """Whether a run of ``n`` samples under ``spec`` is split by measured costs (a CPU run of
+    at least :data:`MIN_SAMPLES` of a task with a probe); the others keep the fixed split."""
+    return spec.device == "cpu" and task.cost_probe and n >= MIN_SAMPLES
+
+
 def stage_costs(task: Task, spec: RunSpec, todo: pd.DataFrame, cache_dir: str, decoded_dir: str | None = None
                 ) -> StageCosts | None:
     """The read and inference cost of one sample of ``todo`` under ``spec``; None when the
-    run keeps the fixed split (GPU, small run, a task without a probe, nothing readable).
+    run keeps the fixed split (see :func:`wanted`).  Raises when nothing could be measured.
 
     ``decoded_dir``: the decoded cache's folder when the run reads through it (``todo``
     then carries its columns): hits are timed reading the cache, misses decoding.
     """
-    if spec.device != "cpu" or not task.cost_probe or len(todo) < MIN_SAMPLES:
+    if not wanted(task, spec, len(todo)):
         return None
     read_s, batch = read_cost(task, spec, todo, decoded_dir)
     if batch is None:
-        log.warning("%s: none of the %d samples read to measure the CPU split was readable; "
-                    "the fixed split is used", spec.name, PROBE_SAMPLES + 1)
-        return None
+        raise ValueError(f"none of the {PROBE_SAMPLES + 1} samples read to measure it was readable")
     return StageCosts(read_s=read_s, infer_s=backend_cost(task, spec, batch, cache_dir))
 
 
@@ -75,8 +79,9 @@ def read_cost(task: Task, spec: RunSpec, todo: pd.DataFrame, decoded_dir: str | 
     for mask, reader in ((~hit, fn), (hit, decoded.cached(fn, decoded_dir) if hit.any() else None)):
         if not mask.any():
             continue
-        if reader is fn:
-            part = todo[mask].head(PROBE_SAMPLES + 1)
+        if reader is fn:  # spread over the set: sizes (and classes, in folder order) vary along it
+            candidates = todo[mask]
+            part = candidates.iloc[np.unique(np.linspace(0, len(candidates) - 1, PROBE_SAMPLES + 1).round().astype(int))]
         else:  # a read task reads whole shards: so does the probe (a few rows of one would cost the shard)
             first = shard[np.flatnonzero(mask)[0]]
             part = todo[mask & (shard == first)]

@@ -72,6 +72,24 @@ def test_read_cost_mixes_cache_hits_and_decoding_in_the_sets_proportion(tmp_path
     assert "skipped_reason" not in rows and len(rows["sample_id"]) == costs.PROBE_SAMPLES
 
 
+class SlowSecondHalf(ClassificationTask):
+    """A set whose second half costs SLEEP_S more per sample (bigger images of one class)."""
+
+    def reader(self, spec):
+        fn, kwargs = super().reader(spec)
+
+        def slow(batch, **kw):
+            time.sleep(SLEEP_S * sum(int(p[-7:-4]) >= 20 for p in batch["path"]))
+            return fn(batch, **kw)
+
+        return slow, kwargs
+
+
+def test_read_cost_samples_the_whole_set_not_its_head(tmp_path, tiny_spec):
+    cost, _ = costs.read_cost(SlowSecondHalf(), tiny_spec(batch_size=4), _images(tmp_path / "img", 40))
+    assert 0.3 * SLEEP_S < cost < 0.8 * SLEEP_S + 0.002  # about half the samples pay SLEEP_S
+
+
 def test_backend_cost_is_measured_once_per_configuration(tmp_path, tiny_spec, monkeypatch):
     import torch
 
@@ -107,13 +125,13 @@ def test_a_damaged_cost_file_is_measured_again(tmp_path, tiny_spec, monkeypatch,
     assert costs.backend_cost(task, spec, rows, str(tmp_path)) == 0.123
 
 
-def test_no_readable_sample_is_a_warning_and_the_fixed_split(tmp_path, tiny_spec, monkeypatch, caplog):
+def test_no_readable_sample_is_an_error_naming_it(tmp_path, tiny_spec, monkeypatch):
+    # execute._costs turns it into a warning and the fixed split (test below).
     monkeypatch.setattr(costs, "MIN_SAMPLES", 4)
     bad = pd.DataFrame({"sample_id": [f"s{i}" for i in range(12)], "path": [str(tmp_path / f"gone{i}.png") for i in range(12)],
                         "problem": ""})
-    with caplog.at_level(logging.WARNING, logger="medray.costs"):
-        assert costs.stage_costs(ClassificationTask(), tiny_spec(batch_size=4), bad, str(tmp_path)) is None
-    assert "none of the 9 samples read to measure the CPU split was readable" in caplog.text
+    with pytest.raises(ValueError, match="none of the 9 samples read to measure it was readable"):
+        costs.stage_costs(ClassificationTask(), tiny_spec(batch_size=4), bad, str(tmp_path))
 
 
 def test_backend_cost_is_the_actors_work_per_sample_ten_crops_included(tmp_path, tiny_spec):
@@ -143,14 +161,33 @@ def test_small_runs_gpu_runs_and_segmentation_keep_the_fixed_split(tmp_path, tin
     assert costs.stage_costs(SegmentationTask(), spec, samples, str(tmp_path)) is None
 
 
-def test_a_probe_that_fails_is_a_warning_and_the_fixed_split(tiny_spec, monkeypatch, caplog):
+class RemoteFailure(Exception):
+    """As Ray's RayTaskError: what the task raised is its ``cause``."""
+
+    def __init__(self, cause):
+        super().__init__(f"ray::medray.measure_costs() failed with a long traceback ... {cause}")
+        self.cause = cause
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_a_probe_that_fails_is_a_warning_and_the_fixed_split(tiny_spec, monkeypatch, caplog, wrap):
     from medray.pipeline import execute
 
     def fails(*a):
-        raise ImportError("No module named 'openvino'")
+        e = ImportError("No module named 'openvino'")
+        raise RemoteFailure(e) if wrap else e
 
-    monkeypatch.setattr(costs, "stage_costs", fails)
+    monkeypatch.setattr(execute, "_measure", fails)
+    monkeypatch.setattr(costs, "MIN_SAMPLES", 0)
     with caplog.at_level(logging.WARNING, logger="medray.execute"):
         assert execute._costs(ClassificationTask(), tiny_spec(), pd.DataFrame(), "/nowhere", None) is None
-    assert "could not measure what a sample costs" in caplog.text and "No module named 'openvino'" in caplog.text
-    assert "fixed CPU split" in caplog.text
+    assert "could not measure what a sample costs (ImportError: No module named 'openvino')" in caplog.text.replace(
+        " on this node", "")
+    assert "fixed CPU split" in caplog.text and "traceback" not in caplog.text
+
+
+def test_runs_that_keep_the_fixed_split_start_no_probe(tiny_spec, monkeypatch):
+    from medray.pipeline import execute
+
+    monkeypatch.setattr(execute, "_measure", lambda *a: pytest.fail("probed"))
+    assert execute._costs(ClassificationTask(), tiny_spec(), pd.DataFrame({"sample_id": ["a"]}), "/nowhere", None) is None
