@@ -35,16 +35,21 @@ log = logging.getLogger("medray.cache")
 VERSION = 1
 KEY, SHARD, ROW = "cache_key", "cache_shard", "cache_row"
 COLUMNS = (KEY, SHARD, ROW)
-_VERSIONED = ("PIL", "pydicom", "nibabel", "monai", "numpy")
+# The decoders' modules and their distributions.
+_VERSIONED = {"PIL": "pillow", "pydicom": "pydicom", "nibabel": "nibabel", "monai": "monai", "numpy": "numpy"}
 
 
 def cache_parts(reader, kwargs: dict) -> dict:
     """What a cached row depends on besides its file: the reader, its settings, the decoders."""
+    from importlib.metadata import PackageNotFoundError, version
+
     versions = {}
-    for mod in _VERSIONED:
+    for mod, dist in _VERSIONED.items():
+        # The installed distribution's version (= the module's __version__), without
+        # importing it: importing MONAI took 3-5 s of every sweep trial's start.
         try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # not installed: the reader does not use it
+            versions[mod] = version(dist)
+        except PackageNotFoundError:  # not installed: the reader does not use it
             versions[mod] = None
     settings = {k: v for k, v in kwargs.items() if k != "on_error"}
     return {"version": VERSION, "reader": f"{reader.__module__}.{reader.__qualname__}", "settings": settings, **versions}

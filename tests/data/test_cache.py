@@ -154,3 +154,19 @@ def test_metrics_are_the_same_cold_and_warm(ray_local, tmp_path, tiny_checkpoint
     for r in warm:
         np.testing.assert_array_equal(np.stack(r.predictions["probs"]), np.stack(off[[x.spec.name for x in off].index(r.spec.name)].predictions["probs"]))
     assert d_warm["runs"][1]["read_cache"]["hits"] == 40
+
+
+def test_the_key_names_the_decoders_versions_without_importing_them(monkeypatch):
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    code = ("import sys; from medray.data.cache import cache_parts; "
+            "p = cache_parts(print, {}); assert 'monai' not in sys.modules, 'imported'; print(p['monai'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == metadata.version("monai")
+    before = cache_parts(decode_batch, {"prep": TINY_SIZE})
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda d: "99.0" if d == "pillow" else real(d))
+    after = cache_parts(decode_batch, {"prep": TINY_SIZE})
+    assert after["PIL"] == "99.0" and DecodedCache("/x", before).dir != DecodedCache("/x", after).dir
