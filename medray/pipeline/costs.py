@@ -1,14 +1,15 @@
 """What one sample costs each stage on this node, measured at start-up (the CPU split).
 
-Before a CPU run's pipeline starts, the driver reads a few of the run's own samples with
-the run's reader (decoded-cache hits read back, misses decoded) and runs the actor's
+Before a CPU run's pipeline starts, a Ray task on the node (``execute._measure``) reads a
+few of the run's own samples, spread over the set, with the run's reader (decoded-cache
+hits read back, misses decoded) and runs the actor's
 ``predict`` on them with the backend at one thread.  Those two costs size the split of the
 node's cores between the read tasks and the backend (:func:`medray.pipeline.resources.plan_pool`).
 
 The backend's cost is kept in ``cache_dir/costs`` (keyed by the model or artifact, backend
 options, precision, batch, TTA, the CPU, the library versions and medray's own source), so
-the next run of the same configuration on this kind of machine does not load the model on
-the driver again.  Decoded-cache misses are timed decoding only: writing their shard
+the next run of the same configuration on this kind of machine does not load the model to
+time it again.  Decoded-cache misses are timed decoding only: writing their shard
 (a buffer copy and Snappy) is small beside decoding and left out.
 Runs of fewer than :data:`MIN_SAMPLES` samples, GPU runs and tasks that opt out
 (:attr:`medray.tasks.base.Task.cost_probe`) keep the fixed split.
