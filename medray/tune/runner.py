@@ -37,7 +37,15 @@ from medray.pipeline.resources import PoolPlan
 from medray.specs import ModelSpec, RunResult, RunSpec
 from medray.tasks.base import Task
 from medray.tune import select, space
-from medray.tune.trials import EXPERIMENT, PREDICTIONS, baseline_point, expected_trials, trial_eval_config, trial_record
+from medray.tune.trials import (
+    EXPERIMENT,
+    PREDICTIONS,
+    RECORD,
+    baseline_point,
+    expected_trials,
+    trial_eval_config,
+    trial_record,
+)
 
 log = logging.getLogger("medray.tune")
 
@@ -219,10 +227,18 @@ def run_trial(config: dict, shared: Shared) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = shared.cfg
+    saved = tune.get_checkpoint()
+    if saved is not None:
+        # Interrupted between its final report and its end: Tune restores the trial from
+        # that report's checkpoint; the finished evaluation is reported again, not redone.
+        with saved.as_directory() as d:
+            rec = json.loads((Path(d) / RECORD).read_text())
+        log.info("trial %s: already evaluated (run %s), reporting its saved result", rec["label"], rec["run_uid"])
+        tune.report(_final_metrics(rec, cfg), checkpoint=saved)
+        return
     t0 = time.perf_counter()
     rec = trial_record(config)
     rec.update(trial_id=tune.get_context().get_trial_id(), run_uid=uuid.uuid4().hex, status="failed", error=None)
-    checkpoint = None
     try:
         tcfg = trial_eval_config(cfg, config)  # unsupported pair / batch → ConfigError here
         pair = config["run"]
@@ -250,19 +266,25 @@ def run_trial(config: dict, shared: Shared) -> None:
         # The per-sample outputs the sweep's statistics pair with the baseline (masks stay out).
         write_frame(tmp / PREDICTIONS, result.predictions.drop(columns=["mask"], errors="ignore"))
         (tmp / "entry.json").write_text(json.dumps(entry, indent=1, default=str))
-        checkpoint = tune.Checkpoint.from_directory(str(tmp))
     except Exception as e:  # recorded with its reason; the sweep goes on
         rec["error"] = f"{type(e).__name__}: {e}"
         log.warning("trial %s failed: %s", rec["label"], rec["error"])
+        tmp = Path(tempfile.mkdtemp(prefix="medray-trial-"))
     rec["trial_s"] = time.perf_counter() - t0
-    metrics = {
+    (tmp / RECORD).write_text(json.dumps(rec, default=str))
+    tune.report(_final_metrics(rec, cfg), checkpoint=tune.Checkpoint.from_directory(str(tmp)))
+
+
+def _final_metrics(rec: dict, cfg: SweepJobConfig) -> dict:
+    """A trial's final Tune report (its record travels whole, as JSON)."""
+    ok = rec["status"] == "ok"
+    return {
         "final": True,
-        "ok": rec["status"] == "ok",
-        "score": score(rec, cfg) if rec["status"] == "ok" else (0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9),
+        "ok": ok,
+        "score": score(rec, cfg) if ok else (0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9),
         "throughput_sps": rec.get("throughput_sps") or 0.0,
         "record": json.dumps(rec, default=str),
     }
-    tune.report(metrics, checkpoint=checkpoint)
 
 
 def _reporter(cfg: SweepJobConfig, rec: dict):

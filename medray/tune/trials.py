@@ -16,6 +16,7 @@ from medray.tune import space
 
 EXPERIMENT = "tune"  # output_dir/tune: the Tune experiment (trial dirs, checkpoints, state)
 PREDICTIONS = "predictions.parquet"  # in each trial's checkpoint
+RECORD = "record.json"  # in each trial's checkpoint: the trial's record, to report it again on a restore
 
 
 def trial_eval_config(cfg: SweepJobConfig, config: dict, with_baseline: bool = False) -> EvalConfig:

@@ -60,3 +60,27 @@ def test_collect_classifies_every_trial(tmp_path):
     assert recs["c"]["status"] == "stopped" and recs["c"]["throughput_sps"] == 50.0
     assert recs["d"]["status"] == recs["e"]["status"] == "unfinished"
     assert recs["e"]["label"] == "onnxruntime-fp32-b16-s1"
+
+
+def test_restored_trial_reports_its_saved_record_without_evaluating(tmp_path, monkeypatch):
+    """A trial interrupted after its final report (Tune still saw it RUNNING) is restored from
+    that report's checkpoint: the saved record is reported again, same run id, nothing re-run."""
+    from ray import tune
+
+    from medray.tune import runner
+    from medray.tune.trials import RECORD
+
+    cfg = root()
+    rec = {"label": "torch-fp32-b8-s1", "run_uid": "abc123", "status": "ok", "throughput_sps": 123.0,
+           "throughput": {"end_to_end_sps": 100.0, "inference_sps": 123.0}}
+    (tmp_path / RECORD).write_text(json.dumps(rec))
+    reported = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path)))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append((metrics, checkpoint)))
+    # Evaluating again would need these: they are absent, so any attempt fails the test.
+    shared = SimpleNamespace(cfg=cfg)
+    runner.run_trial({"run": "torch-fp32", "batch_size": 8, "streams": 1}, shared)
+    [(metrics, ckpt)] = reported
+    assert metrics["final"] and metrics["ok"] and ckpt.path == str(tmp_path)
+    assert json.loads(metrics["record"]) == rec
+    assert metrics["score"] == runner.score(rec, cfg)
