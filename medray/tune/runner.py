@@ -228,13 +228,12 @@ def run_trial(config: dict, shared: Shared) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = shared.cfg
     saved = tune.get_checkpoint()
-    if saved is not None:
+    done = _saved_record(saved) if saved is not None else None
+    if done is not None:
         # Interrupted between its final report and its end: Tune restores the trial from
         # that report's checkpoint; the finished evaluation is reported again, not redone.
-        with saved.as_directory() as d:
-            rec = json.loads((Path(d) / RECORD).read_text())
-        log.info("trial %s: already evaluated (run %s), reporting its saved result", rec["label"], rec["run_uid"])
-        tune.report(_final_metrics(rec, cfg), checkpoint=saved)
+        log.info("trial %s: already evaluated (run %s), reporting its saved result", done["label"], done["run_uid"])
+        tune.report(_final_metrics(done, cfg), checkpoint=saved)
         return
     t0 = time.perf_counter()
     rec = trial_record(config)
@@ -273,6 +272,13 @@ def run_trial(config: dict, shared: Shared) -> None:
     rec["trial_s"] = time.perf_counter() - t0
     (tmp / RECORD).write_text(json.dumps(rec, default=str))
     tune.report(_final_metrics(rec, cfg), checkpoint=tune.Checkpoint.from_directory(str(tmp)))
+
+
+def _saved_record(checkpoint) -> dict | None:
+    """The record in a restored trial's checkpoint (None for one written without it)."""
+    with checkpoint.as_directory() as d:
+        path = Path(d) / RECORD
+        return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _final_metrics(rec: dict, cfg: SweepJobConfig) -> dict:

@@ -84,3 +84,21 @@ def test_restored_trial_reports_its_saved_record_without_evaluating(tmp_path, mo
     assert metrics["final"] and metrics["ok"] and ckpt.path == str(tmp_path)
     assert json.loads(metrics["record"]) == rec
     assert metrics["score"] == runner.score(rec, cfg)
+
+
+def test_restored_checkpoint_without_a_record_is_evaluated_again(tmp_path, monkeypatch):
+    """A checkpoint written before records travelled in it: the trial runs again (here it
+    fails at once on the unsupported pair, and reports that with a fresh record)."""
+    from ray import tune
+
+    from medray.tune import runner
+
+    reported = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(tmp_path)))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    monkeypatch.setattr(tune, "get_context", lambda: SimpleNamespace(get_trial_id=lambda: "t_00001"))
+    runner.run_trial({"run": "torch-int8", "batch_size": 8, "streams": 1}, SimpleNamespace(cfg=root()))
+    [metrics] = reported
+    rec = json.loads(metrics["record"])
+    assert not metrics["ok"] and rec["trial_id"] == "t_00001" and rec["status"] == "failed"
+    assert "precision='int8': backend=torch on device=cpu supports" in rec["error"]
