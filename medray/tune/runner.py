@@ -210,8 +210,13 @@ def score(record: dict, cfg: SweepJobConfig) -> float:
     constraints, else 0 (throughput) / a very poor value (latency)."""
     value = select.objective_value(record, cfg.sweep.objective)
     if value is None or select.violations(record, cfg.constraints, cfg.task):
-        return 0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9
+        return _worst(cfg)
     return float(value)
+
+
+def _worst(cfg: SweepJobConfig) -> float:
+    """The score of a trial that cannot be recommended (failed or over a constraint)."""
+    return 0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9
 
 
 def run_trial(config: dict, shared: Shared) -> None:
@@ -238,6 +243,7 @@ def run_trial(config: dict, shared: Shared) -> None:
     t0 = time.perf_counter()
     rec = trial_record(config)
     rec.update(trial_id=tune.get_context().get_trial_id(), run_uid=uuid.uuid4().hex, status="failed", error=None)
+    tmp = Path(tempfile.mkdtemp(prefix="medray-trial-"))  # the final report's checkpoint
     try:
         tcfg = trial_eval_config(cfg, config)  # unsupported pair / batch → ConfigError here
         pair = config["run"]
@@ -261,14 +267,12 @@ def run_trial(config: dict, shared: Shared) -> None:
         rec.update(_summary(entry))
         rec["warnings"] = [w for w in doc.get("warnings", []) if w.startswith(spec.name)]
         rec["status"] = "ok"
-        tmp = Path(tempfile.mkdtemp(prefix="medray-trial-"))
         # The per-sample outputs the sweep's statistics pair with the baseline (masks stay out).
         write_frame(tmp / PREDICTIONS, result.predictions.drop(columns=["mask"], errors="ignore"))
         (tmp / "entry.json").write_text(json.dumps(entry, indent=1, default=str))
     except Exception as e:  # recorded with its reason; the sweep goes on
         rec["error"] = f"{type(e).__name__}: {e}"
         log.warning("trial %s failed: %s", rec["label"], rec["error"])
-        tmp = Path(tempfile.mkdtemp(prefix="medray-trial-"))
     rec["trial_s"] = time.perf_counter() - t0
     (tmp / RECORD).write_text(json.dumps(rec, default=str))
     tune.report(_final_metrics(rec, cfg), checkpoint=tune.Checkpoint.from_directory(str(tmp)))
@@ -287,7 +291,7 @@ def _final_metrics(rec: dict, cfg: SweepJobConfig) -> dict:
     return {
         "final": True,
         "ok": ok,
-        "score": score(rec, cfg) if ok else (0.0 if cfg.sweep.objective in RATE_OBJECTIVES else -1e9),
+        "score": score(rec, cfg) if ok else _worst(cfg),
         "throughput_sps": rec.get("throughput_sps") or 0.0,
         "record": json.dumps(rec, default=str),
     }
