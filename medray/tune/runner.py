@@ -266,10 +266,10 @@ def run_trial(config: dict, shared: Shared) -> None:
         entry = doc["runs"][1]
         rec.update(_summary(entry))
         rec["warnings"] = [w for w in doc.get("warnings", []) if w.startswith(spec.name)]
-        rec["status"] = "ok"
         # The per-sample outputs the sweep's statistics pair with the baseline (masks stay out).
         write_frame(tmp / PREDICTIONS, result.predictions.drop(columns=["mask"], errors="ignore"))
         (tmp / "entry.json").write_text(json.dumps(entry, indent=1, default=str))
+        rec["status"] = "ok"  # only once its predictions are saved: the statistics read them
     except Exception as e:  # recorded with its reason; the sweep goes on
         rec["error"] = f"{type(e).__name__}: {e}"
         log.warning("trial %s failed: %s", rec["label"], rec["error"])
