@@ -65,7 +65,7 @@ def measure(name: str, model, prep: dict, in_chans: int, paths) -> dict:
     import torch
 
     from medray.data.preprocess import to_model_input
-    from medray.tasks.classification import probabilities
+    from medray.metrics.scores import probabilities
 
     out = {"model": name, "preset": prep["name"], "size": prep["size"]}
     probs, inputs = {}, {}

@@ -40,7 +40,7 @@ def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:
         print(f"medray: configuration error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
-        from medray.pipeline.faults import BadSampleError
+        from medray.errors import BadSampleError
 
         _shutdown_ray()
         if not isinstance(e, BadSampleError):

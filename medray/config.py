@@ -9,7 +9,7 @@ the key, the bad value and the fix.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -829,15 +829,4 @@ def to_config(cfg: Any, schema: type = EvalConfig):
         raise ConfigError(f"{key}: {e.msg if hasattr(e, 'msg') else e}") from None
     if not isinstance(obj, schema):  # a plain dict merged without a schema
         obj = schema(**obj)
-    return obj
-
-
-def as_dict(obj: Any) -> Any:
-    """A dataclass tree as plain dicts (for config.yaml / metrics.json)."""
-    if hasattr(obj, "__dataclass_fields__"):
-        return {f.name: as_dict(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [as_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: as_dict(v) for k, v in obj.items()}
     return obj

@@ -24,3 +24,19 @@ class DecodeError(ValueError):
     def __init__(self, reason: str, path: str | None = None):
         self.reason, self.path = reason, path
         super().__init__(f"{path}: {reason}" if path else reason)
+
+
+# What a bad input's message tells the user to do instead of stopping.
+SKIP_HINT = "set data.on_error=skip to evaluate the other samples and list this one as skipped"
+
+
+class BadSampleError(RuntimeError):
+    """A sample cannot be read and ``data.on_error=fail``: names the file and the reason."""
+
+    def __init__(self, path: str, reason: str, more: int = 0):
+        self.path, self.reason, self.more = str(path), reason, more
+        extra = f" (and {more} more bad samples)" if more else ""
+        super().__init__(f"{path}: {reason}{extra}; {SKIP_HINT}")
+
+    def __reduce__(self):  # crosses process boundaries (Ray) with its fields intact
+        return (type(self), (self.path, self.reason, self.more))

@@ -1,4 +1,5 @@
-"""Paths and URIs, one API: local paths, ``file://``, ``s3://``, ``gs://``, ``hdfs://``...
+"""Paths and URIs, one API (and the codecs every layer shares: content keys, Parquet parts,
+dataclass trees as plain dicts): local paths, ``file://``, ``s3://``, ``gs://``, ``hdfs://``...
 
 Everything goes through :mod:`pyarrow.fs` (``FileSystem.from_uri``), so ``data.root`` and
 ``output_dir`` may name shared storage that every node of a Ray cluster reaches: an
@@ -12,11 +13,21 @@ instance's role — medray never handles them.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import posixpath
 import uuid
+from dataclasses import fields
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # A single letter before ":" is a Windows drive, not a scheme.
 _MIN_SCHEME = 2
@@ -200,3 +211,105 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while b := f.read(chunk):
             h.update(b)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- content keys
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of everything the artifact depends on."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def as_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts (for config.yaml / metrics.json / content keys)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: as_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [as_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: as_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------- Parquet parts
+
+
+def write_part(path: Path, batch: dict[str, np.ndarray]) -> None:
+    """A numpy batch → Parquet; a multi-dimensional column as one fixed-size binary value
+    per row (its bytes) + its shape and dtype in the schema metadata.
+
+    Not a list column: Parquet decodes a list through a repetition and a definition level
+    per element, and reading one decoded-cache shard of 256 RGB 224-px images that way
+    took ~500 MiB and 1 ms per image, against one buffer copy as binary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols, shapes, dtypes = {}, {}, {}
+    for k, v in batch.items():
+        a = np.asarray(v)
+        if a.ndim > 1:
+            shapes[k], dtypes[k] = list(a.shape[1:]), a.dtype.str
+            width = a.dtype.itemsize * math.prod(a.shape[1:])
+            buf = pa.py_buffer(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+            cols[k] = pa.Array.from_buffers(pa.binary(width), len(a), [None, buf])
+        elif a.dtype.kind == "O" and len(a) and isinstance(a[0], bytes):  # e.g. compressed masks
+            cols[k] = pa.array(list(a), type=pa.binary())
+        elif a.dtype.kind in "OU":
+            cols[k] = pa.array([None if x is None else str(x) for x in a], type=pa.string())
+        else:
+            cols[k] = pa.array(a)
+    meta = {"medray_shapes": json.dumps(shapes), "medray_dtypes": json.dumps(dtypes)}
+    table = pa.table(cols).replace_schema_metadata(meta)
+    # Dictionary encoding of large unique values only costs time and memory.
+    pq.write_table(table, path, use_dictionary=[k for k in cols if k not in shapes])
+
+
+def read_columns(path, rows: np.ndarray | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Columns of what :func:`write_part` wrote (``rows`` of them if given): multi-dimensional
+    columns as (n, *shape) arrays made from the Arrow buffer without per-row objects.  Also
+    reads parts written as fixed-size lists (before the binary layout)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=None)
+    meta = table.schema.metadata or {}
+    shapes = json.loads(meta.get(b"medray_shapes", b"{}"))
+    dtypes = json.loads(meta.get(b"medray_dtypes", b"{}"))
+    if rows is not None:
+        table = table.take(np.asarray(rows, dtype=np.int64))
+    out = {}
+    for name in table.column_names:
+        if name in skip:
+            continue
+        col = table.column(name).combine_chunks()
+        if name in shapes and pa.types.is_fixed_size_binary(col.type):
+            dtype = np.dtype(dtypes[name])
+            width = col.type.byte_width
+            data = np.frombuffer(col.buffers()[1], dtype=np.uint8)[col.offset * width:(col.offset + len(col)) * width]
+            out[name] = data.view(dtype).reshape(len(col), *shapes[name])
+        elif name in shapes:  # fixed-size list
+            out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), *shapes[name])
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def read_part(path: Path) -> pd.DataFrame:
+    """A part as the rows :func:`collect` makes (multi-dim columns: one array per row)."""
+    import pandas as pd
+
+    return pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in read_columns(path).items()})
+
+
+def write_frame(path: Path, df: pd.DataFrame) -> None:
+    """Rows as :func:`collect` makes them (one array per row in vector columns) → Parquet."""
+    batch = {k: np.stack(df[k].to_numpy()) if len(df) and isinstance(df[k].iat[0], np.ndarray) else df[k].to_numpy()
+             for k in df.columns}
+    write_part(path, batch)
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """What :func:`write_frame` wrote."""
+    return read_part(path)

@@ -2,21 +2,22 @@
 
 :class:`ModelSpec` (how to rebuild the model), :class:`RunSpec` (one evaluated
 configuration) and :class:`RunName` (the ``<backend>-<precision>`` name of a run, built
-and parsed only here).
+and parsed only here).  What comes back is :mod:`medray.results`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from medray.errors import fail
 
-if TYPE_CHECKING:
-    import pandas as pd
 
-    from medray.backends.config import BackendConfig
-    from medray.pipeline.resources import PoolPlan
+class BackendOptions(Protocol):
+    """What a run spec needs of a backend's options (``medray.backends.config.BackendConfig``)."""
+
+    name: str
+    threads: int | None
 
 
 class RunName(NamedTuple):
@@ -79,8 +80,6 @@ class ModelSpec:
         if self.spatial is not None:
             return (self.in_chans, *(int(v) for v in self.spatial))
         if self.preprocess:
-            from medray.data.preprocess import input_shape
-
             return input_shape(self.preprocess, self.in_chans)
         return (self.in_chans, self.input_size, self.input_size)
 
@@ -91,7 +90,7 @@ class RunSpec:
 
     name: str
     role: str
-    backend: BackendConfig
+    backend: BackendOptions
     precision: str
     device: str
     batch_size: int
@@ -106,28 +105,7 @@ class RunSpec:
     tta: str = "none"
 
 
-@dataclass
-class RunResult:
-    """Per-sample outputs of one run plus what the driver measured (every task)."""
-
-    spec: RunSpec
-    predictions: pd.DataFrame
-    # Driver clock: the first sample handed to Ray Data → the last result received.
-    wall_s: float
-    # End to end: the rate of the slower stage while both run (start-up excluded);
-    # medray.metrics.performance.pipeline_rates.
-    throughput_sps: float
-    pool: PoolPlan
-    effective_precision: dict
-    # Samples that could not be read (data.on_error=skip): sample_id, reason.
-    skipped: pd.DataFrame | None = None
-    # {"from_previous": n, "processed": n} when resume=true found finished samples.
-    resumed: dict | None = None
-    # Second copies of samples a retried batch delivered again (identical, dropped).
-    n_deduplicated: int = 0
-    # Inference-stage capacity: samples / time the actors spent in predict calls.
-    inference_sps: float | None = None
-    # First sample handed to Ray Data → first predict call (actor start, model load, warm-up).
-    startup_s: float | None = None
-    # The decoded cache's {"dir", "hits", "misses"} for this run (None: not used).
-    read_cache: dict | None = None
+def input_shape(prep: dict, in_chans: int) -> tuple[int, int, int]:
+    """One image's model input without the batch axis: (C, H, W) or (H, W, C)."""
+    h, w = prep["size"]
+    return (h, w, in_chans) if prep["layout"] == "nhwc" else (in_chans, h, w)

@@ -71,8 +71,8 @@ def _fake_results(tiny_model_spec):
     """Two runs (baseline + candidate) over 6 samples, as execute() returns them."""
     from medray.config import backend_config
     from medray.data.table import SampleTable
-    from medray.pipeline.resources import PoolPlan
-    from medray.specs import RunResult, RunSpec
+    from medray.results import PoolPlan, RunResult
+    from medray.specs import RunSpec
 
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(6)]

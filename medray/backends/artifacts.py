@@ -9,7 +9,6 @@ rebuilt.  Builds hold an exclusive file lock so concurrent jobs build once.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import shutil
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medray.io import file_sha256
+from medray.io import cache_key, file_sha256
 
 log = logging.getLogger("medray.artifacts")
 
@@ -38,12 +37,6 @@ class Artifact:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def cache_key(parts: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of everything the artifact depends on."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
 
 
 class ArtifactCache:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medray.backends.artifacts import cache_key
+from medray.io import cache_key
 
 log = logging.getLogger("medray.cache")
 
@@ -177,7 +177,7 @@ def _assemble(n: int, pieces: list[tuple[np.ndarray, dict]]) -> dict[str, np.nda
 
 def _read_rows(shard: str, rows: np.ndarray) -> dict | None:
     """Columns of ``rows`` of a shard; None when the shard is gone or unreadable."""
-    from medray.pipeline.resume import read_columns
+    from medray.io import read_columns
 
     try:
         out = read_columns(shard, rows, skip=("file_key",))
@@ -188,7 +188,7 @@ def _read_rows(shard: str, rows: np.ndarray) -> dict | None:
 
 
 def _write_shard(folder: Path, keys: np.ndarray, cols: dict) -> None:
-    from medray.pipeline.resume import write_part
+    from medray.io import write_part
 
     folder.mkdir(parents=True, exist_ok=True)
     batch = {"file_key": np.asarray(keys, dtype=object), **{k: v for k, v in cols.items() if k != "skipped_reason"}}

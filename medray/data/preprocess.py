@@ -164,12 +164,6 @@ def resolve(cfg: PreprocessConfig, in_chans: int, input_size: int, timm_arch: st
     return s
 
 
-def input_shape(prep: dict, in_chans: int) -> tuple[int, int, int]:
-    """One sample's model input without the batch axis: (C, H, W) or (H, W, C)."""
-    h, w = prep["size"]
-    return (h, w, in_chans) if prep["layout"] == "nhwc" else (in_chans, h, w)
-
-
 # --------------------------------------------------------------------------- decoding
 
 

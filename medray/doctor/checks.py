@@ -185,7 +185,7 @@ def run_check(r: Record, tiny: TinyModel) -> Record:
     """Build, load and run the tiny model for ``r`` (already ``ok`` by :func:`capability`)."""
     from medray.backends import get_backend
     from medray.backends.artifacts import ArtifactCache
-    from medray.tasks.classification import probabilities
+    from medray.metrics.scores import probabilities
 
     t0 = time.perf_counter()
     try:

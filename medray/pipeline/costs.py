@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medray.pipeline.resources import StageCosts
+from medray.results import StageCosts
 from medray.specs import RunSpec
 from medray.tasks.base import Task
 
@@ -111,7 +111,7 @@ def read_cost(task: Task, spec: RunSpec, todo: pd.DataFrame, decoded_dir: str | 
 def backend_cost(task: Task, spec: RunSpec, rows: dict, cache_dir: str) -> float:
     """Core-seconds of the actor's ``predict`` per sample at one thread (normalisation, TTA
     views and the backend), timed on ``rows`` tiled to a batch; cached in ``cache_dir/costs``."""
-    from medray.backends.artifacts import cache_key
+    from medray.io import cache_key
 
     parts = {
         "task": task.name, "backend": asdict(spec.backend), "precision": spec.precision, "tta": spec.tta,

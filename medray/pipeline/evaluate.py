@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from medray import io as medray_io
-from medray.config import EvalConfig, as_dict
+from medray.config import EvalConfig
+from medray.io import as_dict
 from medray.pipeline.cluster import preflight, require_cluster_gpu, start_ray, wait_for_gpus
 from medray.pipeline.execute import execute
 from medray.pipeline.prepare import prepare

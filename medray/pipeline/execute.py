@@ -19,21 +19,15 @@ import numpy as np
 import pandas as pd
 
 from medray.config import EvalConfig
+from medray.data.policy import check_same_skipped, runnable, split_skipped
+from medray.errors import BadSampleError
 from medray.pipeline.cluster import cluster_shape, wait_for_gpus
-from medray.pipeline.faults import (
-    BadSampleError,
-    check_same_skipped,
-    dedupe_retried,
-    explain_failure,
-    raise_first_bad,
-    release,
-    runnable,
-    split_skipped,
-)
-from medray.pipeline.resources import PoolPlan, plan_pool
+from medray.pipeline.faults import dedupe_retried, explain_failure, raise_first_bad, release
+from medray.pipeline.resources import plan_pool
 from medray.pipeline.resume import ResumeState
 from medray.pipeline.stages import Stage, map_stage
-from medray.specs import RunResult, RunSpec
+from medray.results import PoolPlan, RunResult
+from medray.specs import RunSpec
 from medray.tasks.base import Task
 
 log = logging.getLogger("medray.execute")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from medray.config import ConfigError, as_dict
+from medray.config import ConfigError
+from medray.io import as_dict, read_part, write_part
 
 if TYPE_CHECKING:
     from medray.config import EvalConfig
@@ -160,71 +160,6 @@ class PartsWriter:
             os._exit(75)
 
 
-def write_part(path: Path, batch: dict[str, np.ndarray]) -> None:
-    """A numpy batch → Parquet; a multi-dimensional column as one fixed-size binary value
-    per row (its bytes) + its shape and dtype in the schema metadata.
-
-    Not a list column: Parquet decodes a list through a repetition and a definition level
-    per element, and reading one decoded-cache shard of 256 RGB 224-px images that way
-    took ~500 MiB and 1 ms per image, against one buffer copy as binary."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    cols, shapes, dtypes = {}, {}, {}
-    for k, v in batch.items():
-        a = np.asarray(v)
-        if a.ndim > 1:
-            shapes[k], dtypes[k] = list(a.shape[1:]), a.dtype.str
-            width = a.dtype.itemsize * math.prod(a.shape[1:])
-            buf = pa.py_buffer(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-            cols[k] = pa.Array.from_buffers(pa.binary(width), len(a), [None, buf])
-        elif a.dtype.kind == "O" and len(a) and isinstance(a[0], bytes):  # e.g. compressed masks
-            cols[k] = pa.array(list(a), type=pa.binary())
-        elif a.dtype.kind in "OU":
-            cols[k] = pa.array([None if x is None else str(x) for x in a], type=pa.string())
-        else:
-            cols[k] = pa.array(a)
-    meta = {"medray_shapes": json.dumps(shapes), "medray_dtypes": json.dumps(dtypes)}
-    table = pa.table(cols).replace_schema_metadata(meta)
-    # Dictionary encoding of large unique values only costs time and memory.
-    pq.write_table(table, path, use_dictionary=[k for k in cols if k not in shapes])
-
-
-def read_columns(path, rows: np.ndarray | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Columns of what :func:`write_part` wrote (``rows`` of them if given): multi-dimensional
-    columns as (n, *shape) arrays made from the Arrow buffer without per-row objects.  Also
-    reads parts written as fixed-size lists (before the binary layout)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path, columns=None)
-    meta = table.schema.metadata or {}
-    shapes = json.loads(meta.get(b"medray_shapes", b"{}"))
-    dtypes = json.loads(meta.get(b"medray_dtypes", b"{}"))
-    if rows is not None:
-        table = table.take(np.asarray(rows, dtype=np.int64))
-    out = {}
-    for name in table.column_names:
-        if name in skip:
-            continue
-        col = table.column(name).combine_chunks()
-        if name in shapes and pa.types.is_fixed_size_binary(col.type):
-            dtype = np.dtype(dtypes[name])
-            width = col.type.byte_width
-            data = np.frombuffer(col.buffers()[1], dtype=np.uint8)[col.offset * width:(col.offset + len(col)) * width]
-            out[name] = data.view(dtype).reshape(len(col), *shapes[name])
-        elif name in shapes:  # fixed-size list
-            out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), *shapes[name])
-        else:
-            out[name] = col.to_numpy(zero_copy_only=False)
-    return out
-
-
-def read_part(path: Path) -> pd.DataFrame:
-    """A part as the rows :func:`collect` makes (multi-dim columns: one array per row)."""
-    return pd.DataFrame({k: list(v) if v.ndim > 1 else v for k, v in read_columns(path).items()})
-
-
 def _differences(old: dict, new: dict) -> str:
     a, b = _flatten(old.get("config", {})), _flatten(new.get("config", {}))
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -234,15 +169,3 @@ def _differences(old: dict, new: dict) -> str:
     if old.get("runs") != new.get("runs") and not keys:
         parts.append("the model or a built artifact differs")
     return "; ".join(parts) or "unknown difference"
-
-
-def write_frame(path: Path, df: pd.DataFrame) -> None:
-    """Rows as :func:`collect` makes them (one array per row in vector columns) → Parquet."""
-    batch = {k: np.stack(df[k].to_numpy()) if len(df) and isinstance(df[k].iat[0], np.ndarray) else df[k].to_numpy()
-             for k in df.columns}
-    write_part(path, batch)
-
-
-def read_frame(path: Path) -> pd.DataFrame:
-    """What :func:`write_frame` wrote."""
-    return read_part(path)

@@ -1,6 +1,6 @@
 """The output contract: ``metrics.json`` (:mod:`~medray.report.document`), ``report.md``
-(:mod:`~medray.report.markdown`) and the files (:mod:`~medray.report.writers`).
+(:mod:`~medray.report.markdown`), ``report.html`` and the files (:mod:`~medray.report.writers`).
 
-Nothing is imported here, so that the tasks can use :mod:`medray.report.format`
-without importing the report builders that use the tasks.
+The report is built from what the task says (its metrics, sections and plots); it sits
+above the tasks and below the composition root (:mod:`medray.config`).
 """

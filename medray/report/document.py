@@ -12,15 +12,15 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from medray.data.policy import check_accounting
 from medray.metrics.performance import latency_summary, speedup
-from medray.pipeline.faults import check_accounting
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from medray.config import EvalConfig
     from medray.data.table import SampleTable
-    from medray.specs import RunResult
+    from medray.results import RunResult
     from medray.tasks.base import Task
 
 log = logging.getLogger("medray.report")

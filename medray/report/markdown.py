@@ -8,7 +8,7 @@ the same for every task.
 
 from __future__ import annotations
 
-from medray.report.format import cell
+from medray.format import cell
 
 
 def render_report(doc: dict) -> str:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from medray.data.table import SampleTable
-    from medray.specs import RunResult
+    from medray.results import RunResult
     from medray.tasks.base import Task
 
 

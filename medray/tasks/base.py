@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from medray.config import EvalConfig
     from medray.data.calibration import CalibrationSource
     from medray.data.table import SampleTable
-    from medray.specs import ModelSpec, RunResult, RunSpec
+    from medray.results import RunResult
+    from medray.specs import ModelSpec, RunSpec
 
 
 class Task(ABC):

@@ -17,16 +17,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from medray.report.format import pct
+from medray.format import pct
+from medray.metrics.scores import finite_rows, nonfinite_entry, probabilities, stacked_probs
 from medray.tasks.base import Task
-from medray.tasks.scores import finite_rows, nonfinite_entry, stacked_probs, targets
+from medray.tasks.scores import targets
 
 if TYPE_CHECKING:
     from medray.backends.base import Backend
     from medray.config import EvalConfig
     from medray.data.calibration import CalibrationSource
     from medray.data.table import SampleTable
-    from medray.specs import ModelSpec, RunResult, RunSpec
+    from medray.results import RunResult
+    from medray.specs import ModelSpec, RunSpec
 
 log = logging.getLogger("medray.classification")
 
@@ -43,9 +45,10 @@ def decode_batch(batch: dict[str, np.ndarray], prep, tta: str = "none", on_error
     what the pipeline uses: the driver then applies data.on_error, where the error keeps
     its path and reason).
     """
+    from medray.data.policy import SAMPLE_ERRORS, describe
     from medray.data.preprocess import decode_image, medray_preset
+    from medray.errors import BadSampleError
     from medray.monitoring import count_error
-    from medray.pipeline.faults import SAMPLE_ERRORS, BadSampleError, describe
 
     if isinstance(prep, int):
         prep = medray_preset(prep)
@@ -64,25 +67,6 @@ def decode_batch(batch: dict[str, np.ndarray], prep, tta: str = "none", on_error
                 raise BadSampleError(str(p), describe(e)) from e
             reasons[i] = describe(e)
     return {"sample_id": batch["sample_id"], "image": images, "skipped_reason": reasons}
-
-
-def probabilities(logits: np.ndarray, task: str, output: str = "logits", positive_index: int = 1) -> np.ndarray:
-    """The model's outputs as probabilities, float64: softmax (multiclass) or sigmoid
-    (multilabel) of logits, or the model's own ``probs``.  A binary model with one output
-    scores ``positive_index``'s class: ``[1 - p, p]`` in class order."""
-    z = logits.astype(np.float64)
-    if task == "multiclass" and z.shape[1] == 1:
-        p = z[:, 0] if output == "probs" else 1.0 / (1.0 + np.exp(-z[:, 0]))
-        out = np.empty((len(z), 2))
-        out[:, positive_index], out[:, 1 - positive_index] = p, 1.0 - p
-        return out
-    if output == "probs":
-        return z
-    if task == "multilabel":
-        return 1.0 / (1.0 + np.exp(-z))
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def model_prep(model: ModelSpec) -> dict:
@@ -123,7 +107,7 @@ class ClassificationTask(Task):
 
     # -- driver, before Ray ---------------------------------------------------------
     def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
-        from medray.pipeline.faults import apply_policy
+        from medray.data.policy import apply_policy
 
         if cfg.data.check_patient_overlap:  # a patient in both splits would leak into calibration
             from medray.data.sources import check_patient_overlap, resolve_calibration_split
@@ -138,7 +122,7 @@ class ClassificationTask(Task):
         return apply_policy(samples, cfg.data.on_error)
 
     def validation_samples(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame | None:
-        from medray.pipeline.faults import apply_policy
+        from medray.data.policy import apply_policy
         from medray.tasks.clinical import validation_samples
 
         val = validation_samples(cfg, table, samples)

@@ -27,7 +27,7 @@ from medray.errors import ConfigError
 if TYPE_CHECKING:
     from medray.config import EvalConfig
     from medray.data.table import SampleTable
-    from medray.specs import RunResult
+    from medray.results import RunResult
 
 log = logging.getLogger("medray.report")
 
@@ -65,7 +65,8 @@ def validation_samples(cfg: EvalConfig, table: SampleTable, evaluated: pd.DataFr
 
 def scored_rows(result: RunResult, table: SampleTable, samples: pd.DataFrame):
     """A run's rows with finite outputs: (predictions, targets, probabilities)."""
-    from medray.tasks.scores import finite_rows, stacked_probs, targets
+    from medray.metrics.scores import finite_rows, stacked_probs
+    from medray.tasks.scores import targets
 
     df = result.predictions
     p = stacked_probs(df)

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from medray.report.format import dice as fdice
-from medray.report.format import num, pct, sec
+from medray.format import dice as fdice
+from medray.format import num, pct, sec
 from medray.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from medray.config import EvalConfig
     from medray.data.calibration import CalibrationSet, CalibrationSource
     from medray.data.table import SampleTable
-    from medray.specs import ModelSpec, RunResult, RunSpec
+    from medray.results import RunResult
+    from medray.specs import ModelSpec, RunSpec
 
 log = logging.getLogger("medray.segmentation")
 
@@ -179,8 +180,8 @@ class SegmentationTask(Task):
 
     @classmethod
     def for_config(cls, cfg: EvalConfig, table: SampleTable) -> SegmentationTask:
-        from medray.config import as_dict
         from medray.data.msd import modalities, read_dataset_json, resolve_preprocessing
+        from medray.io import as_dict
 
         modality = modalities(read_dataset_json(table.root))
         prep = resolve_preprocessing(cfg.data.volume, modality)
@@ -190,7 +191,7 @@ class SegmentationTask(Task):
     # -- driver, before Ray ---------------------------------------------------------
     def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
         from medray.data.msd import VolumeError, check_headers
-        from medray.pipeline.faults import BadSampleError
+        from medray.errors import BadSampleError
         from medray.tasks.clinical import subgroup_columns
 
         subgroup_columns(cfg, table)  # report.subgroups must name existing columns (before Ray)
@@ -396,7 +397,7 @@ class SegmentationTask(Task):
 
     def document_extras(self, cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable,
                         samples: pd.DataFrame, validation: RunResult | None = None) -> None:
-        from medray.config import as_dict
+        from medray.io import as_dict
         from medray.metrics.segmentation import case_mean, fmt
 
         doc["sliding_window"] = {**as_dict(cfg.sliding_window),

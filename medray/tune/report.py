@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medray.config import SweepJobConfig, as_dict
+from medray.config import SweepJobConfig
+from medray.io import as_dict
 from medray.report.writers import json_default
 from medray.specs import RunName
 from medray.tune import select
@@ -65,8 +66,8 @@ def statistics(cfg: SweepJobConfig, table, samples: pd.DataFrame, baseline, tria
     non-inferiority at the constraint margins: AUC (DeLong when binary) and BACC of
     classification; mean Dice vs the labels (per-case means, paired bootstrap) of
     segmentation."""
+    from medray.io import read_frame
     from medray.metrics.statistics import compare_metric
-    from medray.pipeline.resume import read_frame
 
     cand = read_frame(Path(trial["checkpoint"]) / PREDICTIONS)
     base = baseline.predictions

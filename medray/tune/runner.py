@@ -30,11 +30,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from medray.config import ConfigError, SweepJobConfig, as_dict
+from medray.config import ConfigError, SweepJobConfig
 from medray.data.table import SampleTable
+from medray.io import as_dict
 from medray.pipeline.prepare import Prepared
-from medray.pipeline.resources import PoolPlan
-from medray.specs import ModelSpec, RunResult, RunSpec
+from medray.results import PoolPlan, RunResult
+from medray.specs import ModelSpec, RunSpec
 from medray.tasks.base import Task
 from medray.tune import select, space
 from medray.tune.trials import (
@@ -121,7 +122,7 @@ def run_baseline(cfg: SweepJobConfig, task: Task, samples: pd.DataFrame, base_sp
 
 
 def save_baseline(result: RunResult, folder: Path) -> None:
-    from medray.pipeline.resume import write_frame
+    from medray.io import write_frame
 
     folder.mkdir(parents=True, exist_ok=True)
     write_frame(folder / PREDICTIONS, result.predictions)
@@ -143,7 +144,7 @@ def save_baseline(result: RunResult, folder: Path) -> None:
 
 def load_baseline(folder: Path, base_spec: RunSpec, samples: pd.DataFrame) -> RunResult | None:
     """The saved baseline, if it was run on exactly these samples (else None)."""
-    from medray.pipeline.resume import read_frame
+    from medray.io import read_frame
 
     meta_path = folder / "result.json"
     if not (meta_path.is_file() and (folder / PREDICTIONS).is_file()):
@@ -225,9 +226,9 @@ def run_trial(config: dict, shared: Shared) -> None:
 
     from ray import tune
 
+    from medray.io import write_frame
     from medray.pipeline.execute import execute
     from medray.pipeline.prepare import build_specs
-    from medray.pipeline.resume import write_frame
     from medray.report.document import build_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

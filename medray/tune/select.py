@@ -203,7 +203,8 @@ def _compose_evaluate(overrides: list[str]):
 
 
 def _evaluate_dict(overrides: list[str]) -> dict[str, Any]:
-    from medray.config import EvalConfig, as_dict, to_config
+    from medray.config import EvalConfig, to_config
+    from medray.io import as_dict
 
     return _flatten(as_dict(to_config(_compose_evaluate(overrides), EvalConfig)))
 
@@ -216,7 +217,8 @@ def reproduce_command(target, output_dir: str, choices: dict[str, str] | None = 
     is its group option); every value that then still differs is added as ``key=value``,
     and the result is composed once more to check that it is exact.
     """
-    from medray.config import as_dict, conf_dir
+    from medray.config import conf_dir
+    from medray.io import as_dict
 
     conf = conf_dir()
     want = _flatten(as_dict(target))

@@ -22,7 +22,8 @@ import math
 from dataclasses import dataclass
 
 from medray.config import ConfigError, SweepJobConfig
-from medray.pipeline.resources import PoolPlan, plan_pool
+from medray.pipeline.resources import plan_pool
+from medray.results import PoolPlan
 from medray.specs import RunName
 
 log = logging.getLogger("medray.tune")

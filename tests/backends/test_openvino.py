@@ -18,7 +18,7 @@ from medray.backends import BackendError, get_backend
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.backends.openvino.config import OpenVINOConfig
 from medray.config import ConfigError, EvalConfig, QuantizationConfig
-from medray.tasks.classification import probabilities
+from medray.metrics.scores import probabilities
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
 pytestmark = pytest.mark.openvino

@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO, TINY_ARCH, TINY_SIZE, image_calibration
 
 from medray.backends import BackendError, get_backend
-from medray.backends.artifacts import ArtifactCache, cache_key
+from medray.backends.artifacts import ArtifactCache
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.backends.tensorrt.build import (
     CALIB_CACHE_FILE,
@@ -30,6 +30,7 @@ from medray.backends.tensorrt.build import (
 )
 from medray.backends.tensorrt.config import TensorRTConfig
 from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, RayConfig
+from medray.io import cache_key
 
 A100 = {"gpu_name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0", "tensorrt": "11.4.0.106"}
 

@@ -17,17 +17,11 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
+from medray.data.policy import apply_policy, check_accounting, check_same_skipped, runnable
 from medray.data.preprocess import DecodeError, check_pixels
 from medray.data.synthetic import ensure_synthetic
 from medray.data.table import read_manifest_dir
-from medray.pipeline.faults import (
-    SKIP_HINT,
-    BadSampleError,
-    apply_policy,
-    check_accounting,
-    check_same_skipped,
-    runnable,
-)
+from medray.errors import SKIP_HINT, BadSampleError
 from medray.pipeline.predictor import Predictor
 from medray.tasks.classification import decode_batch
 

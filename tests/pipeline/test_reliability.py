@@ -28,9 +28,10 @@ from hydra import compose, initialize_config_dir
 
 from medray.backends.base import Backend, BackendError, is_out_of_memory
 from medray.config import ConfigError, RayConfig, register_configs, to_config
+from medray.io import read_part
 from medray.pipeline.faults import WorkerFault, dedupe_retried
 from medray.pipeline.resources import plan_pool
-from medray.pipeline.resume import EXIT_AFTER_PARTS_ENV, STATE_FILE, read_part
+from medray.pipeline.resume import EXIT_AFTER_PARTS_ENV, STATE_FILE
 
 N_TEST = 40
 BATCH = 4

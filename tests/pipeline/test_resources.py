@@ -46,7 +46,7 @@ def test_gpu_requested_on_cpu_cluster_names_resources():
 
 
 # -- the split from measured costs (every core busy) ------------------------------------
-from medray.pipeline.resources import StageCosts  # noqa: E402
+from medray.results import StageCosts  # noqa: E402
 
 
 @pytest.mark.parametrize(

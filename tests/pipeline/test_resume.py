@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from medray.pipeline.resume import read_columns, read_part, write_part
+from medray.io import read_columns, read_part, write_part
 
 
 @pytest.fixture

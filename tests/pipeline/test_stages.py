@@ -122,8 +122,9 @@ def test_a_costed_plan_runs_its_read_tasks_at_once_on_two_cpus(ray_local, read_m
     run finishes (an actor pool that takes every CPU would hang here)."""
     import ray.data
 
-    from medray.pipeline.resources import StageCosts, plan_pool
+    from medray.pipeline.resources import plan_pool
     from medray.pipeline.stages import Stage, map_stage
+    from medray.results import StageCosts
 
     def slow_read(batch):  # defined here: Ray pickles it by value (the test module is not importable there)
         import os

@@ -100,8 +100,8 @@ def test_predictor_averages_ten_views_and_times_all_of_them(tiny_spec):
 
 def test_multilabel_views_average_sigmoids(tiny_spec):
     from medray.data.preprocess import to_model_input
+    from medray.metrics.scores import probabilities
     from medray.pipeline.predictor import Predictor
-    from medray.tasks.classification import probabilities
 
     spec = tiny_spec(batch_size=2, tta="tencrop", task="multilabel")
     pred = Predictor(spec)

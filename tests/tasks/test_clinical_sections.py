@@ -15,10 +15,10 @@ from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.config import ConfigError, DataConfig, EvalConfig, ReportConfig, ThresholdConfig, backend_config
 from medray.data.table import SampleTable
 from medray.metrics.clinical import choose_threshold
-from medray.pipeline.resources import PoolPlan
 from medray.report.document import build_metrics
 from medray.report.markdown import render_report
-from medray.specs import ModelSpec, RunResult, RunSpec
+from medray.results import PoolPlan, RunResult
+from medray.specs import ModelSpec, RunSpec
 
 LABELS = ["Effusion", "Mass"]
 

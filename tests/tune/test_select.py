@@ -97,7 +97,8 @@ def test_fmt_override_values():
 
 
 def test_reproduce_command_composes_to_the_same_config(tmp_path, tiny_checkpoint):
-    from medray.config import DataConfig, ModelConfig, as_dict
+    from medray.config import DataConfig, ModelConfig
+    from medray.io import as_dict
     from medray.tune.select import _evaluate_dict
 
     target = EvalConfig(

@@ -116,7 +116,7 @@ def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, source, table, ma
     import nncf
     import openvino as ov
 
-    from medray.tasks.classification import probabilities
+    from medray.metrics.scores import probabilities
 
     cfg = spec.backend
     m = spec.model

@@ -1,4 +1,4 @@
-"""Number formatting shared by every report section (a leaf module: tasks import it)."""
+"""Number formatting shared by every report section (a leaf: tasks, report and tune import it)."""
 
 from __future__ import annotations
 
