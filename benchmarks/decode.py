@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medray.backends import library_modules
 from medray.machine import machine
 
 
@@ -32,7 +33,7 @@ def machine_with_decoder() -> dict:
     """The shared machine description plus whether Pillow decodes with libjpeg-turbo."""
     from PIL import features
 
-    return {**machine(), "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo"))}
+    return {**machine(modules=library_modules()), "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo"))}
 
 
 def write_radiographs(

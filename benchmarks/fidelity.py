@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medray.backends import library_modules
 from medray.machine import machine
 
 
@@ -91,10 +92,11 @@ def demo_model():
     """The binary demo (trained and cached by medray on first use) and its preprocessing."""
     from hydra import compose, initialize_config_dir
 
-    from medray.config import conf_dir, register_configs, to_config
-    from medray.data.sources import load_table
+    from medray.cli import register_configs
+    from medray.config import conf_dir, to_config
+    from medray.data.load import load_table
+    from medray.models.loaders import load_torch_model
     from medray.models.resolve import resolve_model
-    from medray.models.sources import load_torch_model
 
     register_configs()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -123,7 +125,7 @@ def main(argv=None) -> dict:
         torch.manual_seed(0)
         dn = timm.create_model("densenet121", pretrained=False, num_classes=2).eval()
         rows.append(measure("densenet121 (random weights)", dn, resolve(PreprocessConfig(name="imagenet"), 3, 224), 3, paths))
-    doc = {"machine": machine(), "images": args.num_images, "source": "pydicom-data RG1_UNCR (CR chest), RG3_UNCR (CR extremity)",
+    doc = {"machine": machine(modules=library_modules()), "images": args.num_images, "source": "pydicom-data RG1_UNCR (CR chest), RG3_UNCR (CR extremity)",
            "rows": rows}
     lines = ["| model | preset | size | decode exact / draft (ms/img) | × faster | max / mean |Δprob| | decision flips "
              "| max / mean |Δinput| |", "|---|---|---|---|---|---|---|---|"]

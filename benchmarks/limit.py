@@ -36,13 +36,14 @@ import numpy as np
 import pandas as pd
 from pipeline import make_spec, write_images
 
+from medray.backends import library_modules
 from medray.machine import machine
 
 
 def images(args, work: Path) -> pd.DataFrame:
     if args.data == "jpeg":
         return write_images(work / "images", args.num_images, args.image_size)
-    from medray.data.sources import select_samples
+    from medray.data.load import select_samples
     from medray.data.synthetic import ensure_synthetic
     from medray.data.table import read_manifest_dir
 
@@ -110,8 +111,9 @@ def main(argv=None) -> dict:
 
     from medray.backends import get_backend
     from medray.backends.artifacts import ArtifactCache
-    from medray.config import DataConfig, EvalConfig, RayConfig, backend_config
+    from medray.config import EvalConfig, RayConfig, backend_config
     from medray.data.calibration import CalibrationSource, load_calibration
+    from medray.data.config import DataConfig
     from medray.data.preprocess import decode_image, medray_preset, to_model_input
     from medray.io import file_sha256
     from medray.models.factory import build_model, save_checkpoint
@@ -162,7 +164,7 @@ def main(argv=None) -> dict:
         "cold_sps": med(cold), "warm_sps": med(warm),
         "cold_over_limit": med(cold) / limit, "warm_over_bare": med(warm) / bare,
         "cold_runs": cold, "warm_runs": warm, "cache_fill": fill, "repeats": args.repeats,
-        "machine": machine(),
+        "machine": machine(modules=library_modules()),
     }
     row = (f"| {args.data} {out['image_size']} px | {args.model} {args.input_size} | {args.backend}-{args.precision} b{args.batch_size} | "
            f"{out['decode_ms_per_image']:.2f} | {out['backend_core_ms_per_image']:.2f} | {bare:.0f} | {limit:.0f} | "

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medray.backends import library_modules
 from medray.machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ def main(argv=None) -> dict:
     cold = run_job(args, work / "data", ckpt, work / "out-cold", work / "cache")
     warm = run_job(args, work / "data", ckpt, work / "out-warm", work / "cache")
     out = {"data": data, "model": args.model, "input_size": args.input_size, "backend": args.backend,
-           "precision": args.precision, "batch_size": args.batch_size, "cold": cold, "warm": warm, "machine": machine()}
+           "precision": args.precision, "batch_size": args.batch_size, "cold": cold, "warm": warm, "machine": machine(modules=library_modules())}
     print(json.dumps(out, indent=1, default=str))
     for name, r in (("cold", cold), ("warm", warm)):
         print(f"| {name} | {r['n_samples']} | {r['run_wall_s']:.0f} | {r['samples_per_wall_s']:.1f} | {r['throughput_sps']:.1f} | "

@@ -44,7 +44,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from medray.config import register_configs, to_config
+    from medray.cli import register_configs
+    from medray.config import to_config
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

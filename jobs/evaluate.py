@@ -6,8 +6,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from medray.cli import main_wrapper
-from medray.config import EvalConfig, register_configs
+from medray.cli import main_wrapper, register_configs
+from medray.config import EvalConfig
 
 register_configs()
 

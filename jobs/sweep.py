@@ -10,8 +10,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from medray.cli import main_wrapper
-from medray.config import SweepJobConfig, register_configs
+from medray.cli import main_wrapper, register_configs
+from medray.tune.config import SweepJobConfig
 
 register_configs()
 

@@ -8,17 +8,17 @@
 import hydra
 from omegaconf import DictConfig
 
-from medray.cli import main_wrapper
-from medray.config import TrainJobConfig, register_configs
+from medray.cli import main_wrapper, register_configs
+from medray.config import TrainJobConfig
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from medray.models.resolve import train_job
+    from medray.pipeline.prepare import train
 
-    main_wrapper(cfg, TrainJobConfig, train_job)
+    main_wrapper(cfg, TrainJobConfig, train)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from medray.config import ConfigError, to_config
+from medray.config import to_config
+from medray.errors import BadSampleError, ConfigError
 
 log = logging.getLogger("medray")
+
+
+def register_configs() -> None:
+    """Every job's schemas in Hydra's ConfigStore: evaluate, train and the axes' groups
+    (:func:`medray.config.register_configs`), and the sweep's (:mod:`medray.tune.config`)."""
+    from medray import config
+    from medray.tune import config as tune_config
+
+    config.register_configs()
+    tune_config.register()
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -40,8 +51,6 @@ def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:
         print(f"medray: configuration error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
-        from medray.errors import BadSampleError
-
         _shutdown_ray()
         if not isinstance(e, BadSampleError):
             raise
@@ -55,6 +64,8 @@ def main_wrapper(cfg: Any, schema: type, run: Callable[[Any], dict]) -> dict:
     out = (doc or {}).get("output_dir")
     if out:
         print(f"medray: outputs written to {out}")
+    elif (doc or {}).get("message"):
+        print(f"medray: {doc['message']}")
     return doc
 
 

@@ -14,6 +14,16 @@ def fail(key: str, value: Any, fix: str) -> NoReturn:
     raise ConfigError(f"{key}={value!r}: {fix}")
 
 
+def registry_row(registry: dict, name: str, key: str, listed: str = "use one of"):
+    """``registry[name]``, or a ConfigError ``"<key>='name': <listed> <the names>"``: what
+    every registry (backends, dataset layouts, model sources, tasks) answers for a name it
+    does not hold."""
+    try:
+        return registry[name]
+    except KeyError:
+        fail(key, name, f"{listed} {', '.join(registry)}")
+
+
 class DecodeError(ValueError):
     """An image file could not be decoded (truncated, empty, wrong format...).
 

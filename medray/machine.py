@@ -9,9 +9,14 @@ import platform
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def machine(versions: bool = True) -> dict:
+# Always recorded with ``versions``; callers add the inference libraries
+# (medray.backends.library_modules()).
+CORE_MODULES = ("numpy", "PIL", "ray", "torch")
+
+
+def machine(versions: bool = True, modules: tuple[str, ...] | list[str] = ()) -> dict:
     """CPU model and features, cores, memory, load, Python and (``versions``: imports them)
-    library versions."""
+    the versions of :data:`CORE_MODULES` and ``modules``."""
     cpu, flags = None, set()
     try:
         for line in open("/proc/cpuinfo"):
@@ -28,7 +33,7 @@ def machine(versions: bool = True) -> dict:
     except (ValueError, OSError):
         pass
     found = {}
-    for mod in ("torch", "onnxruntime", "openvino", "ray", "numpy", "PIL") if versions else ():
+    for mod in dict.fromkeys([*CORE_MODULES, *modules]) if versions else ():
         try:
             found[mod] = __import__(mod).__version__
         except Exception:  # not installed: the benchmark that needs it says so itself

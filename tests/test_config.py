@@ -6,9 +6,11 @@ import pytest
 from helpers import REPO
 from hydra import compose, initialize_config_dir
 
+from medray.backends import REGISTRY as BACKEND_CONFIGS
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.backends.torch.config import TorchConfig
-from medray.config import BACKEND_CONFIGS, ConfigError, EvalConfig, register_configs, to_config
+from medray.cli import register_configs
+from medray.config import ConfigError, EvalConfig, to_config
 
 register_configs()
 

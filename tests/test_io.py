@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from medray import io as mio
-from medray.config import ConfigError, DataConfig
+from medray.config import ConfigError
+from medray.data.config import DataConfig
 
 
 def mock_root() -> str:
@@ -98,7 +99,8 @@ def test_write_outputs_identical_for_path_file_uri_and_remote(tmp_path):
     from medray.specs import ModelSpec
 
     table, samples, results = _fake_results(ModelSpec("resnet10t", 2, 3, 32, None))
-    from medray.config import ReportConfig, ThresholdConfig
+    from medray.report.config import ReportConfig
+    from medray.tasks.classification.config import ThresholdConfig
 
     cfg = SimpleNamespace(data=SimpleNamespace(split="test"), report=ReportConfig(), threshold=ThresholdConfig())
     doc = build_metrics(cfg, table, samples, results)
@@ -127,8 +129,8 @@ def _upload(local: Path, remote: str) -> None:
 
 
 def test_uploaded_synthetic_set_reads_and_decodes_through_the_uri(tmp_path):
+    from medray.data.load import load_table
     from medray.data.preprocess import decode_gray
-    from medray.data.sources import load_table
     from medray.data.synthetic import ensure_synthetic
 
     args = dict(n_train=2, n_calibration=2, n_test=4, image_size=40)

@@ -1,4 +1,9 @@
-"""The package's shape: no import cycle, one list of backend names, conf/ found installed."""
+"""The package's shape: imports point one way (down the layers the README states), no
+import cycle, no module over 450 lines, task and backend names only where they belong,
+one list of backend names, conf/ found installed.
+
+Every import counts: module-level, function-level and ``TYPE_CHECKING`` ones alike (an
+annotation that reaches up is still a dependency that reaches up)."""
 
 from __future__ import annotations
 
@@ -23,27 +28,15 @@ def _module(path: Path) -> str:
     return ".".join(parts)
 
 
-def _type_checking_lines(tree: ast.AST) -> set[int]:
-    """Line numbers inside ``if TYPE_CHECKING:`` blocks (annotations only, never run)."""
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 def import_graph() -> dict[str, set[str]]:
-    """medray module → the medray modules it imports anywhere (functions included)."""
+    """medray module → the medray modules it imports anywhere (functions and
+    ``TYPE_CHECKING`` blocks included)."""
     modules = {_module(p): p for p in PKG.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        skip = _type_checking_lines(tree)
         deps: set[str] = set()
         for node in ast.walk(tree):
-            if getattr(node, "lineno", None) in skip:
-                continue
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name.split(".")[0] == "medray"}
             elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "medray":
@@ -91,6 +84,102 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# The layers, bottom first (README "Layout"): a module imports only from its own layer
+# or below.  Top-level modules and packages of medray/ by their first name.
+LAYERS = [
+    {"errors", "io", "format", "figures", "machine", "console", "monitoring"},  # leaves
+    {"specs", "results"},  # what crosses into the actors and comes back
+    {"metrics"},
+    {"data"},
+    {"models"},
+    {"backends"},
+    {"tasks"},
+    {"report", "tracking", "doctor"},
+    {"config"},  # the composition root of the run configs
+    {"pipeline"},
+    {"tune"},
+    {"cli"},
+]
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module}: not in any layer of tests/test_layout.py (add its package to LAYERS and the README)")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() if a != "medray" for b in deps
+                  if b != "medray" and layer_of(b) > layer_of(a))
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"medray.data.x": {"medray.tasks.y"}, "medray.tasks.y": {"medray.data.x"}}) == [
+        "medray.data.x -> medray.tasks.y"]
+
+
+def test_imports_point_down_the_layers_type_checking_ones_included():
+    """e.g. data, models, backends and metrics never import tasks, pipeline, report, tune or
+    the doctor; tasks never import pipeline, report or tune; nothing below the composition
+    root imports medray.config."""
+    graph = import_graph()
+    assert "medray.tasks.base" in graph and "medray.config" in graph["medray.tune.config"]
+    assert upward_imports(graph) == []
+
+
+def test_no_module_is_over_450_lines_and_config_is_only_composition():
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in PKG.rglob("*.py")}
+    assert {k: v for k, v in sizes.items() if v > 450} == {}
+    assert sizes["medray/config.py"] <= 300
+
+
+def _compared_strings(path: Path) -> set[str]:
+    """Strings a module compares something with (``==``, ``!=``, ``in``, ``not in``)."""
+    out = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Compare):
+            for side in [n.left, *n.comparators]:
+                elts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                out |= {e.value for e in elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+    return out
+
+
+def test_task_names_are_compared_only_inside_tasks():
+    from medray.tasks import TASKS
+
+    found = {str(p.relative_to(REPO)): sorted(_compared_strings(p) & set(TASKS))
+             for p in PKG.rglob("*.py") if "tasks" not in p.relative_to(PKG).parts}
+    assert {k: v for k, v in found.items() if v} == {}
+
+
+def _call_strings(path: Path) -> set[str]:
+    """Strings a module passes as call arguments (``get_backend("x")``, ``RunName("x", ...)``)."""
+    out = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Call):
+            out |= {a.value for a in [*n.args, *(k.value for k in n.keywords)]
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)}
+    return out
+
+
+def test_backends_are_named_only_inside_backends():
+    """No code outside backends/ branches on a backend's name or picks one by name (the
+    doctor, the baseline, the sweep ask the registry); configs (``*/config.py``) may give
+    defaults.  A library that shares a backend's name (torch) may be listed as a library."""
+    from medray.backends import REGISTRY
+
+    found = {}
+    for p in PKG.rglob("*.py"):
+        if "backends" in p.relative_to(PKG).parts or p.name == "config.py":
+            continue
+        hits = sorted((_compared_strings(p) | _call_strings(p)) & set(REGISTRY))
+        if hits:
+            found[str(p.relative_to(REPO))] = hits
+    assert found == {}
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
@@ -102,13 +191,11 @@ def test_medray_has_no_import_cycle():
     assert cycles(graph) == []
 
 
-def test_backend_names_agree_in_registry_yaml_readme_and_config():
+def test_backend_names_agree_in_registry_yaml_and_readme():
     from medray.backends import REGISTRY, config_class
-    from medray.config import BACKEND_CONFIGS
 
     names = set(REGISTRY)
     assert {p.stem for p in (REPO / "conf" / "backend").glob("*.yaml")} == names
-    assert set(BACKEND_CONFIGS) == names
     for name in names:
         assert config_class(name)().name == name  # the options class answers to its registry key
     # README: the `backend=` row of the CLI table lists every backend, and only them.

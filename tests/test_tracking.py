@@ -10,17 +10,11 @@ import pytest
 from helpers import TINY_ARCH, TINY_SIZE
 
 from medray.backends.torch.config import TorchConfig
-from medray.config import (
-    ConfigError,
-    ConstraintsConfig,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    RayConfig,
-    SweepConfig,
-    SweepJobConfig,
-    TrackingConfig,
-)
+from medray.config import ConfigError, EvalConfig, RayConfig
+from medray.data.config import DataConfig
+from medray.models.config import ModelConfig
+from medray.tracking.config import TrackingConfig
+from medray.tune.config import ConstraintsConfig, SweepConfig, SweepJobConfig
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[tracking]'")
 pytestmark = pytest.mark.slow

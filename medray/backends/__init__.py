@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, NamedTuple
 
 from medray.backends.base import Backend, BackendError
+from medray.errors import registry_row
 
 if TYPE_CHECKING:
     from medray.backends.config import BackendConfig
@@ -44,10 +45,7 @@ def _load(target: str):
 
 
 def _entry(name: str) -> Registered:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise BackendError(f"unknown backend {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
+    return registry_row(REGISTRY, name, "backend", "available backends:")
 
 
 def get_backend(name: str) -> type[Backend]:
@@ -55,9 +53,31 @@ def get_backend(name: str) -> type[Backend]:
     return _load(_entry(name).backend)
 
 
+def reference(torch_model: bool = True) -> str:
+    """The reference backend: the first registered one that runs the model at fp32 on the
+    CPU — a PyTorch model on the backend that runs the module itself, a model file without
+    one on the first backend that takes the file.  Baselines and the doctor compare with it."""
+    for name in REGISTRY:
+        cls = config_class(name)
+        if cls.NEEDS_TORCH_MODEL == torch_model and "fp32" in cls.SUPPORTED.get("cpu", ()):
+            return name
+    raise BackendError(f"no registered backend runs {'a PyTorch model' if torch_model else 'a model file'} at fp32 on the CPU")
+
+
+def library_modules() -> list[str]:
+    """Every library a registered backend imports (for version records), in registry order."""
+    out: dict[str, None] = {}
+    for name in REGISTRY:
+        cls = config_class(name)
+        out.update(dict.fromkeys(cls.LIBRARIES))
+        for libs in cls.PRECISION_LIBRARIES.values():
+            out.update(dict.fromkeys(libs))
+    return list(out)
+
+
 def config_class(name: str) -> type[BackendConfig]:
     """The options dataclass of backend ``name`` (imports no inference library)."""
     return _load(_entry(name).config)
 
 
-__all__ = ["REGISTRY", "Backend", "BackendError", "Registered", "config_class", "get_backend"]
+__all__ = ["REGISTRY", "Backend", "BackendError", "Registered", "config_class", "get_backend", "library_modules", "reference"]

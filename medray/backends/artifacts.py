@@ -120,3 +120,12 @@ class ArtifactCache:
             if not f.is_file() or file_sha256(f) != digest:
                 return None
         return meta
+
+
+def int8_parts(spec, source_key: str, calibration: dict, quantize: str, **own) -> dict[str, Any]:
+    """What every INT8 artifact's key holds: the graph it is built from, the calibration set,
+    the input shape and the preprocessing the calibration tensors were made with (another
+    normalisation is another INT8 model), plus the quantizer's own settings and versions."""
+    m = spec.model
+    return {"from": source_key, "quantize": quantize, "calibration": calibration, "input": list(m.input_shape),
+            "preprocess": m.preprocess, **own}

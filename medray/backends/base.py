@@ -66,6 +66,14 @@ class Backend(ABC):
         self.effective_precision: dict[str, Any] = {}
         self._loaded = False
 
+    # -- node checks (the doctor) ---------------------------------------------------------
+    @classmethod
+    def capability(cls, precision: str, device: str, detail: dict) -> tuple[str, str, str] | None:
+        """Whether this node's library / hardware runs ``precision`` on ``device``, once its
+        libraries import and the device is there: None = yes, else ``(status, reason, fix)``
+        (status ``missing`` or ``unsupported``).  What was read goes into ``detail``."""
+        return None
+
     # -- driver side ------------------------------------------------------------------
     @classmethod
     def prepare(cls, spec: RunSpec, cache: ArtifactCache, context: dict) -> dict | None:

@@ -1,10 +1,10 @@
 """INT8 calibration inputs, shared by ONNX Runtime's static quantization, NNCF and
 TensorRT's Q/DQ graphs.
 
-The samples are chosen by :func:`medray.data.sources.calibration_samples` (disjoint from
+The samples are chosen by :func:`medray.data.load.calibration_samples` (disjoint from
 the evaluated ones); the task turns them into model inputs exactly as it preprocesses the
 evaluated samples (images: ``decode_gray`` → ``to_model_input``, :func:`load_calibration`;
-volumes: ROI windows, :func:`medray.tasks.segmentation.calibration_windows`).  A backend
+volumes: ROI windows, :func:`medray.tasks.segmentation.read.calibration_windows`).  A backend
 gets a :class:`CalibrationSource`: the ids that enter its artifact's cache key, and the
 inputs, loaded only when the artifact is not cached.
 """

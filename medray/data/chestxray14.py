@@ -20,11 +20,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from medray.config import ConfigError
 from medray.data.table import SampleTable
+from medray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medray.data.config import DataConfig
 
 log = logging.getLogger("medray.data")
 
@@ -174,3 +178,8 @@ def read_chestxray14(
     counts = df.groupby("split").size().to_dict()
     log.info("chestxray14 %s: %s (manifest %s), %d labels", root, counts, manifest.name, len(labels))
     return SampleTable("chestxray14", "multilabel", labels, str(root), df, notes, subgroup_columns=groups)
+
+
+def read_folder(data: DataConfig, root: str) -> SampleTable:
+    """``data=chestxray14`` (the registry's reader)."""
+    return read_chestxray14(root, labels=data.classes, evaluated_split=data.split)

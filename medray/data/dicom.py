@@ -103,7 +103,7 @@ def read_dicom(src: str | Path | bytes | BinaryIO):
         with _quiet_pydicom():
             # force=True: files without the 128-byte preamble (older archives) are common.
             ds = pydicom.dcmread(src, force=True, specific_tags=PIXEL_TAGS)
-    except Exception as e:  # noqa: BLE001 - any parse failure: name the kind only
+    except Exception as e:
         raise DecodeError(f"not a readable DICOM file ({type(e).__name__})") from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DecodeError("DICOM file without pixel data (not an image object, or not DICOM)")
@@ -129,7 +129,7 @@ def pixels(ds) -> np.ndarray:
     try:
         with _quiet_pydicom():
             return ds.pixel_array
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         ts = ds.file_meta.TransferSyntaxUID
         if "missing dependencies" in str(e) or isinstance(e, NotImplementedError):
             raise DecodeError(
@@ -207,7 +207,7 @@ def dicom_to_gray_u8(ds) -> np.ndarray:
             rng = voi_output_range(ds) if voi is not values else None
     except DecodeError:
         raise
-    except Exception as e:  # noqa: BLE001 - e.g. window width < 1, bad LUT descriptor
+    except Exception as e:
         raise DecodeError(f"invalid modality/VOI LUT or window in the pixel module ({type(e).__name__})") from None
     if rng is None:
         out = to_unit_range(values, float(np.min(values)), float(np.max(values)))

@@ -16,11 +16,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from medray.config import ConfigError
 from medray.data.table import SampleTable
+from medray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medray.data.config import DataConfig
 
 log = logging.getLogger("medray.data")
 
@@ -110,3 +114,8 @@ def read_imagefolder(root: str | Path, classes: list[str] | None = None, name: s
     )
     log.info("imagefolder %s: %d images, classes %s (%s)", root, len(df), classes, summary)
     return SampleTable(name, "multiclass", classes, str(root), df, notes)
+
+
+def read_folder(data: DataConfig, root: str) -> SampleTable:
+    """``data=imagefolder`` (the registry's reader)."""
+    return read_imagefolder(root, classes=data.classes)

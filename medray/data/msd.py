@@ -31,7 +31,7 @@ from medray.data.table import SampleTable
 from medray.errors import ConfigError
 
 if TYPE_CHECKING:
-    from medray.config import DataConfig, VolumeConfig
+    from medray.data.config import DataConfig, VolumeConfig
 
 log = logging.getLogger("medray.data")
 

@@ -96,15 +96,8 @@ def _blob(rng, grid, shape, centre_box, radii) -> np.ndarray:
     return d <= 1
 
 
-def ensure_phantoms(
-    root: str | Path,
-    n_train: int,
-    n_calibration: int,
-    n_test: int,
-    size: int = 64,
-    seed: int = 0,
-    n_classes: int = 2,
-) -> Path:
+def ensure_phantoms(root: str | Path, n_train: int, n_calibration: int, n_test: int, size: int = 64, seed: int = 0,
+                    n_classes: int = 2) -> Path:
     """Write (once) a phantom MSD task folder at ``root``; return ``root``.
 
     Returns at once when ``root/dataset.json`` records the same arguments; raises

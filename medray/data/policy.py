@@ -78,24 +78,25 @@ def apply_policy(samples: pd.DataFrame, on_error: str) -> pd.DataFrame:
     return samples
 
 
+def _split_on(df: pd.DataFrame, column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``df``'s rows with an empty ``column`` and ``(sample_id, reason)`` of the others."""
+    if column not in df.columns:
+        return df, pd.DataFrame({"sample_id": pd.Series([], dtype=str), "reason": pd.Series([], dtype=str)})
+    reason = df[column].fillna("").astype(str)
+    bad = reason != ""
+    skipped = pd.DataFrame({"sample_id": df.loc[bad, "sample_id"].astype(str), "reason": reason[bad]})
+    return df[~bad].reset_index(drop=True), skipped.reset_index(drop=True)
+
+
 def runnable(samples: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(rows for the pipeline, rows skipped on the driver: sample_id, reason)``."""
-    if "problem" not in samples.columns:
-        return samples, pd.DataFrame({"sample_id": pd.Series([], dtype=str), "reason": pd.Series([], dtype=str)})
-    problem = samples["problem"].fillna("").astype(str)
-    bad = problem != ""
-    skipped = pd.DataFrame({"sample_id": samples.loc[bad, "sample_id"].astype(str), "reason": problem[bad]})
-    return samples[~bad].reset_index(drop=True), skipped.reset_index(drop=True)
+    return _split_on(samples, "problem")
 
 
 def split_skipped(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pipeline rows → ``(predicted rows, skipped rows: sample_id, reason)``."""
-    if "skipped_reason" not in df.columns:
-        return df, pd.DataFrame({"sample_id": pd.Series([], dtype=str), "reason": pd.Series([], dtype=str)})
-    reason = df["skipped_reason"].fillna("").astype(str)
-    bad = reason != ""
-    skipped = pd.DataFrame({"sample_id": df.loc[bad, "sample_id"].astype(str), "reason": reason[bad]})
-    return df[~bad].drop(columns=["skipped_reason"]).reset_index(drop=True), skipped.reset_index(drop=True)
+    ok, skipped = _split_on(df, "skipped_reason")
+    return ok.drop(columns=["skipped_reason"], errors="ignore"), skipped
 
 
 def check_same_skipped(skipped: dict[str, pd.DataFrame]) -> None:

@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TASKS = ("multiclass", "multilabel", "segmentation")
+from medray.data.sources import IMAGE, VOLUME
+
+# What a table's ``task`` says its labels are, and the kind of sample that makes it.
+KINDS = {"multiclass": IMAGE, "multilabel": IMAGE, "segmentation": VOLUME}
+TASKS = tuple(KINDS)
 
 
 @dataclass
@@ -36,6 +40,11 @@ class SampleTable:
     # Metadata columns of ``samples`` the report breaks results down by (report.subgroups);
     # a ``patient_id`` column, when present, makes the bootstrap resample patients.
     subgroup_columns: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """The kind of sample (:data:`medray.data.sources.IMAGE` / ``VOLUME``)."""
+        return KINDS[self.task]
 
     def positive_index(self) -> int:
         """Index of a binary dataset's positive class (1 when none is set)."""

@@ -23,10 +23,6 @@ import numpy as np
 
 from medray.doctor import environment as env
 
-# The libraries each backend imports (precision-specific ones in EXTRA).
-NEEDS = {"torch": ["torch"], "onnxruntime": ["onnxruntime", "onnx"], "openvino": ["openvino", "onnx"],
-         "trt": ["tensorrt", "onnx"]}
-EXTRA = {("openvino", "int8"): ["nncf"]}
 # Largest |Δprobability| vs torch fp32 of the tiny model per precision, and for int8 the
 # correlation of the logit margins (random weights: decisions are close calls).
 TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 5e-2, "int8": 0.25}
@@ -62,17 +58,25 @@ def pairs(backends: list[str] | None = None) -> list[tuple[str, str, str]]:
 
 
 def capability(backend: str, precision: str, device: str) -> Record:
-    """Libraries, device and hardware precision of one triple (no model is run)."""
+    """Libraries, device and hardware precision of one triple (no model is run): the
+    libraries the backend declares, the device, then the backend's own check
+    (:meth:`medray.backends.base.Backend.capability`)."""
+    from medray.backends import config_class, get_backend
+
     r = Record(backend, precision, device)
-    for lib in NEEDS[backend] + EXTRA.get((backend, precision), []):
+    cls = config_class(backend)
+    for lib, fix in {**cls.LIBRARIES, **cls.PRECISION_LIBRARIES.get(precision, {})}.items():
         try:
             mod = env.import_library(lib)
             r.detail[lib] = getattr(mod, "__version__", "?")
         except ImportError as e:
-            return _set(r, "missing", f"{lib} cannot be imported ({e})", env.LIBRARIES[lib][1])
+            return _set(r, "missing", f"{lib} cannot be imported ({e})", fix)
     if device == "cuda":
-        return _cuda(r)
-    return _cpu(r)
+        r = _cuda(r)
+        if r.status != "ok":
+            return r
+    problem = get_backend(backend).capability(precision, device, r.detail)
+    return _set(r, *problem) if problem else r
 
 
 def _set(r: Record, status: str, reason: str, fix: str = "") -> Record:
@@ -92,38 +96,6 @@ def _cuda(r: Record) -> Record:
     if need and cc < need:
         return _set(r, "unsupported", f"{r.precision} needs compute capability >= {need[0]}.{need[1]}, "
                     f"{g['devices'][0]['name']} has {cc[0]}.{cc[1]}", "use precision=fp32 or fp16, or a newer GPU")
-    if r.backend == "onnxruntime":
-        import onnxruntime as ort
-
-        have = ort.get_available_providers()
-        r.detail["providers"] = have
-        if "CUDAExecutionProvider" not in have:
-            return _set(r, "missing", f"this onnxruntime build has no CUDAExecutionProvider (has {have})",
-                        "pip uninstall onnxruntime && pip install onnxruntime-gpu (matching the CUDA of the driver)")
-    return r
-
-
-def _cpu(r: Record) -> Record:
-    info = env.cpu()
-    if r.backend == "openvino":
-        import openvino as ov
-
-        from medray.backends.openvino.backend import CAPABILITY
-
-        core = ov.Core()
-        caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-        r.detail["openvino_devices"] = list(core.available_devices)
-        r.detail["capabilities"] = caps
-        need = CAPABILITY.get(r.precision)
-        if need and need not in caps:
-            return _set(r, "unsupported", f"OpenVINO's CPU plugin lists no {need} on this CPU (capabilities {caps})",
-                        "use precision=fp32 or int8 here, or a CPU with it (bf16: AVX512_BF16/AMX; fp16: AVX512_FP16/AMX-FP16)")
-    if r.precision == "bf16" and r.backend == "torch" and not env.has_cpu_bf16(info):
-        r.detail["note"] = "no AVX512_BF16/AMX: torch emulates bf16 on this CPU (slower than fp32)"
-    if r.backend == "onnxruntime":
-        import onnxruntime as ort
-
-        r.detail["providers"] = ort.get_available_providers()
     return r
 
 
@@ -155,11 +127,11 @@ class TinyModel:
         self._reference: np.ndarray | None = None
 
     def spec(self, backend: str, precision: str, device: str, batch: int | None = None, threads: int | None = None):
-        from medray.config import backend_config
+        from medray.backends import config_class
         from medray.specs import RunSpec
 
         cores = env.cpu()["cores"] or 1
-        return RunSpec(name=f"{backend}-{precision}", role="candidate", backend=backend_config(backend),
+        return RunSpec(name=f"{backend}-{precision}", role="candidate", backend=config_class(backend)(),
                        precision=precision, device=device, batch_size=batch or self.batch, streams=1, model=self.model,
                        threads=threads or cores, warmup_batches=1)
 
@@ -174,9 +146,10 @@ class TinyModel:
 
     def reference(self) -> np.ndarray:
         if self._reference is None:
-            from medray.backends import get_backend
+            from medray.backends import get_backend, reference
 
-            with get_backend("torch")(self.spec("torch", "fp32", "cpu")) as b:
+            name = reference()
+            with get_backend(name)(self.spec(name, "fp32", "cpu")) as b:
                 self._reference = b.infer(self.x)
         return self._reference
 

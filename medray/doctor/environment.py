@@ -16,18 +16,38 @@ from medray.machine import machine
 
 # CPU features that decide which kernels the backends may use.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-# module → (what it is for, how to install it)
-LIBRARIES = {
-    "torch": ("backend=torch, exports, the baseline", "pip install 'torch>=2.4,<2.15'"),
+# module → (what it is for, how to install it): medray's own, then every backend's
+# declared libraries (medray.backends.config.BackendConfig.LIBRARIES), see wanted().
+CORE_LIBRARIES = {
+    "torch": ("exports, the demo models", "pip install 'torch>=2.4,<2.15'"),
     "torchvision": ("timm's dependency", "pip install 'torchvision>=0.19,<0.30'"),
     "timm": ("model=timm / demo models", "pip install 'timm>=1,<2'"),
     "onnx": ("ONNX exports", "pip install 'onnx>=1.16,<2'"),
-    "onnxruntime": ("backend=onnxruntime", "pip install onnxruntime-gpu (Linux x86_64) or onnxruntime"),
-    "openvino": ("backend=openvino", "pip install -e '.[openvino]'"),
-    "nncf": ("backend=openvino precision=int8", "pip install -e '.[openvino]'"),
-    "tensorrt": ("backend=trt", "pip install -e '.[trt]' on the GPU node (CUDA 12/13 wheels)"),
     "ray": ("running jobs (not the doctor)", "pip install -e ."),
 }
+
+
+def wanted() -> dict[str, tuple[str, str]]:
+    """Every library the doctor reports: medray's own and each registered backend's
+    (its purpose: the backends and precisions that import it)."""
+    from medray.backends import REGISTRY, config_class
+
+    uses: dict[str, list[str]] = {}
+    fixes: dict[str, str] = {k: v[1] for k, v in CORE_LIBRARIES.items()}
+    for name in REGISTRY:
+        cls = config_class(name)
+        for lib, fix in cls.LIBRARIES.items():
+            uses.setdefault(lib, []).append(f"backend={name}")
+            fixes.setdefault(lib, fix)
+        for precision, libs in cls.PRECISION_LIBRARIES.items():
+            for lib, fix in libs.items():
+                uses.setdefault(lib, []).append(f"backend={name} precision={precision}")
+                fixes.setdefault(lib, fix)
+    out = {}
+    for lib in [*CORE_LIBRARIES, *(k for k in uses if k not in CORE_LIBRARIES)]:
+        purpose = ", ".join(uses.get(lib, []) + ([CORE_LIBRARIES[lib][0]] if lib in CORE_LIBRARIES else []))
+        out[lib] = (purpose, fixes[lib])
+    return out
 
 
 def cpu() -> dict:
@@ -67,9 +87,9 @@ def import_library(name: str):
 
 
 def libraries() -> dict:
-    """Each library of :data:`LIBRARIES`: installed, version, or the error and the fix."""
+    """Each library of :func:`wanted`: installed, version, or the error and the fix."""
     out = {}
-    for name, (purpose, fix) in LIBRARIES.items():
+    for name, (purpose, fix) in wanted().items():
         try:
             mod = import_library(name)
             out[name] = {"installed": True, "version": getattr(mod, "__version__", "?"), "for": purpose}

@@ -62,7 +62,7 @@ def render(doc: dict) -> str:
     for name, lib in doc["libraries"].items():
         out.append(f"  {name:12s} {lib['version']}" if lib["installed"] else f"  {name:12s} missing — {lib['fix']}")
     out += ["", f"Backend × precision × device ({doc['mode']}: "
-            + ("a tiny model run and compared with torch fp32" if doc["mode"] == "run" else "no model run") + "):"]
+            + ("a tiny model run and compared with the reference backend's fp32" if doc["mode"] == "run" else "no model run") + "):"]
     rows = []
     for r in doc["checks"]:
         d = r["detail"]

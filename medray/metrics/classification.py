@@ -90,24 +90,8 @@ def operating_point(y_pos, score, threshold: float) -> dict:
     }
 
 
-def _validate(y_true, probs, task, classes, threshold):
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(y_true)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be 2-D (N, K), got shape {p.shape}")
-    n, k = p.shape
-    if n == 0:
-        raise ValueError(f"no samples: probs has shape {p.shape}")
-    names = [str(c) for c in classes]
-    if len(names) != k:
-        raise ValueError(
-            f"classes has {len(names)} names but probs has {k} columns "
-            f"(shape {p.shape})"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"class names must be unique, got {names}")
+def _check_values(p: np.ndarray, y: np.ndarray) -> None:
+    """Probabilities finite and in [0, 1]; labels finite integers."""
     bad = ~np.isfinite(p)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
@@ -126,6 +110,27 @@ def _validate(y_true, probs, task, classes, threshold):
         raise ValueError(f"y_true (shape {y.shape}) contains NaN/infinite labels")
     if y.size and not np.all(y.astype(np.float64) == np.round(y.astype(np.float64))):
         raise ValueError(f"y_true (shape {y.shape}) must hold integer labels")
+
+
+def _validate(y_true, probs, task, classes, threshold):
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true)
+    if p.ndim != 2:
+        raise ValueError(f"probs must be 2-D (N, K), got shape {p.shape}")
+    n, k = p.shape
+    if n == 0:
+        raise ValueError(f"no samples: probs has shape {p.shape}")
+    names = [str(c) for c in classes]
+    if len(names) != k:
+        raise ValueError(
+            f"classes has {len(names)} names but probs has {k} columns "
+            f"(shape {p.shape})"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"class names must be unique, got {names}")
+    _check_values(p, y)
 
     if task == "multiclass":
         if k < 2:

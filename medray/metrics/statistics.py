@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -259,28 +261,33 @@ def non_inferiority(ci_low: float, margin: float | None) -> dict:
     return {"margin": margin, "non_inferior": bool(ok), "verdict": f"{word} (lower bound {ci_low:+.4f} vs −{margin:g})"}
 
 
-def compare_metric(
-    y,
-    base,
-    cand,
-    task: str,
-    metric: str,
-    margin: float | None,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    positive: int = 1,
-    threshold: float = 0.5,
-    clusters=None,
-) -> dict:
+@dataclass(frozen=True)
+class Comparison:
+    """How :func:`compare_metric` compares: the non-inferiority ``margin`` (None = no
+    verdict), the bootstrap (resamples, confidence, seed; ``clusters``, e.g. patient ids
+    one per row, resampled instead of rows), and the decision (``positive`` class,
+    ``threshold``)."""
+
+    margin: float | None = None  # the largest drop still non-inferior
+    n_boot: int = 2000  # bootstrap resamples
+    confidence: float = 0.95  # of every interval
+    seed: int = 0
+    positive: int = 1  # the positive class of a binary task (its AUC is DeLong's)
+    threshold: float = 0.5  # decision threshold of threshold metrics (multilabel BACC)
+    clusters: Any = None  # e.g. patient ids, one per row: resampled instead of rows
+
+
+def compare_metric(y, base, cand, task: str, metric: str, how: Comparison | None = None) -> dict:
     """CIs of ``metric`` for the baseline and the candidate, the paired test of their
     difference (DeLong for a binary AUC, paired bootstrap otherwise) and the verdict.
 
     ``base``/``cand`` are the runs' probabilities aligned by sample (rows), or per-case
-    values with ``metric="mean"`` (Dice).  ``clusters`` (e.g. patient ids, one per row):
-    the bootstrap resamples clusters, not rows, and DeLong is not used (it assumes
-    independent samples).
+    values with ``metric="mean"`` (Dice).  With ``how.clusters`` the bootstrap resamples
+    clusters, not rows, and DeLong is not used (it assumes independent samples).
     """
+    how = how or Comparison()
+    margin, n_boot, confidence, seed = how.margin, how.n_boot, how.confidence, how.seed
+    positive, threshold, clusters = how.positive, how.threshold, how.clusters
     y = np.asarray(y)
     base = np.asarray(base, dtype=np.float64)
     cand = np.asarray(cand, dtype=np.float64)
@@ -305,3 +312,13 @@ def compare_metric(
     out["difference"] = test
     out.update(non_inferiority(test["ci"][0], margin))
     return out
+
+
+def aligned(df, ids, column: str) -> np.ndarray:
+    """The ``column`` of ``df`` (one array per row) for the samples ``ids``, stacked."""
+    import pandas as pd
+
+    idx = pd.Index(df["sample_id"].astype(str)).get_indexer(ids)
+    if (idx < 0).any():
+        raise RuntimeError("the recommended trial and the baseline did not score the same samples")
+    return np.stack([np.asarray(v, dtype=np.float64) for v in df[column].to_numpy()[idx]])

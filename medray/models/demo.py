@@ -19,6 +19,7 @@ import numpy as np
 
 from medray.data.preprocess import decode_gray, to_model_input
 from medray.data.table import SampleTable
+from medray.models.config import TrainConfig
 
 log = logging.getLogger("medray.train")
 
@@ -95,15 +96,13 @@ def train_demo(
     input_size: int,
     in_chans: int,
     out_path: str | Path,
-    epochs: int,
-    batch_size: int = 32,
-    seed: int = 0,
-    lr: float = 3e-3,
+    train: TrainConfig,
     *,
     threads: int | None = None,
 ) -> dict:
     """Train ``arch`` (timm, random init) on ``table``'s train split and save a medray
-    checkpoint to ``out_path``; return a summary with the test-split AUC.
+    checkpoint to ``out_path``; return a summary with the test-split AUC.  ``train``:
+    epochs, batch size, learning rate and seed.
 
     Cross-entropy for multi-class, BCE-with-logits for multi-label; AdamW with a
     one-cycle schedule; seeded, so the same arguments give the same model on one machine.
@@ -115,6 +114,7 @@ def train_demo(
 
     from medray.models.factory import build_model, save_checkpoint
 
+    epochs, batch_size, seed, lr = train.epochs, train.batch_size, train.seed, train.lr
     if table.task not in ("multiclass", "multilabel"):
         raise ValueError(f"train_demo: task={table.task!r} is not supported (multiclass or multilabel)")
     train_df, test_df = table.split("train"), table.split("test")
@@ -254,15 +254,15 @@ def main(argv: list[str] | None = None) -> dict:
     root = ensure_synthetic(a.kind, a.root, a.n_train, a.n_calibration, a.n_test, a.image_size, a.seed)
     gen_s = time.perf_counter() - t0
     epochs = a.epochs if a.epochs is not None else DEFAULT_EPOCHS[a.kind]
-    summary = train_demo(read_manifest_dir(root), a.arch, a.input_size, a.in_chans, a.out, epochs,
-                         a.batch_size, a.seed, a.lr, threads=a.threads)
+    summary = train_demo(read_manifest_dir(root), a.arch, a.input_size, a.in_chans, a.out,
+                         TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed), threads=a.threads)
     summary["generate_s"] = round(gen_s, 2)
     summary["wall_s"] = round(time.perf_counter() - t0, 2)
     # CPU seconds too: on a shared machine wall time says more about the neighbours.
     ru = resource.getrusage(resource.RUSAGE_SELF)
     summary["cpu_s"] = round(ru.ru_utime + ru.ru_stime, 1)
     summary["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(summary, indent=2))
+    log.info("demo trained: %s", json.dumps(summary, indent=2))
     return summary
 
 

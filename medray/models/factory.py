@@ -8,6 +8,7 @@ accepted too; its class count is read off the classifier weight.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,17 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used with the configured model."""
 
 
-# Architectures that are not timm names (their constructor arguments come in ``net``).
-MONAI_ARCHS = ("monai_unet",)
-
-
 def build_model(arch: str, num_classes: int, in_chans: int, net: dict | None = None):
-    """A timm model with random weights (no download: ``pretrained=False``), or a MONAI
-    3D UNet for ``arch=monai_unet`` built from ``net`` (channels, strides, ...)."""
-    if arch in MONAI_ARCHS:
+    """A timm model with random weights (no download: ``pretrained=False``), or an
+    architecture of :data:`medray.models.sources.ARCHS` (e.g. ``monai_unet``) built from
+    ``net`` (channels, strides, ...)."""
+    from medray.models.sources import ARCHS
+
+    if arch in ARCHS:
         if not net:
-            raise CheckpointError(f"model.arch={arch} needs its UNet settings (model.net or the checkpoint's meta)")
-        return build_unet(num_classes, in_chans, **net)
+            raise CheckpointError(f"model.arch={arch} needs its settings (model.net or the checkpoint's meta)")
+        module, _, name = ARCHS[arch].build.partition(":")
+        return getattr(importlib.import_module(module), name)(num_classes, in_chans, **net)
     import timm
 
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
@@ -118,7 +119,7 @@ def load_model(arch: str, num_classes: int, in_chans: int, checkpoint: str | Non
     sd = meta = None
     if checkpoint:
         sd, meta = read_checkpoint(checkpoint, trust=trust)
-    if arch in MONAI_ARCHS and not net:
+    if not net:
         net = (meta or {}).get("net")
     model = build_model(arch, num_classes, in_chans, net=net)
     if checkpoint:
@@ -130,3 +131,8 @@ def load_model(arch: str, num_classes: int, in_chans: int, checkpoint: str | Non
                 "to the architecture the checkpoint was trained with."
             )
     return model.eval()
+
+
+def load_spec(m):
+    """``model=timm``: the architecture of a :class:`~medray.specs.ModelSpec` with its checkpoint."""
+    return load_model(m.arch, m.out_features or m.num_classes, m.in_chans, m.checkpoint, trust=m.trust_checkpoint, net=m.net)

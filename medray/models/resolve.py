@@ -6,16 +6,18 @@ import json
 import logging
 from pathlib import Path
 
-from medray.config import ConfigError, EvalConfig
+from medray.data.sources import IMAGE
 from medray.data.table import SampleTable
+from medray.errors import ConfigError
 from medray.io import file_sha256
+from medray.models.config import ModelRequest
 from medray.models.factory import CheckpointError, classifier_out_features, read_checkpoint
 from medray.specs import ModelSpec
 
 log = logging.getLogger("medray.models")
 
 
-def demo_checkpoint_path(cfg: EvalConfig, table: SampleTable) -> Path:
+def demo_checkpoint_path(cfg: ModelRequest, table: SampleTable) -> Path:
     m = cfg.model
     from medray import io as medray_io
 
@@ -36,16 +38,16 @@ DEMO_DATA = {
 }
 
 
-def demo_source(cfg: EvalConfig, table: SampleTable) -> SampleTable:
+def demo_source(cfg: ModelRequest, table: SampleTable) -> SampleTable:
     """The dataset the demo model for ``table`` is trained on.
 
     Synthetic sets train their own; a real dataset gets the demo of its task and class
     count — the binary demo for a two-class folder, the 14-label demo for ChestX-ray14 —
     whose outputs are read as the dataset's classes by index.
     """
-    from medray.config import DataConfig
     from medray.data.chestxray14 import LABELS as CHESTXRAY14_CLASSES
-    from medray.data.sources import load_table
+    from medray.data.config import DataConfig
+    from medray.data.load import load_table
 
     if table.name in ("synthetic", "synthetic_multilabel"):
         return table
@@ -75,44 +77,75 @@ def log_index_mapping(source: SampleTable, table: SampleTable) -> None:
     )
 
 
-def resolve_model(cfg: EvalConfig, table: SampleTable) -> ModelSpec:
-    """The model of ``cfg`` checked against the dataset before Ray starts: its source
-    loads, its preprocessing resolves, its output count is the dataset's class count (or
-    one score for a binary dataset), and it takes the input the preprocessing makes.
-    Trains the demo model if it is not cached."""
-    if table.task == "segmentation":  # 3D UNet: ROI shape, net settings, its own demo
-        from medray.models.unet import resolve_segmentation_model
-
-        return resolve_segmentation_model(cfg, table)
-    from medray.data.preprocess import resolve as resolve_preprocess
+def resolve_model(cfg: ModelRequest, table: SampleTable) -> ModelSpec:
+    """The one resolve path: the model of ``cfg`` checked against the dataset before Ray
+    starts, by its source's (or architecture's, or the demo's) resolver in
+    :mod:`medray.models.sources` (the demo is trained if it is not cached)."""
+    from medray.models.sources import ARCHS, DEMOS, call, source
 
     m = cfg.model
-    n_classes = len(table.classes)
-    if m.num_classes is not None and m.num_classes != n_classes:
-        raise ConfigError(
-            f"model.num_classes={m.num_classes} but dataset {table.name} has {n_classes} classes "
-            f"{table.classes[:5]}...; set model.num_classes={n_classes} or use a matching dataset"
-        )
-    demo = m.source == "timm" and m.checkpoint is None
+    row = source(m.source)
+    if table.kind not in row.kinds:
+        raise ConfigError(f"model={m.name}: a {m.source} model is not supported for dataset {table.name} "
+                          f"({table.task}); sources for it: {', '.join(sorted(_sources_of(table.kind)))}")
+    if m.arch in ARCHS and row.load == "medray.models.factory:load_spec":
+        target = ARCHS[m.arch].resolve
+    elif m.name == "demo" and m.checkpoint is None:
+        target = DEMOS[table.kind]
+    else:
+        target = row.resolve
+    return call(target, cfg, table)
+
+
+def _sources_of(kind: str) -> list[str]:
+    from medray.models.sources import SOURCES
+
+    return [n for n, r in SOURCES.items() if kind in r.kinds]
+
+
+def check_class_count(m, table: SampleTable) -> int:
+    """``model.num_classes`` (when set) is the dataset's class count (background included
+    for segmentation); returns that count."""
+    k = len(table.classes)
+    if m.num_classes is not None and m.num_classes != k:
+        raise ConfigError(f"model.num_classes={m.num_classes} but dataset {table.name} has {k} classes "
+                          f"{list(table.classes)[:6]}; set model.num_classes={k} or null (from the dataset)")
+    return k
+
+
+def resolve_classifier(cfg: ModelRequest, table: SampleTable) -> ModelSpec:
+    """An image classifier checked against the dataset: its source loads, its
+    preprocessing resolves, its output count is the dataset's class count (or one score
+    for a binary dataset), and it takes the input the preprocessing makes."""
+    from medray.data.preprocess import resolve as resolve_preprocess
+    from medray.models.sources import source
+
+    if table.kind != IMAGE:
+        raise ConfigError(f"model.arch={cfg.model.arch!r}: an image classifier; dataset {table.name} is {table.task}")
+
+    m = cfg.model
+    n_classes = check_class_count(m, table)
+    demo = m.name == "demo" and m.checkpoint is None
     if demo and cfg.preprocess.name != "medray":
         raise ConfigError(
             f"preprocess={cfg.preprocess.name}: the demo model was trained with preprocess=medray; feeding it other "
             "pixels would give a wrong AUC. Use preprocess=medray, or your own model (model=timm|python|...)"
         )
-    timm_arch = m.arch if m.source in ("timm", "python") else None
+    timm_arch = m.arch if not source(m.source).file else None
     prep = resolve_preprocess(cfg.preprocess, m.in_chans, m.input_size, timm_arch=timm_arch)
-    spec = ModelSpec(arch=m.arch if m.source == "timm" else m.source, num_classes=n_classes, in_chans=m.in_chans,
+    timm = source(m.source).checkpoint_required  # an architecture + its state dict
+    spec = ModelSpec(arch=m.arch if timm else m.source, num_classes=n_classes, in_chans=m.in_chans,
                      input_size=prep["size"][0], checkpoint=None, trust_checkpoint=m.trust_checkpoint, task=table.task,
                      source=m.source, path=m.path, path_sha256=file_sha256(m.path) if m.path else None, target=m.target,
                      kwargs=dict(m.kwargs or {}), output=m.output, preprocess=prep,
                      positive_index=table.positive_index())
-    if m.source == "timm":
+    if timm:
         spec.checkpoint, spec.out_features = _timm_checkpoint(cfg, table, demo, prep)
-    elif m.source == "python" and m.checkpoint:
+    elif m.checkpoint:
         spec.checkpoint = m.checkpoint
     if spec.checkpoint:
         spec.checkpoint_sha256 = file_sha256(spec.checkpoint)
-    if m.source != "timm":  # the weights do not say: run the model once on the input it will get
+    if not timm:  # the weights do not say: run the model once on the input it will get
         spec.out_features = probe_outputs(spec)
     check_outputs(spec, table)
     return spec
@@ -138,11 +171,13 @@ def probe_outputs(spec: ModelSpec) -> int:
     config error naming both shapes."""
     import numpy as np
 
+    from medray.models.sources import source
+
     shape = (2, *spec.input_shape)
     x = np.zeros(shape, dtype=np.float32)
     hint = (f"the preprocessing makes {shape} (batch, {'H, W, C' if spec.preprocess.get('layout') == 'nhwc' else 'C, H, W'}); "
             "set preprocess.layout / preprocess.size / model.in_chans to what the model takes")
-    if spec.source == "onnx":
+    if not source(spec.source).torch_model:
         want = onnx_input_shape(spec.path)
         fixed = [(i, a, b) for i, (a, b) in enumerate(zip(want[1:], shape[1:]), 1) if isinstance(a, int) and a > 0 and a != b]
         if len(want) != len(shape) or fixed:
@@ -157,7 +192,7 @@ def probe_outputs(spec: ModelSpec) -> int:
     else:
         import torch
 
-        from medray.models.sources import load_torch_model
+        from medray.models.loaders import load_torch_model
 
         model = load_torch_model(spec)
         try:
@@ -193,7 +228,7 @@ def onnx_input_shape(path: str) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
 
 
-def _timm_checkpoint(cfg: EvalConfig, table: SampleTable, demo: bool, prep: dict) -> tuple[str, int | None]:
+def _timm_checkpoint(cfg: ModelRequest, table: SampleTable, demo: bool, prep: dict) -> tuple[str, int | None]:
     """The timm path: the checkpoint (the demo's, trained if absent) checked against the
     dataset; returns it and the classifier's output count."""
     m = cfg.model
@@ -208,17 +243,7 @@ def _timm_checkpoint(cfg: EvalConfig, table: SampleTable, demo: bool, prep: dict
             from medray.models.demo import train_demo
 
             log.info("demo model not cached: training %s on %s (a few minutes on 2 CPUs)", m.arch, source.name)
-            summary = train_demo(
-                source,
-                arch=m.arch,
-                input_size=m.input_size,
-                in_chans=m.in_chans,
-                out_path=path,
-                epochs=m.train.epochs,
-                batch_size=m.train.batch_size,
-                lr=m.train.lr,
-                seed=m.train.seed,
-            )
+            summary = train_demo(source, m.arch, m.input_size, m.in_chans, path, m.train)
             log.info("demo model trained: %s", {k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
         checkpoint = str(path)
     try:
@@ -249,25 +274,3 @@ def _timm_checkpoint(cfg: EvalConfig, table: SampleTable, demo: bool, prep: dict
             f"set model.input_size={meta['input_size']}"
         )
     return checkpoint, out
-
-
-def train_job(cfg) -> dict:
-    """``jobs/train.py``: make sure the demo model of ``cfg.data`` is trained and cached.
-
-    With ``retrain=true`` the cached demo checkpoint is deleted and trained again.
-    """
-    from medray.data.sources import load_table
-
-    if cfg.model.checkpoint is not None:
-        raise ConfigError(
-            f"model.checkpoint={cfg.model.checkpoint}: jobs/train.py trains the demo model only; "
-            "drop model.checkpoint (your own model is trained by your own code)"
-        )
-    table = load_table(cfg.data, cfg.data_root)
-    spec = resolve_model(cfg, table)  # trains if absent
-    if getattr(cfg, "retrain", False):
-        Path(spec.checkpoint).unlink()
-        log.info("retrain=true: removed %s, training again", spec.checkpoint)
-        spec = resolve_model(cfg, table)
-    print(f"medray: demo model for {table.name}: {spec.checkpoint}")
-    return {"checkpoint": spec.checkpoint}

@@ -1,8 +1,11 @@
-"""Where a user's model comes from (``model.source``), loaded the same way on the driver
-(checks, ONNX export) and in the actors.
+"""Where a model comes from (``model.source``): one registry row per source, the only list
+of them, naming (as import paths, so that listing them imports nothing heavy) the loader
+that rebuilds its PyTorch module the same way on the driver (checks, ONNX export) and in
+the actors (:mod:`medray.models.loaders`), and the resolver that checks it against the
+dataset before Ray starts (:mod:`medray.models.resolve`).
 
-* ``timm`` — ``model.arch`` (a timm name, or ``monai_unet``) + ``model.checkpoint`` (a
-  state dict); the demo models are this.
+* ``timm`` — ``model.arch`` (a timm name, or an architecture of :data:`ARCHS` such as
+  ``monai_unet``) + ``model.checkpoint`` (a state dict); the demo models are this.
 * ``python`` — ``model.target=<module>:<callable>`` or ``<file.py>:<callable>`` called with
   ``model.kwargs``, returning an ``nn.Module``; ``model.checkpoint`` loaded into it (a
   custom head on a timm backbone, any architecture).
@@ -10,92 +13,72 @@
 * ``exported`` — ``model.path`` to a ``torch.export`` program (``.pt2``).
 * ``onnx`` — ``model.path`` to an ONNX file (external data beside it): no PyTorch model;
   the ONNX backends and TensorRT run the file itself.
+
+Adding a source = its loader (and resolver, if it is not a plain classifier file), one
+row here and one ``conf/model/<name>.yaml`` (README: "Adding a model source").
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import logging
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from medray.errors import ConfigError
-
-if TYPE_CHECKING:
-    from medray.specs import ModelSpec
-
-log = logging.getLogger("medray.models")
-
-SOURCES = ("timm", "python", "torchscript", "exported", "onnx")
-# Sources whose model is a file (model.path) rather than an architecture + state dict.
-FILE_SOURCES = ("torchscript", "exported", "onnx")
+from medray.data.sources import IMAGE, VOLUME
+from medray.errors import registry_row
 
 
-def import_target(target: str):
-    """``"pkg.module:callable"`` or ``"/path/file.py:callable"`` → the callable."""
-    mod_name, sep, attr = target.rpartition(":")
-    if not sep or not mod_name or not attr:
-        raise ConfigError(f"model.target={target!r}: use <module>:<callable> or <file.py>:<callable>, e.g. my_models:build")
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name).expanduser().resolve()
-            if not path.is_file():
-                raise ConfigError(f"model.target={target!r}: file {path} not found")
-            name = f"medray_user_model_{abs(hash(str(path)))}"
-            module = sys.modules.get(name)
-            if module is None:
-                spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[name] = module
-                spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-    except ConfigError:
-        raise
-    except Exception as e:  # ImportError, a syntax error in the user's file...
-        raise ConfigError(f"model.target={target!r}: cannot import {mod_name} ({type(e).__name__}: {e}); "
-                          "check the module is importable (pip install it, or give the .py file's path)") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"model.target={target!r}: {mod_name} has no callable {attr!r}")
-    return fn
+def call(target: str, *args, **kwargs):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
 
-def load_torch_model(m: ModelSpec):
-    """The PyTorch module of ``m`` in eval mode (not for ``source=onnx``)."""
-    import torch
+@dataclass(frozen=True)
+class ModelSource:
+    """One way a model comes to medray."""
 
-    from medray.models.factory import CheckpointError, load_model, read_checkpoint
+    # "module:function" (ModelSpec) -> the nn.Module in eval mode; None = no PyTorch model.
+    load: str | None
+    # "module:function" (ModelRequest, SampleTable) -> ModelSpec, on the driver before Ray.
+    resolve: str = "medray.models.resolve:resolve_classifier"
+    # model.path is the model file (its weights inside: no model.checkpoint).
+    file: bool = False
+    # model.target names a callable that builds the module.
+    target: bool = False
+    # model.checkpoint is required (but for model=demo, which trains its own).
+    checkpoint_required: bool = False
+    # The dataset kinds (medray.data.sources) it serves.
+    kinds: tuple[str, ...] = (IMAGE,)
 
-    if m.source == "timm":
-        return load_model(m.arch, m.out_features or m.num_classes, m.in_chans, m.checkpoint, trust=m.trust_checkpoint,
-                          net=m.net)
-    if m.source == "python":
-        model = import_target(m.target)(**dict(m.kwargs or {}))
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"model.target={m.target!r} returned {type(model).__name__}, not a torch.nn.Module")
-        if m.checkpoint:
-            sd, _ = read_checkpoint(m.checkpoint, trust=m.trust_checkpoint)
-            missing, unexpected = model.load_state_dict(sd, strict=False)
-            if missing or unexpected:
-                raise CheckpointError(f"model.checkpoint={m.checkpoint} does not fit model.target={m.target}: missing keys "
-                                      f"{missing[:5]}, unexpected keys {unexpected[:5]}")
-        return model.eval()
-    if m.source == "torchscript":
-        try:
-            return torch.jit.load(m.path, map_location="cpu").eval()
-        except Exception as e:
-            raise ConfigError(f"model.path={m.path}: not a TorchScript file ({type(e).__name__}: {str(e)[:200]})") from None
-    if m.source == "exported":
-        try:
-            # A .pt2 holds no code to run at load, only the graph and its weights (in
-            # inference form already: the module refuses .eval()).
-            program = torch.export.load(m.path)
-            module = program.module()
-            module._medray_program = program  # the ONNX export converts the program itself
-            return module
-        except Exception as e:
-            raise ConfigError(f"model.path={m.path}: not a torch.export program ({type(e).__name__}: {str(e)[:200]})") from None
-    raise ConfigError(f"model.source={m.source}: has no PyTorch model; it runs on backend=onnxruntime / openvino / trt")
+    @property
+    def torch_model(self) -> bool:
+        return self.load is not None
+
+
+SOURCES: dict[str, ModelSource] = {
+    "timm": ModelSource("medray.models.factory:load_spec", checkpoint_required=True, kinds=(IMAGE, VOLUME)),
+    "python": ModelSource("medray.models.loaders:load_python", target=True),
+    "torchscript": ModelSource("medray.models.loaders:load_torchscript", file=True),
+    "exported": ModelSource("medray.models.loaders:load_exported", file=True),
+    "onnx": ModelSource(None, file=True),
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """An architecture that is not a timm name: built from ``model.net``, resolved for its kind."""
+
+    build: str  # "module:function" (num_classes, in_chans, **net) -> nn.Module
+    resolve: str  # as ModelSource.resolve
+    kind: str = IMAGE
+
+
+ARCHS: dict[str, Arch] = {
+    "monai_unet": Arch("medray.models.factory:build_unet", "medray.models.unet:resolve_segmentation_model", VOLUME),
+}
+# The demo of each dataset kind: trained by medray on first use (model=demo).
+DEMOS = {IMAGE: "medray.models.resolve:resolve_classifier", VOLUME: "medray.models.unet:resolve_segmentation_model"}
+
+
+def source(name: str) -> ModelSource:
+    """The registry row of ``model.source=name``; a ConfigError listing them otherwise."""
+    return registry_row(SOURCES, name, "model.source", "model=<source> sets it; use one of")

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medray.models.config import TrainConfig
 from medray.models.factory import build_unet
 
 if TYPE_CHECKING:
-    from medray.config import EvalConfig
     from medray.data.msd import Preprocessing
     from medray.data.table import SampleTable
+    from medray.models.config import ModelRequest
     from medray.specs import ModelSpec
 
 log = logging.getLogger("medray.train")
@@ -122,13 +123,11 @@ def train_demo_unet(
     *,
     net: dict | None = None,
     roi=DEMO_ROI,
-    epochs: int = DEMO_TRAIN["epochs"],
-    batch_size: int = DEMO_TRAIN["batch_size"],
-    lr: float = DEMO_TRAIN["lr"],
-    seed: int = 0,
+    train: TrainConfig | None = None,
     val_split: str | None = "calibration",
 ) -> dict:
-    """Train the demo UNet on ``table``'s train split and save a medray checkpoint.
+    """Train the demo UNet on ``table``'s train split and save a medray checkpoint
+    (``train``: epochs, batch size, learning rate, seed; default :data:`DEMO_TRAIN`).
 
     One epoch = ``ceil(n_train / batch_size)`` steps of ``batch_size`` random ROI crops
     (two thirds centred on foreground), DiceCE loss, Adam with a cosine schedule.
@@ -138,6 +137,9 @@ def train_demo_unet(
     from monai.losses import DiceCELoss
 
     from medray.models.factory import save_checkpoint
+
+    train = train or TrainConfig(**DEMO_TRAIN)
+    epochs, batch_size, lr, seed = train.epochs, train.batch_size, train.lr, train.seed
 
     net = dict(net or DEMO_NET)
     roi = [int(v) for v in roi]
@@ -202,36 +204,32 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Preprocessing | None = None) -> ModelSpec:
-    """Config + MSD table → :class:`ModelSpec` with the ROI shape (trains the demo if absent).
+def resolve_segmentation_model(cfg: ModelRequest, table: SampleTable) -> ModelSpec:
+    """Config + MSD table → :class:`ModelSpec` with the ROI shape and the resolved volume
+    preprocessing (trains the demo if absent).
 
     ``model=demo`` always means the UNet demo here (whatever arch the classification demo
     config names); a user's checkpoint must be a MONAI UNet with ``net`` settings from
     ``model.net`` or its meta, and is checked against the dataset's labels.
     """
+    from medray.data.config import VolumeConfig
+    from medray.data.msd import modalities, read_dataset_json, resolve_preprocessing
     from medray.errors import ConfigError
     from medray.io import file_sha256
     from medray.models.factory import CheckpointError, read_checkpoint
+    from medray.models.resolve import check_class_count
     from medray.specs import ModelSpec
 
-    if prep is None:
-        from medray.data.msd import modalities, read_dataset_json, resolve_preprocessing
-
-        prep = resolve_preprocessing(cfg.data.volume, modalities(read_dataset_json(table.root)))
+    prep = resolve_preprocessing(cfg.volume or VolumeConfig(), modalities(read_dataset_json(table.root)))
     m = cfg.model
-    k = len(table.classes)
-    if m.num_classes is not None and m.num_classes != k:
-        raise ConfigError(
-            f"model.num_classes={m.num_classes} but dataset {table.name} has {k} labels (background included) "
-            f"{table.classes}; set model.num_classes={k} or null"
-        )
+    k = check_class_count(m, table)
     checkpoint = m.checkpoint
     if checkpoint is None:  # the demo
         use_cfg = m.arch in SEGMENTATION_ARCHS
         if not use_cfg:
             log.info("model=demo with task=segmentation: using the MONAI UNet demo (model.arch=%s is a classifier)", m.arch)
         net = dict(m.net) if (use_cfg and m.net) else dict(DEMO_NET)
-        roi = list(cfg.sliding_window.roi_size or DEMO_ROI)
+        roi = list(cfg.roi_size or DEMO_ROI)
         train = {"epochs": m.train.epochs, "batch_size": m.train.batch_size, "lr": m.train.lr} if use_cfg else dict(DEMO_TRAIN)
         train["seed"] = m.train.seed
         gen = json.loads((Path(table.root) / "dataset.json").read_text()).get("generator") or {"root": table.root}
@@ -241,7 +239,7 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
             _check_roi(roi, net, "sliding_window.roi_size")
             log.info("demo UNet not cached: training on %s (about 2-3 minutes on 2 CPUs)", table.name)
             try:
-                summary = train_demo_unet(table, prep, path, net=net, roi=roi, **train)
+                summary = train_demo_unet(table, prep, path, net=net, roi=roi, train=TrainConfig(**train))
             except ValueError as e:
                 if "labelled train split" not in str(e):
                     raise
@@ -267,7 +265,7 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
             f"model.checkpoint={checkpoint}: no UNet settings in its meta; give them, e.g. "
             "model.net='{channels: [16, 32, 64, 128], strides: [2, 2, 2], num_res_units: 2}'"
         )
-    roi = cfg.sliding_window.roi_size or meta.get("roi_size")
+    roi = cfg.roi_size or meta.get("roi_size")
     if not roi:
         raise ConfigError(f"sliding_window.roi_size=None: the checkpoint {checkpoint} records no training ROI; set e.g. sliding_window.roi_size=[96,96,96]")
     roi = [int(v) for v in roi]
@@ -304,6 +302,7 @@ def resolve_segmentation_model(cfg: EvalConfig, table: SampleTable, prep: Prepro
         task="segmentation",
         spatial=tuple(roi),
         net=net,
+        preprocess=prep.to_dict(),
     )
 
 
@@ -318,7 +317,7 @@ def _check_roi(roi, net: dict, key: str) -> None:
 def main() -> None:  # pragma: no cover - manual tool
     import argparse
 
-    from medray.config import VolumeConfig
+    from medray.data.config import VolumeConfig
     from medray.data.msd import modalities, read_dataset_json, read_msd, resolve_preprocessing
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -331,7 +330,7 @@ def main() -> None:  # pragma: no cover - manual tool
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     table = read_msd(a.root)
     prep = resolve_preprocessing(VolumeConfig(), modalities(read_dataset_json(a.root)))
-    print(train_demo_unet(table, prep, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr))
+    log.info("demo UNet trained: %s", train_demo_unet(table, prep, a.out, train=TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,7 +42,6 @@ MIN_SAMPLES = 512
 # Time the backend is given per probe call (seconds of one core): big models are timed on a
 # smaller batch than the run's rather than for minutes on the driver.
 PROBE_CALL_S = 0.5
-_LIBRARIES = ("numpy", "pillow", "torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
 
 
 def wanted(task: Task, spec: RunSpec, n: int) -> bool:
@@ -190,12 +189,18 @@ def _code() -> str:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    """Installed versions of the decoders and every backend's libraries (by distribution,
+    read from package metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
+    from medray.backends import library_modules
+
+    dists = packages_distributions()
     out = {}
-    for name in _LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
+    for module in ["numpy", "PIL", *library_modules()]:
+        for name in dists.get(module, [module]):
+            try:
+                out[name] = version(name)
+            except PackageNotFoundError:
+                out[name] = None
     return out

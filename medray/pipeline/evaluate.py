@@ -68,7 +68,7 @@ def run(cfg: EvalConfig) -> dict:
     write_outputs(out, config, doc, results, table, samples, prepared.task)
     log.info("outputs in %s", out)
     if cfg.tracking.backend == "mlflow":
-        from medray.tracking import log_evaluation
+        from medray.tracking.mlflow import log_evaluation
 
         doc["tracking"] = {"mlflow_run_id": log_evaluation(cfg.tracking, config, doc, out),
                            "uri": cfg.tracking.resolved_uri(), "experiment": cfg.tracking.experiment}

@@ -83,13 +83,11 @@ def _stamped(fn):
     return read
 
 
-def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task | None = None, max_retries: int = 3, block: int | None = None):
+def predict(ds, spec: RunSpec, plan: PoolPlan, task: Task, max_retries: int = 3, block: int | None = None):
     """Append the Predictor actor pool (``plan``) to a dataset of read samples; each actor
     call takes one read ``block`` (default: one backend batch)."""
     from medray.pipeline.predictor import Predictor
-    from medray.tasks.classification import ClassificationTask
 
-    task = task or ClassificationTask()
     return map_stage(ds, Stage(
         Predictor,
         batch_size=task.actor_batch(spec, block or spec.batch_size),

@@ -29,14 +29,10 @@ log = logging.getLogger("medray.predictor")
 class Predictor:
     """Holds one backend session per actor; one call = one timed batch of read samples."""
 
-    def __init__(self, spec: RunSpec, task: Task | None = None):
+    def __init__(self, spec: RunSpec, task: Task):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         from medray.pipeline.shipping import materialise
 
-        if task is None:
-            from medray.tasks.classification import ClassificationTask
-
-            task = ClassificationTask()
         # Checkpoint / artifact built on the driver: use it in place if this node has it
         # (same node, shared mount), else fetch it from the object store (sha256-checked).
         spec = materialise(spec)

@@ -11,7 +11,7 @@ import pandas as pd
 from medray.backends import get_backend
 from medray.backends.artifacts import ArtifactCache
 from medray.config import EvalConfig
-from medray.data.sources import calibration_samples, load_table, select_samples
+from medray.data.load import calibration_samples, load_table, select_samples
 from medray.data.table import SampleTable
 from medray.monitoring import step
 from medray.specs import ModelSpec, RunName, RunSpec
@@ -61,11 +61,11 @@ def prepare(cfg: EvalConfig) -> Prepared:
     samples = select_samples(table, cfg.data.split, cfg.data.limit, cfg.data.seed)
     # Unreadable samples the driver can see: fail now (data.on_error=fail) or mark them skipped.
     samples = task.screen(cfg, table, samples)
-    log.info("%s (split %s)", task.describe(table, samples), cfg.data.split)
     # Long steps outside Ray Data (demo training, exports, calibration, engine builds)
     # log their start, a heartbeat every 30 s and their end.
     with step("model: resolve checkpoint (trains the demo model if not cached)", log):
         model = task.resolve_model(cfg, table)
+    log.info("%s (split %s)", task.describe(table, samples, model), cfg.data.split)
     specs = build_specs(cfg, model, task.backend_batch(cfg))
     cache = ArtifactCache(cfg.cache_dir)
     # quantization: options of INT8 builds that are not a backend's own (NNCF max_drop).
@@ -77,3 +77,25 @@ def prepare(cfg: EvalConfig) -> Prepared:
         with step(f"{spec.name}: prepare artifact", log):
             spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
     return Prepared(table, samples, specs, task)
+
+
+def train(cfg: EvalConfig) -> dict:
+    """``jobs/train.py``: make sure the demo model of ``cfg.data`` is trained and cached,
+    through the same resolve path an evaluation takes (``retrain=true``: trained again)."""
+    from pathlib import Path
+
+    from medray.errors import ConfigError
+
+    if cfg.model.checkpoint is not None:
+        raise ConfigError(
+            f"model.checkpoint={cfg.model.checkpoint}: jobs/train.py trains the demo model only; "
+            "drop model.checkpoint (your own model is trained by your own code)"
+        )
+    table = load_table(cfg.data, cfg.data_root)
+    task = make_task(cfg, table)
+    spec = task.resolve_model(cfg, table)  # trains if absent
+    if getattr(cfg, "retrain", False):
+        Path(spec.checkpoint).unlink()
+        log.info("retrain=true: removed %s, training again", spec.checkpoint)
+        spec = task.resolve_model(cfg, table)
+    return {"checkpoint": spec.checkpoint, "message": f"demo model for {table.name}: {spec.checkpoint}"}

@@ -18,10 +18,9 @@ from medray.metrics.performance import latency_summary, speedup
 if TYPE_CHECKING:
     import pandas as pd
 
-    from medray.config import EvalConfig
     from medray.data.table import SampleTable
     from medray.results import RunResult
-    from medray.tasks.base import Task
+    from medray.tasks.base import RunConfig, Task
 
 log = logging.getLogger("medray.report")
 
@@ -92,14 +91,15 @@ def _artifact(a: dict | None, eff: dict | None = None) -> dict | None:
     return out
 
 
-def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult],
+def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult],
                   task: Task | None = None, validation: RunResult | None = None) -> dict:
     """The ``metrics.json`` document of ``results`` (baseline first, then candidates);
-    ``validation``: the baseline's run on the validation split (threshold choice)."""
+    ``validation``: the baseline's run on the validation split (threshold choice);
+    ``task``: the run's task object (default: the task of the dataset's kind, plain)."""
     if task is None:
-        from medray.tasks import make_task
+        from medray.tasks import task_of
 
-        task = make_task(cfg, table)
+        task = task_of(table.task)
     runs = [run_entry(r, table, samples, task) for r in results]
     for r, entry in zip(results, runs):
         # Each selected sample is either evaluated or listed as skipped: never lost.
@@ -120,6 +120,7 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
                 entry["speedup"][factor] = entry[key] / b[key] if entry.get(key) and b.get(key) else None
     skipped = next((r.skipped for r in results if r.skipped is not None), None)
     doc = {
+        "task": task.name,
         "dataset": {
             "name": table.name,
             "task": table.task,
@@ -128,7 +129,7 @@ def build_metrics(cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, re
             "root": table.root,
             # Which samples exactly (two runs on the same hash saw the same samples).
             "samples_sha256": hashlib.sha256("\n".join(sorted(map(str, samples["sample_id"]))).encode()).hexdigest(),
-            **task.dataset_section(cfg, table, samples),
+            **task.dataset_section(cfg, table, samples, results[0].spec.model if results else None),
         },
         "model": model_section(results[0].spec.model) if results else None,
         "runs": runs,

@@ -11,11 +11,11 @@ from __future__ import annotations
 from medray.format import cell
 
 
-def render_report(doc: dict) -> str:
-    """report.md of a metrics document (any task)."""
-    from medray.tasks import task_of
+def render_report(doc: dict, task=None) -> str:
+    """report.md of a metrics document (any task; ``task``: the task object that wrote it)."""
+    from medray.tasks import task_of_document
 
-    task = task_of(doc["dataset"]["task"])
+    task = task or task_of_document(doc)
     lines = task.render(doc)
     lines += model_lines(doc.get("model"))
     lines += runs_table(doc, task)
@@ -37,11 +37,13 @@ def model_lines(m: dict | None) -> list[str]:
     """The model evaluated and its preprocessing, spelled out (what a reviewer checks first)."""
     if not m:
         return []
-    what = {"timm": f"timm `{m['arch']}`, weights `{m.get('checkpoint')}`", "python": f"`{m.get('target')}`, weights "
-            f"`{m.get('checkpoint')}`"}.get(m["source"], f"{m['source']} file `{m.get('path')}`")
+    what = {"timm": f"architecture `{m['arch']}`, weights `{m.get('checkpoint')}`", "python": f"`{m.get('target')}`, "
+            f"weights `{m.get('checkpoint')}`"}.get(m["source"], f"{m['source']} file `{m.get('path')}`")
     lines = ["", "## Model", "", f"- {what}; outputs: {m['outputs']} {m['output']}; input {tuple(m['input_shape'])}"]
     p = m.get("preprocessing")
-    if p:
+    if p and "size" not in p:  # a 3-D model's volume preprocessing
+        lines.append("- preprocessing: " + ", ".join(f"{k} {v}" for k, v in p.items()))
+    elif p:
         resize = {"squash": "squashed to", "shorter_crop": f"shorter side to {int(p['size'][0] / p['crop_pct'])}, centre crop",
                   "letterbox": "letterboxed to"}[p["resize"]]
         lines.append(

@@ -36,16 +36,16 @@ def write_outputs(out: str, config: dict, doc: dict, results: list[RunResult], t
 
     from medray.report.html import render_html
     from medray.report.markdown import render_report
-    from medray.tasks import task_of
+    from medray.tasks import task_of_document
 
-    task = task or task_of(doc["dataset"]["task"])
+    task = task or task_of_document(doc)
     out = medray_io.normalize(str(out))
     medray_io.makedirs(out)
     medray_io.write_text(medray_io.join(out, "config.yaml"), yaml.safe_dump(config, sort_keys=False))
     if (config.get("report") or {}).get("plots", True):
         doc["plots"] = task.write_plots(out, doc, results, table, samples) or None
     medray_io.write_text(medray_io.join(out, "metrics.json"), json.dumps(doc, indent=2, default=json_default))
-    md = render_report(doc)
+    md = render_report(doc, task)
     medray_io.write_text(medray_io.join(out, "report.md"), md)
     medray_io.write_text(medray_io.join(out, "report.html"), render_html(md, _reader(out), f"medray — {doc['dataset']['name']}"))
     for r in results:

@@ -5,9 +5,12 @@ collect, metrics, report — and owns everything around it: pool planning, retri
 resume parts, shipping, GPU waits, placement groups, monitoring, URI outputs, exit codes
 and the pairing checks.  A task says only:
 
+* config, before anything runs (class hooks, :mod:`medray.config` calls them): the kinds
+  of dataset it takes (:attr:`data_kinds`), its own rules (:meth:`check_config`), the
+  batch of a backend call (:meth:`backend_batch`);
 * driver, before Ray: which samples can be evaluated (:meth:`screen`), the model
-  (:meth:`resolve_model`), the batch of a backend call (:meth:`backend_batch`), INT8
-  calibration inputs (:meth:`calibration`);
+  (:meth:`resolve_model`, through :mod:`medray.models`), INT8 calibration inputs
+  (:meth:`calibration`);
 * the read stage: how samples are grouped into blocks and read (:meth:`read_blocks`,
   :meth:`reader`);
 * the actor: what it does around the backend call for a batch of read samples
@@ -15,15 +18,22 @@ and the pairing checks.  A task says only:
   (:meth:`placeholder`); which output columns make two deliveries of a sample identical
   (:attr:`identity_columns`);
 * the driver, after: a run's metrics, a candidate's comparison with the baseline, the
-  dataset section, the report sections and the per-sample predictions file.
+  dataset section, the report sections and the per-sample predictions file;
+* the sweep (:mod:`medray.tune`): the metrics a trial is ranked and constrained on
+  (:attr:`sweep_metrics`), its grid axes and trial values (:meth:`sweep_axes`,
+  :meth:`trial_values`) and the statistics of the recommendation (:meth:`statistics`),
+  so that the sweep never asks which task it runs.
 
-A task object is a plain dataclass: it travels to the actors with the run spec.
+A task object is a plain dataclass: it travels to the actors with the run spec.  The
+run config it is given is :class:`medray.config.EvalConfig`, the composition root above
+the tasks (not imported here: read as ``RunConfig``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -31,11 +41,24 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from medray.backends.base import Backend
-    from medray.config import EvalConfig
     from medray.data.calibration import CalibrationSource
     from medray.data.table import SampleTable
     from medray.results import RunResult
     from medray.specs import ModelSpec, RunSpec
+
+# The composed run config (medray.config.EvalConfig / SweepJobConfig): the composition
+# root sits above the tasks, which read it by its attributes.
+RunConfig = Any
+
+
+@dataclass(frozen=True)
+class SweepMetric:
+    """A metric the sweep reports, tests and may constrain: ``constraint`` is the key of
+    ``constraints.*`` bounding its drop vs the baseline (None = reported only)."""
+
+    key: str
+    label: str
+    constraint: str | None = None
 
 
 class Task(ABC):
@@ -52,20 +75,44 @@ class Task(ABC):
     # The driver times a few samples through the reader and predict before a CPU run, to
     # split the cores between decoding and inference (medray.pipeline.costs).
     cost_probe: ClassVar[bool] = True
+    # The kinds of dataset (medray.data.sources: IMAGE, VOLUME) it evaluates.
+    data_kinds: ClassVar[tuple[str, ...]] = ()
+    # What its datasets hold, and how to point at one (config error messages).
+    data_description: ClassVar[str] = ""
+    data_hint: ClassVar[str] = ""
+    # Throughput unit in reports ("img/s", "cases/s").
+    rate_unit: ClassVar[str] = "samples/s"
+    # Sweep: the metrics of its table, the first one primary (the Pareto front's y axis).
+    sweep_metrics: ClassVar[tuple[SweepMetric, ...]] = ()
+    # Sweep: the key of a candidate's worst_subgroup change that
+    # constraints.max_subgroup_auc_drop bounds (None = no subgroup constraint).
+    subgroup_delta: ClassVar[str | None] = None
+
+    # -- config, before anything runs ---------------------------------------------------
+    @classmethod
+    def for_config(cls, cfg: RunConfig, table: SampleTable) -> Task:
+        """The task object of a run on ``table``."""
+        return cls()
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """The task's own rules on the composed config (ConfigError naming the key)."""
+        return None
+
+    @classmethod
+    def backend_batch(cls, cfg: RunConfig) -> int:
+        """Inputs per backend call (``RunSpec.batch_size``)."""
+        return cfg.batch_size
 
     # -- driver, before Ray ---------------------------------------------------------
     @abstractmethod
-    def screen(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
+    def screen(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
         """``samples`` with a ``problem`` column ("" = fine); raises BadSampleError for the
         first bad one with ``data.on_error=fail``."""
 
     @abstractmethod
-    def resolve_model(self, cfg: EvalConfig, table: SampleTable) -> ModelSpec:
+    def resolve_model(self, cfg: RunConfig, table: SampleTable) -> ModelSpec:
         """The model the actors load, checked against the dataset (trains a demo if needed)."""
-
-    def backend_batch(self, cfg: EvalConfig) -> int:
-        """Inputs per backend call (``RunSpec.batch_size``)."""
-        return cfg.batch_size
 
     def actor_batch(self, spec: RunSpec, block: int) -> int:
         """Read samples per actor call (``map_batches``' batch size): one read block, which
@@ -82,14 +129,14 @@ class Task(ABC):
         return configured or spec.batch_size
 
     @abstractmethod
-    def calibration(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
+    def calibration(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> CalibrationSource:
         """INT8 calibration inputs from ``samples`` (a split disjoint from the evaluated one)."""
 
-    def describe(self, table: SampleTable, samples: pd.DataFrame) -> str:
+    def describe(self, table: SampleTable, samples: pd.DataFrame, model: ModelSpec) -> str:
         """One log line about the evaluated samples."""
         return f"dataset {table.name}: {len(samples)} {self.unit}s evaluated ({table.task})"
 
-    def validation_samples(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame | None:
+    def validation_samples(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame | None:
         """Samples of another split the baseline also scores (e.g. to choose a threshold
         there, not on the test set); None = no such run."""
         return None
@@ -129,10 +176,10 @@ class Task(ABC):
         """A candidate's ``agreement`` and ``metric_deltas`` against the baseline."""
 
     @abstractmethod
-    def dataset_section(self, cfg: EvalConfig, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
+    def dataset_section(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, model: ModelSpec | None) -> dict[str, Any]:
         """Task keys of the ``dataset`` section of metrics.json."""
 
-    def document_extras(self, cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable,
+    def document_extras(self, cfg: RunConfig, doc: dict, results: list[RunResult], table: SampleTable,
                         samples: pd.DataFrame, validation: RunResult | None = None) -> None:
         """Add task sections to the metrics document (per-case table...); none by default.
         ``validation``: the baseline's run on the validation split, when the task asked for
@@ -155,3 +202,22 @@ class Task(ABC):
     @abstractmethod
     def write_predictions(self, out: str, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> None:
         """``predictions/<run>.parquet`` (and any per-sample files) under ``out``."""
+
+    # -- sweep (medray.tune) ------------------------------------------------------------
+    @classmethod
+    def sweep_axes(cls, cfg: RunConfig) -> dict[str, list]:
+        """The grid's axes beyond run / batch_size / streams (and changes to them), from
+        ``cfg.sweep``; none by default."""
+        return {}
+
+    @classmethod
+    def trial_values(cls, cfg: RunConfig, point: dict) -> dict[str, Any]:
+        """Fields of the trial's EvalConfig that a grid point sets besides backend,
+        precision, batch size and streams; none by default."""
+        return {}
+
+    def statistics(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, base: pd.DataFrame,
+                   cand: pd.DataFrame) -> dict[str, Any]:
+        """Bootstrap CIs, paired tests and non-inferiority of the recommended trial's
+        :attr:`sweep_metrics` vs the baseline (``base``/``cand``: their predictions)."""
+        return {}

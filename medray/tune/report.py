@@ -15,14 +15,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from medray.config import SweepJobConfig
 from medray.io import as_dict
 from medray.report.writers import json_default
 from medray.specs import RunName
+from medray.tasks import task_of_document
 from medray.tune import select
+from medray.tune.config import SweepJobConfig
 from medray.tune.trials import PREDICTIONS, expected_trials, trial_eval_config
 
 log = logging.getLogger("medray.tune")
@@ -42,58 +42,14 @@ def _nan_to_none(x: Any) -> Any:
 # --------------------------------------------------------------------------- statistics
 
 
-def _aligned(df: pd.DataFrame, ids: pd.Index, column: str) -> np.ndarray:
-    idx = pd.Index(df["sample_id"].astype(str)).get_indexer(ids)
-    if (idx < 0).any():
-        raise RuntimeError("the recommended trial and the baseline did not score the same samples")
-    return np.stack([np.asarray(v, dtype=np.float64) for v in df[column].to_numpy()[idx]])
-
-
-# The metrics of each task's sweep table: (key, label).
-METRIC_LABELS = {
-    "classification": (("auc_macro", "AUC"), ("balanced_accuracy", "BACC")),
-    "segmentation": (("dice_mean", "Dice"),),
-}
-# Metrics each task's statistics compare: (key, constraint that is its margin).
-STAT_METRICS = {
-    "classification": (("auc_macro", "max_auc_drop"), ("balanced_accuracy", "max_bacc_drop")),
-    "segmentation": (("dice_mean", "max_dice_drop"),),
-}
-
-
-def statistics(cfg: SweepJobConfig, table, samples: pd.DataFrame, baseline, trial: dict) -> dict:
+def statistics(cfg: SweepJobConfig, table, samples: pd.DataFrame, baseline, trial: dict, task) -> dict:
     """Bootstrap CIs for baseline and recommended, paired tests of the differences and
-    non-inferiority at the constraint margins: AUC (DeLong when binary) and BACC of
-    classification; mean Dice vs the labels (per-case means, paired bootstrap) of
-    segmentation."""
+    non-inferiority at the constraint margins, of the task's sweep metrics
+    (:meth:`medray.tasks.base.Task.statistics`)."""
     from medray.io import read_frame
-    from medray.metrics.statistics import compare_metric
 
     cand = read_frame(Path(trial["checkpoint"]) / PREDICTIONS)
-    base = baseline.predictions
-    if cfg.task == "segmentation":  # the labelled cases: per-case mean Dice (NaN classes skipped)
-        base, cand = (d[d["has_label"].astype(bool)] for d in (base, cand))
-    ids = pd.Index(sorted(set(base["sample_id"].astype(str)) & set(cand["sample_id"].astype(str))))
-    sw, c = cfg.sweep, cfg.constraints
-    kw = dict(n_boot=sw.bootstrap_samples, confidence=sw.confidence, seed=sw.seed)
-    out: dict[str, Any] = {"n": int(len(ids))}
-    if cfg.task == "segmentation":
-        with np.errstate(all="ignore"):
-            b, k = (np.nanmean(_aligned(d, ids, "dice"), axis=1) for d in (base, cand))
-        y = np.zeros(len(ids))
-        for key, margin in STAT_METRICS["segmentation"]:
-            out[key] = compare_metric(y, b, k, "segmentation", "mean", getattr(c, margin), **kw)
-        return _nan_to_none(out)
-    pos = pd.Index(samples["sample_id"].astype(str)).get_indexer(ids)
-    y = table.targets(samples.iloc[pos])
-    b, k = _aligned(base, ids, "probs"), _aligned(cand, ids, "probs")
-    # Several images of one patient are not independent: resample patients when known.
-    if "patient_id" in samples.columns:
-        kw["clusters"] = samples["patient_id"].astype(str).to_numpy()[pos]
-    kw["positive"] = table.positive_index()
-    for key, margin in STAT_METRICS["classification"]:
-        out[key] = compare_metric(y, b, k, table.task, key, getattr(c, margin), **kw)
-    return _nan_to_none(out)
+    return _nan_to_none(task.statistics(cfg, table, samples, baseline.predictions, cand))
 
 
 # --------------------------------------------------------------------------- markdown
@@ -121,12 +77,15 @@ def render(doc: dict) -> str:
     ds, base = doc["dataset"], doc["baseline"]
     c = doc["constraints"]
     rec_id = (doc.get("recommended") or {}).get("trial_id")
-    # Only the limits that apply to the task (Dice for segmentation, the AUC family otherwise).
-    seg = ds["task"] == "segmentation"
-    applies = {k: v for k, v in c.items() if v is not None and (k == "min_agreement" or (k == "max_dice_drop") == seg)}
+    # Only the limits that apply to the task (its sweep metrics', agreement, subgroups).
+    task = task_of_document(doc)
+    mine = {m.constraint for m in task.sweep_metrics} | {"min_agreement"}
+    if task.subgroup_delta:
+        mine.add("max_subgroup_auc_drop")
+    applies = {k: v for k, v in c.items() if v is not None and k in mine}
     limits = ", ".join(f"{k}={v:g}" for k, v in applies.items()) or "none"
-    metrics = METRIC_LABELS[ds["task"] if seg else "classification"]
-    unit = "cases/s" if seg else "img/s"
+    metrics = [(m.key, m.label) for m in task.sweep_metrics]
+    unit = task.rate_unit
     primary = metrics[0][1]
     factor_key = "capacity_factor" if doc["objective"] == "capacity" else "throughput_factor"
     lines = [
@@ -223,10 +182,7 @@ def render(doc: dict) -> str:
 
 def plot(doc: dict, path: Path) -> bool:
     """Throughput (or latency) against AUC drop: every trial, the front, the choice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from medray.figures import figure
 
     metric = doc["selection"]["primary_metric"]
     objective = doc["objective"]
@@ -239,7 +195,8 @@ def plot(doc: dict, path: Path) -> bool:
         v = select.objective_value(t, objective)
         return (None if drop is None else 100 * drop), (None if v is None else abs(v))
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    plt, fig, axes = figure(1, 1, (7.5, 5))
+    ax = axes[0][0]
     for t in ok:
         x, y = xy(t)
         if x is None or y is None:
@@ -260,11 +217,13 @@ def plot(doc: dict, path: Path) -> bool:
     if rec:
         x, y = xy(rec)
         ax.scatter([x], [y], marker="*", s=260, color="gold", edgecolor="black", zorder=4, label="recommended")
-    c = doc["constraints"].get("max_dice_drop" if metric == "dice_mean" else "max_auc_drop")
+    task = task_of_document(doc)
+    primary = next(m for m in task.sweep_metrics if m.key == metric)
+    c = doc["constraints"].get(primary.constraint)
     if c is not None:
         ax.axvline(100 * c, color="grey", ls="--", lw=1, label=f"max drop {100 * c:g} pp")
     ax.scatter([], [], marker="x", color="tab:red", label="violates a constraint")
-    ax.set_xlabel(f"{'Dice' if metric == 'dice_mean' else 'AUC'} drop vs baseline (percentage points)")
+    ax.set_xlabel(f"{primary.label} drop vs baseline (percentage points)")
     ylabel = {"throughput": "end-to-end throughput (samples/s)", "capacity": "inference capacity (samples/s)"}
     ax.set_ylabel(ylabel.get(objective, f"latency {objective} (ms/sample)"))
     ax.set_title(f"medray sweep — {doc['dataset']['name']}, baseline {doc['baseline']['name']}")
@@ -290,10 +249,13 @@ def _read_cache_summary(baseline, records: list[dict]) -> dict | None:
     return out
 
 
-def finish(cfg: SweepJobConfig, out: Path, task, table, samples, baseline, records: list[dict], prep_errors: dict,
-           interrupted: bool, wall_s: float, choices: dict | None) -> dict:
-    """Select, test, write the outputs; returns the sweep.json document."""
+def finish(shared, out: Path, records: list[dict], interrupted: bool, wall_s: float, choices: dict | None) -> dict:
+    """Select, test, write the outputs; returns the sweep.json document.  ``shared``: what
+    the trials shared (:class:`medray.tune.runner.Shared`: config, dataset, baseline, task)."""
     import yaml
+
+    cfg, task, table, samples, baseline = shared.cfg, shared.task, shared.table, shared.samples, shared.baseline
+    prep_errors = shared.prep_errors
 
     from medray.report.document import run_entry
 
@@ -309,12 +271,13 @@ def finish(cfg: SweepJobConfig, out: Path, task, table, samples, baseline, recor
         target = trial_eval_config(cfg, point, with_baseline=True)
         rec["reproduce"] = select.reproduce_command(target, str(out / "reproduce"), choices)
         try:
-            rec["statistics"] = statistics(cfg, table, samples, baseline, rec)
+            rec["statistics"] = statistics(cfg, table, samples, baseline, rec, task)
         except Exception as e:  # the table is still worth writing
             log.warning("statistics of the recommended configuration failed: %s", e)
             rec["statistics"] = {"error": f"{type(e).__name__}: {e}"}
     n_unfinished = expected_trials(cfg) - sum(1 for t in records if t.get("status") != "unfinished")
     doc = {
+        "task": cfg.task,
         "dataset": {"name": table.name, "task": table.task, "n_samples": int(len(samples)),
                     "classes": list(table.classes), "split": cfg.data.split},
         "device": cfg.device,

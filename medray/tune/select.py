@@ -14,10 +14,10 @@ import re
 import shlex
 from typing import Any
 
+from medray.tasks import task_class
+
 log = logging.getLogger("medray.tune")
 
-# The metric whose drop is traded against speed, per task.
-PRIMARY = {"classification": "auc_macro", "segmentation": "dice_mean"}
 # Float noise: a drop of exactly the limit is allowed.
 _EPS = 1e-12
 
@@ -52,12 +52,9 @@ def violations(trial: dict, constraints: Any, task: str) -> list[str]:
     a violation: a recommendation must not rest on a number nobody measured.
     """
     c = constraints if isinstance(constraints, dict) else vars(constraints)
+    cls = task_class(task)
     out = []
-    limits = [("max_auc_drop", "auc_macro", "AUC")]
-    limits += [("max_bacc_drop", "balanced_accuracy", "BACC")]
-    if task == "segmentation":
-        limits = [("max_dice_drop", "dice_mean", "Dice")]
-    for key, metric, label in limits:
+    for metric, label, key in ((m.key, m.label, m.constraint) for m in cls.sweep_metrics if m.constraint):
         limit = c.get(key)
         if limit is None:
             continue
@@ -66,14 +63,14 @@ def violations(trial: dict, constraints: Any, task: str) -> list[str]:
             out.append(f"{label} drop not measurable ({key}={limit:g})")
         elif drop > limit + _EPS:
             out.append(f"{label} drop {drop:.4f} > {key}={limit:g}")
-    if c.get("max_subgroup_auc_drop") is not None and task != "segmentation":
-        limit = c["max_subgroup_auc_drop"]
+    if c.get("max_subgroup_auc_drop") is not None and cls.subgroup_delta:
+        limit, delta = c["max_subgroup_auc_drop"], cls.subgroup_delta
         worst = trial.get("worst_subgroup")
-        if not worst or worst.get("delta_auc") is None:
+        if not worst or worst.get(delta) is None:
             out.append(f"subgroup AUC drop not measurable (max_subgroup_auc_drop={limit:g}; set report.subgroups "
                        "or data.metadata)")
-        elif -worst["delta_auc"] > limit + _EPS:
-            out.append(f"AUC drop {-worst['delta_auc']:.4f} in subgroup {worst['attribute']}={worst['group']} "
+        elif -worst[delta] > limit + _EPS:
+            out.append(f"{cls.sweep_metrics[0].label} drop {-worst[delta]:.4f} in subgroup {worst['attribute']}={worst['group']} "
                        f"(n={worst['n']}) > max_subgroup_auc_drop={limit:g}")
     if c.get("min_agreement") is not None:
         ag = agreement_value(trial)
@@ -119,7 +116,7 @@ def select(trials: list[dict], constraints: Any, objective: str, task: str) -> d
     feasible trial with the best objective; ties go to the smaller drop, then the
     smaller batch and fewer streams (cheaper to serve).
     """
-    primary = PRIMARY[task]
+    primary = task_class(task).sweep_metrics[0].key
     done = []
     for t in trials:
         ok = t.get("status") == "ok"

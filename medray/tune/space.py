@@ -6,7 +6,7 @@ value because the precisions depend on the backend.
 
 Resources: a trial runs a whole Ray Data pipeline.  Its placement group holds an empty
 head bundle (the trial's own process, the Ray Data driver) and one bundle per inference
-actor; the actors are started in it (:func:`medray.pipeline.evaluate._actor_placement`).
+actor; the actors are started in it (``medray.pipeline.stages._actor_placement``).
 The decode tasks cannot run in it — Ray Data's internal tasks (``from_pandas``'s
 metadata) refuse to inherit a placement group, so a group holding every CPU deadlocks a
 2-CPU machine — they use the ``ray.reserve_cpus_for_reading`` CPUs that the sweep keeps
@@ -21,10 +21,12 @@ import logging
 import math
 from dataclasses import dataclass
 
-from medray.config import ConfigError, SweepJobConfig
+from medray.errors import ConfigError
 from medray.pipeline.resources import plan_pool
 from medray.results import PoolPlan
 from medray.specs import RunName
+from medray.tasks import task_class
+from medray.tune.config import SweepJobConfig
 
 log = logging.getLogger("medray.tune")
 
@@ -38,15 +40,10 @@ def axes(cfg: SweepJobConfig) -> dict[str, list]:
     """The grid's axes, in a fixed order (also the order of trial names)."""
     sw = cfg.sweep
     out: dict[str, list] = {"run": sw.pairs(), "batch_size": list(sw.batch_sizes), "streams": list(sw.streams)}
-    if cfg.task == "segmentation":
-        # A segmentation trial's batch is its windows per backend call (sliding_window.
-        # sw_batch_size): sweep.sw_batch_size, else sweep.batch_sizes, is that axis.
-        if sw.sw_batch_size:
-            out["batch_size"] = list(sw.sw_batch_size)
-        if sw.overlap:
-            out["overlap"] = list(sw.overlap)
-    elif sw.overlap or sw.sw_batch_size:
-        log.warning("sweep.overlap / sweep.sw_batch_size apply to task=segmentation; ignored for task=%s", cfg.task)
+    extra = task_class(cfg.task).sweep_axes(cfg)
+    if (sw.overlap or sw.sw_batch_size) and not extra:
+        log.warning("sweep.overlap / sweep.sw_batch_size are sliding-window axes; ignored for task=%s", cfg.task)
+    out.update(extra)
     return out
 
 

@@ -10,9 +10,11 @@ from dataclasses import fields, replace
 from typing import Any
 
 from medray.backends import REGISTRY, config_class
-from medray.config import ConfigError, EvalConfig, SweepJobConfig
+from medray.config import ConfigError, EvalConfig
 from medray.specs import RunName
+from medray.tasks import task_class
 from medray.tune import space
+from medray.tune.config import SweepJobConfig
 
 EXPERIMENT = "tune"  # output_dir/tune: the Tune experiment (trial dirs, checkpoints, state)
 PREDICTIONS = "predictions.parquet"  # in each trial's checkpoint
@@ -45,20 +47,13 @@ def trial_eval_config(cfg: SweepJobConfig, config: dict, with_baseline: bool = F
         baseline=cfg.baseline if with_baseline else None,
         resume=False,
     )
-    if cfg.task == "segmentation":  # the trial's batch is its windows per backend call
-        values["batch_size"] = cfg.batch_size
-        values["sliding_window"] = replace(
-            cfg.sliding_window,
-            overlap=float(config.get("overlap", cfg.sliding_window.overlap)),
-            sw_batch_size=int(config.get("sw_batch_size", config["batch_size"])),
-        )
+    values.update(task_class(cfg.task).trial_values(cfg, config))
     return EvalConfig(**values)
 
 
 def baseline_point(cfg: SweepJobConfig) -> dict:
-    """The shared baseline's point: the root's batch (segmentation: its windows per call)."""
-    batch = cfg.sliding_window.sw_batch_size if cfg.task == "segmentation" else cfg.batch_size
-    return {"run": cfg.baseline, "batch_size": batch, "streams": cfg.streams}
+    """The shared baseline's point: the root's batch (a backend call's inputs: the task says)."""
+    return {"run": cfg.baseline, "batch_size": task_class(cfg.task).backend_batch(cfg), "streams": cfg.streams}
 
 
 def trial_record(config: dict) -> dict:

@@ -19,8 +19,8 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Synthetic images: the calibration split for INT8, the test split to compare outputs on."""
+    from medray.data.load import calibration_samples, select_samples
     from medray.data.preprocess import decode_gray, to_model_input
-    from medray.data.sources import calibration_samples, select_samples
     from medray.data.synthetic import ensure_synthetic
     from medray.data.table import read_manifest_dir
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from helpers import image_calibration, margin_corr
 
+from medray.backends.onnx.qdq import CalibrationReader, chunk_stride
 from medray.backends.onnxruntime.backend import OnnxRuntimeBackend, graph_precision
-from medray.backends.onnxruntime.quantize import CalibrationReader, _chunk_stride
 from medray.data.calibration import CalibrationError, CalibrationSet
 
 
@@ -92,12 +92,12 @@ def test_int8_without_calibration_samples_fails(tiny_spec, cache):
 def test_calibration_reader_chunks():
     calib = CalibrationSet(np.arange(10 * 3, dtype=np.float32).reshape(10, 3, 1, 1), [str(i) for i in range(10)])
     r = CalibrationReader(calib, batch_size=3)
-    assert len(r) == 4 and _chunk_stride(len(r)) == 4
+    assert len(r) == 4 and chunk_stride(len(r)) == 4
     assert [len(r.get_next()["input"]) for _ in range(4)] == [3, 3, 3, 1] and r.get_next() is None
     r.set_range(1, 3)
     got = [r.get_next()["input"][0, 0, 0, 0] for _ in range(2)]
     assert got == [9.0, 18.0] and r.get_next() is None
-    assert _chunk_stride(10) == 2 and _chunk_stride(7) == 1 and _chunk_stride(12) == 4 and _chunk_stride(3) == 3
+    assert chunk_stride(10) == 2 and chunk_stride(7) == 1 and chunk_stride(12) == 4 and chunk_stride(3) == 3
 
 
 def test_graph_precision_counts_compute_ops():

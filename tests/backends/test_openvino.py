@@ -15,9 +15,10 @@ import pytest
 from helpers import TINY_ARCH, TINY_SIZE, margin_corr
 
 from medray.backends import BackendError, get_backend
+from medray.backends.config import QuantizationConfig
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.backends.openvino.config import OpenVINOConfig
-from medray.config import ConfigError, EvalConfig, QuantizationConfig
+from medray.config import ConfigError, EvalConfig
 from medray.metrics.scores import probabilities
 
 ov = pytest.importorskip("openvino", reason="the openvino extra is not installed")
@@ -163,7 +164,9 @@ def test_config_matrix_and_quantization_keys():
 def test_evaluate_job_int8_then_cache_hit(ray_local, tmp_path, tiny_checkpoint):
     """The job end to end: effective precision and artifact sizes in metrics.json; a
     second identical run builds nothing."""
-    from medray.config import DataConfig, ModelConfig, RayConfig
+    from medray.config import RayConfig
+    from medray.data.config import DataConfig
+    from medray.models.config import ModelConfig
     from medray.pipeline.evaluate import run
 
     def cfg(out, baseline="torch-fp32"):

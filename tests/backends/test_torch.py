@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medray.backends import BackendError, get_backend
+from medray.errors import ConfigError
 from medray.models.factory import load_model
 
 
@@ -50,7 +51,7 @@ def test_cuda_without_gpu_is_refused(tiny_spec):
 def test_unknown_backend_lists_the_registry():
     from medray.backends import REGISTRY
 
-    with pytest.raises(BackendError) as e:
+    with pytest.raises(ConfigError) as e:
         get_backend("nosuch")
-    assert str(e.value) == f"unknown backend 'nosuch'; available: {', '.join(sorted(REGISTRY))}"
+    assert str(e.value) == f"backend='nosuch': available backends: {', '.join(REGISTRY)}"
     assert {"torch", "onnxruntime", "openvino", "trt"} <= set(REGISTRY)

@@ -16,14 +16,17 @@ from helpers import TINY_ARCH, TINY_SIZE
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
+from medray.config import EvalConfig, RayConfig
+from medray.data.config import DataConfig
 from medray.data.policy import apply_policy, check_accounting, check_same_skipped, runnable
-from medray.data.preprocess import DecodeError, check_pixels
+from medray.data.preprocess import check_pixels
 from medray.data.synthetic import ensure_synthetic
 from medray.data.table import read_manifest_dir
-from medray.errors import SKIP_HINT, BadSampleError
+from medray.errors import SKIP_HINT, BadSampleError, DecodeError
+from medray.models.config import ModelConfig
 from medray.pipeline.predictor import Predictor
-from medray.tasks.classification import decode_batch
+from medray.tasks.classification import ClassificationTask
+from medray.tasks.classification.read import decode_batch
 
 N_TEST = 40
 # sample id → (what is wrong, a fragment of the reason medray must give)
@@ -169,7 +172,7 @@ def test_check_pixels_rejects_nan_inf_and_channels():
 
 def test_predictor_passes_skipped_rows_through(test_rows, tiny_spec):
     _, rows = test_rows
-    pred = Predictor(tiny_spec(batch_size=4))
+    pred = Predictor(tiny_spec(batch_size=4), ClassificationTask())
     mixed = decode_batch(_batch(rows, ["test_00000", "test_00003", "test_00001", "test_00005"]), TINY_SIZE, on_error="skip")
     out = pred(dict(mixed))
     assert list(out["skipped_reason"] != "") == [False, True, False, True]

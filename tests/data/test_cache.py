@@ -14,7 +14,7 @@ from helpers import TINY_ARCH, TINY_SIZE
 
 from medray.data.cache import COLUMNS, DecodedCache, cache_parts, cached
 from medray.data.preprocess import decode_gray
-from medray.tasks.classification import decode_batch
+from medray.tasks.classification.read import decode_batch
 
 
 def _images(root: Path, n: int, seed: int = 0) -> pd.DataFrame:
@@ -125,7 +125,9 @@ def test_concurrent_writers_leave_only_whole_shards(tmp_path):
 @pytest.mark.slow
 def test_metrics_are_the_same_cold_and_warm(ray_local, tmp_path, tiny_checkpoint):
     from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-    from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
+    from medray.config import EvalConfig, RayConfig
+    from medray.data.config import DataConfig
+    from medray.models.config import ModelConfig
     from medray.pipeline.execute import execute
     from medray.pipeline.prepare import prepare
     from medray.report.document import build_metrics

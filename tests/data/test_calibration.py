@@ -8,8 +8,8 @@ import pytest
 
 from medray.config import ConfigError
 from medray.data.calibration import CalibrationError, calibration_ids, load_calibration
+from medray.data.load import calibration_samples, select_samples
 from medray.data.preprocess import decode_gray, to_model_input
-from medray.data.sources import calibration_samples, select_samples
 from medray.data.table import SampleTable
 
 

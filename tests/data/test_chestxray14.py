@@ -12,9 +12,11 @@ from helpers import REPO, TINY_ARCH, TINY_SIZE
 from PIL import Image
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig
+from medray.config import ConfigError, EvalConfig
 from medray.data.chestxray14 import LABELS, parse_findings, read_chestxray14
-from medray.data.sources import check_patient_overlap, load_table, resolve_calibration_split
+from medray.data.config import DataConfig
+from medray.data.load import check_patient_overlap, load_table, resolve_calibration_split
+from medray.models.config import ModelConfig
 
 # (Image Index, Finding Labels, Patient ID, split) — a miniature of the real manifest.
 ROWS = [
@@ -186,7 +188,7 @@ def test_prepare_runs_the_patient_check_before_ray(tmp_path, tiny_checkpoint):
 
 
 def test_demo_for_chestxray14_is_the_14_label_demo(tmp_path, nih, monkeypatch):
-    import medray.data.sources as sources
+    import medray.data.load as sources
     from medray.models.resolve import DEMO_DATA, demo_source
 
     seen = []
@@ -224,7 +226,8 @@ def test_evaluate_on_an_nih_folder_with_tencrop_writes_the_output_contract(ray_l
     import pyarrow.parquet as pq
     from hydra import compose, initialize_config_dir
 
-    from medray.config import register_configs, to_config
+    from medray.cli import register_configs
+    from medray.config import to_config
     from medray.pipeline.evaluate import run
 
     root = make_nih(tmp_path / "nih")
@@ -273,7 +276,8 @@ def test_chestxray14_report_has_subgroups_threshold_transfer_calibration_and_plo
     a threshold chosen on train_val (Youden) applied to both runs, calibration, PNGs."""
     from hydra import compose, initialize_config_dir
 
-    from medray.config import register_configs, to_config
+    from medray.cli import register_configs
+    from medray.config import to_config
     from medray.pipeline.evaluate import run
 
     rows = nih_rows()

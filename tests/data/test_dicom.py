@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from medray.data.dicom import decode_dicom_gray, is_dicom
-from medray.data.preprocess import DecodeError, decode_gray
+from medray.data.preprocess import decode_gray
+from medray.errors import DecodeError
 
 SECRET = "SECRETPATIENT"
 

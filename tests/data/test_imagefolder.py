@@ -14,10 +14,13 @@ from helpers import REPO, TINY_ARCH, TINY_SIZE
 from PIL import Image
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig
+from medray.config import ConfigError, EvalConfig
+from medray.data.config import DataConfig
 from medray.data.imagefolder import read_imagefolder
-from medray.data.preprocess import DecodeError, decode_gray
-from medray.data.sources import calibration_samples, load_table, resolve_calibration_split, select_samples
+from medray.data.load import calibration_samples, load_table, resolve_calibration_split, select_samples
+from medray.data.preprocess import decode_gray
+from medray.errors import DecodeError
+from medray.models.config import ModelConfig
 
 # Hand-counted layout: split -> class -> number of images.
 COUNTS = {"train": {"NORMAL": 4, "PNEUMONIA": 6}, "test": {"NORMAL": 3, "PNEUMONIA": 5}, "val": {"NORMAL": 2, "PNEUMONIA": 2}}
@@ -225,7 +228,7 @@ def _fake_demo_source(tmp_path, classes, name="synthetic", task="multiclass"):
 
 
 def test_demo_for_a_two_class_folder_is_the_binary_demo_mapped_by_index(tmp_path, kermany, monkeypatch, caplog):
-    import medray.data.sources as sources
+    import medray.data.load as sources
     from medray.models.factory import build_model, save_checkpoint
     from medray.models.resolve import DEMO_DATA, demo_checkpoint_path, resolve_model
 
@@ -295,7 +298,8 @@ def test_evaluate_on_a_kermany_folder_writes_the_output_contract(ray_local, tmp_
     import pydicom
     from hydra import compose, initialize_config_dir
 
-    from medray.config import register_configs, to_config
+    from medray.cli import register_configs
+    from medray.config import to_config
     from medray.pipeline.evaluate import run
 
     root = make_kermany(tmp_path / "kermany", {"train": {"NORMAL": 2, "PNEUMONIA": 2}, "test": {"NORMAL": 7, "PNEUMONIA": 9}})

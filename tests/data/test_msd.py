@@ -11,7 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medray.config import ConfigError, DataConfig, VolumeConfig
+from medray.config import ConfigError
+from medray.data.config import DataConfig, VolumeConfig
 from medray.data.msd import (
     VolumeError,
     check_headers,

@@ -14,7 +14,7 @@ from medray.metrics.clinical import (
     reliability,
     subgroup_table,
 )
-from medray.metrics.statistics import _metric_fn, bootstrap_ci, compare_metric
+from medray.metrics.statistics import Comparison, _metric_fn, bootstrap_ci, compare_metric
 
 
 def scores(seed, n=600):
@@ -154,10 +154,10 @@ def test_patient_clustered_ci_is_wider_with_repeated_patients():
     assert image["estimate"] == patient["estimate"]
     assert width(patient) > 1.6 * width(image)  # ~sqrt(5) with 5 near-copies per patient
     cand = p + np.random.default_rng(1).normal(0, 0.02, p.shape)
-    cm = compare_metric(y, p, np.clip(cand, 0, 1), "multiclass", "auc_macro", 0.01, n_boot=500, clusters=pid)
+    cm = compare_metric(y, p, np.clip(cand, 0, 1), "multiclass", "auc_macro", Comparison(0.01, n_boot=500, clusters=pid))
     assert cm["resampling"] == "patients (clusters)" and cm["n_clusters"] == 80
     assert cm["difference"]["method"] == "paired bootstrap"  # DeLong assumes independent images
-    im = compare_metric(y, p, np.clip(cand, 0, 1), "multiclass", "auc_macro", 0.01, n_boot=500)
+    im = compare_metric(y, p, np.clip(cand, 0, 1), "multiclass", "auc_macro", Comparison(0.01, n_boot=500))
     assert im["difference"]["method"] == "DeLong" and im["resampling"] == "samples"
     assert width(cm["baseline"]) > width(im["baseline"])
 

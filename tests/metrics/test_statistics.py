@@ -10,6 +10,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from medray.metrics.classification import classification_metrics
 from medray.metrics.statistics import (
+    Comparison,
     auc_macro,
     balanced_accuracy,
     bootstrap_ci,
@@ -136,13 +137,13 @@ def test_compare_metric_binary_uses_delong_and_gives_a_verdict(correlated):
     pa = 1 / (1 + np.exp(-a))
     pb = 1 / (1 + np.exp(-b))
     base = np.stack([1 - pa, pa], axis=1)
-    same = compare_metric(y.astype(int), base, base.copy(), "multiclass", "auc_macro", margin=0.005, n_boot=300)
+    same = compare_metric(y.astype(int), base, base.copy(), "multiclass", "auc_macro", Comparison(margin=0.005, n_boot=300))
     assert same["difference"]["method"] == "DeLong"
     assert same["difference"]["difference"] == 0 and same["non_inferior"] is True
-    worse = compare_metric(y.astype(int), base, np.stack([1 - pb, pb], 1), "multiclass", "auc_macro", margin=0.005, n_boot=300)
+    worse = compare_metric(y.astype(int), base, np.stack([1 - pb, pb], 1), "multiclass", "auc_macro", Comparison(margin=0.005, n_boot=300))
     assert worse["difference"]["difference"] < 0 and worse["non_inferior"] is False
     assert worse["baseline"]["estimate"] == pytest.approx(roc_auc_score(y, a), abs=1e-12)
-    bacc = compare_metric(y.astype(int), base, base, "multiclass", "balanced_accuracy", margin=None, n_boot=300)
+    bacc = compare_metric(y.astype(int), base, base, "multiclass", "balanced_accuracy", Comparison(margin=None, n_boot=300))
     assert bacc["difference"]["method"] == "paired bootstrap" and bacc["non_inferior"] is None
 
 

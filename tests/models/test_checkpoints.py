@@ -70,8 +70,9 @@ def test_resolve_turns_a_refused_checkpoint_into_a_config_error(model, tmp_path)
     import pandas as pd
 
     from medray.backends.torch.config import TorchConfig
-    from medray.config import ConfigError, EvalConfig, ModelConfig
+    from medray.config import ConfigError, EvalConfig
     from medray.data.table import SampleTable
+    from medray.models.config import ModelConfig
     from medray.models.resolve import resolve_model
 
     path = tmp_path / "full.pt"

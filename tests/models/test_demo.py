@@ -9,6 +9,7 @@ import torch
 from medray.data.preprocess import decode_gray, to_model_input
 from medray.data.synthetic import CHESTXRAY14_CLASSES, ensure_synthetic
 from medray.data.table import read_manifest_dir
+from medray.models.config import TrainConfig
 from medray.models.demo import auc_score, train_demo
 from medray.models.factory import load_model, read_checkpoint
 
@@ -25,7 +26,7 @@ def test_tiny_binary_run_writes_a_loadable_checkpoint(binary_table, tmp_path):
     out = tmp_path / "ckpt" / "demo.pt"
     # threads=1: these few tiny steps gain nothing from more, and a busy CI machine
     # makes multi-threaded torch several times slower.
-    s = train_demo(binary_table, ARCH, input_size=64, in_chans=3, out_path=out, epochs=2, batch_size=32,
+    s = train_demo(binary_table, ARCH, input_size=64, in_chans=3, out_path=out, train=TrainConfig(epochs=2, batch_size=32),
                    threads=1)
     assert torch.get_num_threads() == threads  # the caller's setting is given back
     assert s["checkpoint"] == str(out) and s["n_train"] == 200 and s["n_test"] == 40
@@ -58,8 +59,8 @@ def test_tiny_binary_run_writes_a_loadable_checkpoint(binary_table, tmp_path):
 
 def test_tiny_multilabel_run(tmp_path):
     table = read_manifest_dir(ensure_synthetic("multilabel", tmp_path / "ds", 64, 0, 48, 64, seed=2))
-    s = train_demo(table, ARCH, input_size=48, in_chans=1, out_path=tmp_path / "m.pt", epochs=1,
-                   batch_size=32, threads=1)
+    s = train_demo(table, ARCH, input_size=48, in_chans=1, out_path=tmp_path / "m.pt", train=TrainConfig(epochs=1, batch_size=32),
+                   threads=1)
     _, meta = read_checkpoint(tmp_path / "m.pt")
     assert meta["task"] == "multilabel" and meta["classes"] == CHESTXRAY14_CLASSES
     assert meta["num_classes"] == 14 and meta["in_chans"] == 1 and meta["input_size"] == 48
@@ -88,4 +89,4 @@ def test_auc_score_matches_definitions():
 
 def test_too_small_train_split_is_refused(binary_table, tmp_path):
     with pytest.raises(ValueError, match="fewer than batch_size=512"):
-        train_demo(binary_table, ARCH, 64, 3, tmp_path / "x.pt", epochs=1, batch_size=512)
+        train_demo(binary_table, ARCH, 64, 3, tmp_path / "x.pt", TrainConfig(epochs=1, batch_size=512))

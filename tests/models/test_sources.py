@@ -14,8 +14,10 @@ from PIL import Image
 from scipy.special import expit, softmax
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import ConfigError, DataConfig, EvalConfig, ModelConfig, RayConfig
+from medray.config import ConfigError, EvalConfig, RayConfig
+from medray.data.config import DataConfig
 from medray.data.preprocess import PreprocessConfig
+from medray.models.config import ModelConfig
 
 S = TINY_SIZE
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -217,7 +219,7 @@ def test_bad_models_are_refused_before_ray_with_the_fix(folder, tmp_path):
             prepare(cfg(folder, tmp_path, ModelConfig(name="p", source="python", target=f"{code}:build"), imagenet))
     finally:
         sys.path.remove(str(tmp_path))
-    with pytest.raises(ConfigError, match="backend='torch': model=onnx is an ONNX file with no PyTorch model"):
+    with pytest.raises(ConfigError, match="backend='torch': model=onnx is a model file with no PyTorch model"):
         cfg(folder, tmp_path, ModelConfig(name="onnx", source="onnx", path=str(nhwc)), imagenet,
             backend=__import__("medray.backends.torch.config", fromlist=["TorchConfig"]).TorchConfig())
     with pytest.raises(ConfigError, match="model.path=None: model=torchscript needs model.path"):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from medray.pipeline import costs
-from medray.tasks import ClassificationTask
+from medray.tasks.classification import ClassificationTask
 
 SLEEP_S = 0.004  # what the slow reader adds per sample
 
@@ -149,7 +149,7 @@ def test_backend_cost_is_the_actors_work_per_sample_ten_crops_included(tmp_path,
 
 
 def test_small_runs_gpu_runs_and_segmentation_keep_the_fixed_split(tmp_path, tiny_spec, monkeypatch):
-    from medray.tasks import SegmentationTask
+    from medray.tasks.segmentation import SegmentationTask
 
     task, spec = ClassificationTask(), tiny_spec(batch_size=4)
     samples = _images(tmp_path / "img", 12)

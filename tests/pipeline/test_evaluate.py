@@ -8,7 +8,9 @@ from helpers import TINY_ARCH, TINY_SIZE
 from sklearn.metrics import roc_auc_score
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import DataConfig, EvalConfig, ModelConfig, RayConfig
+from medray.config import EvalConfig, RayConfig
+from medray.data.config import DataConfig
+from medray.models.config import ModelConfig
 from medray.pipeline.execute import execute
 from medray.pipeline.prepare import prepare
 from medray.report.document import build_metrics

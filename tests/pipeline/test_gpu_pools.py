@@ -153,7 +153,7 @@ def test_pipeline_on_logical_gpus_with_decode_tasks(ray_gpus, tmp_path):
     """The real read → decode (1 CPU each) → Predictor pool (fractional GPUs) pipeline
     completes on 2 CPUs, every sample once, on actors holding 1/streams of a GPU."""
     from medray.pipeline.execute import collect, predict, read_dataset
-    from medray.tasks import ClassificationTask
+    from medray.tasks.classification import ClassificationTask
 
     streams = 2
     p = _plan(streams)
@@ -161,7 +161,7 @@ def test_pipeline_on_logical_gpus_with_decode_tasks(ray_gpus, tmp_path):
     spec = _spec(streams)
 
     def run():
-        return collect(predict(read_dataset(ClassificationTask(), samples, spec, block_size=4), spec, p))
+        return collect(predict(read_dataset(ClassificationTask(), samples, spec, block_size=4), spec, p, ClassificationTask()))
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         df, clock = pool.submit(run).result(timeout=240)  # a starved decode would hang here

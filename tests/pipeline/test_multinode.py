@@ -191,7 +191,7 @@ def test_evaluate_job_on_two_nodes(cluster, dataset, checkpoint, tmp_path):
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from medray.config import register_configs
+    from medray.cli import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

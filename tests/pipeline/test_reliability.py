@@ -27,7 +27,8 @@ from helpers import REPO, TINY_ARCH, TINY_SIZE
 from hydra import compose, initialize_config_dir
 
 from medray.backends.base import Backend, BackendError, is_out_of_memory
-from medray.config import ConfigError, RayConfig, register_configs, to_config
+from medray.cli import register_configs
+from medray.config import ConfigError, RayConfig, to_config
 from medray.io import read_part
 from medray.pipeline.faults import WorkerFault, dedupe_retried
 from medray.pipeline.resources import plan_pool
@@ -228,7 +229,8 @@ def test_fresh_run_clears_old_parts_and_damaged_parts_are_redone(tmp_path):
     import pandas as pd
 
     from medray.backends.torch.config import TorchConfig
-    from medray.config import DataConfig, EvalConfig
+    from medray.config import EvalConfig
+    from medray.data.config import DataConfig
     from medray.pipeline.resume import ResumeState
 
     out = tmp_path / "o"

@@ -16,20 +16,13 @@ from helpers import UNET_ROI as ROI
 
 from medray.backends.base import BackendError
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import (
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    RayConfig,
-    SlidingWindowConfig,
-    VolumeConfig,
-    backend_config,
-)
+from medray.config import ConfigError, EvalConfig, RayConfig, backend_config
+from medray.data.config import DataConfig, VolumeConfig
 from medray.data.msd import load_case
 from medray.data.phantoms import ensure_phantoms, phantom_tag
 from medray.io import file_sha256
 from medray.metrics.segmentation import dice_per_class, surface_distances
+from medray.models.config import ModelConfig
 from medray.pipeline.execute import execute
 from medray.pipeline.predictor import Predictor
 from medray.pipeline.prepare import prepare
@@ -37,7 +30,9 @@ from medray.report.document import build_metrics
 from medray.report.markdown import render_report
 from medray.report.writers import write_outputs
 from medray.specs import ModelSpec, RunSpec
-from medray.tasks.segmentation import SegmentationTask, load_mask
+from medray.tasks.segmentation import SegmentationTask
+from medray.tasks.segmentation.config import SlidingWindowConfig
+from medray.tasks.segmentation.masks import load_mask
 
 
 def seg_cfg(tmp_path, checkpoint, **kw) -> EvalConfig:
@@ -127,7 +122,7 @@ def evaluated(ray_local, tmp_path_factory, unet_checkpoint):
     raw = gzip.decompress(bad.read_bytes())
     bad.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     table, samples, specs, task = prepare(cfg)
-    prep = task.prep
+    prep = specs[0].model.preprocess
     out = tmp / "out"
     results = execute(cfg, task, samples, specs)
     doc = build_metrics(cfg, table, samples, results, task)
@@ -225,7 +220,7 @@ def test_killed_actor_is_retried_with_identical_dice(evaluated, tmp_path):
 def test_int8_segmentation_is_calibrated_on_roi_windows_and_compared_with_the_baseline(
         ray_local, tmp_path, unet_checkpoint, backend):
     from medray.backends import config_class
-    from medray.config import CalibrationConfig
+    from medray.data.config import CalibrationConfig
     from medray.pipeline.evaluate import run
 
     data = DataConfig(name="msd", n_train=1, n_calibration=2, n_test=2, image_size=32)
@@ -265,7 +260,8 @@ def _compose(*ov):
     from helpers import REPO
     from hydra import compose, initialize_config_dir
 
-    from medray.config import register_configs, to_config
+    from medray.cli import register_configs
+    from medray.config import to_config
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -313,8 +309,8 @@ def test_segmentation_subgroups_from_metadata(evaluated):
     """Mean Dice per metadata group (e.g. scanner), the candidate's change, the worst group."""
     from dataclasses import replace
 
-    from medray.config import ReportConfig
     from medray.metrics.segmentation import case_mean
+    from medray.report.config import ReportConfig
 
     cfg, table, samples, prep, results, doc, out = evaluated
     scanner = {"phantom_test_000": "A", "phantom_test_001": "B", "phantom_test_002": "B", "phantom_test_003": "A"}

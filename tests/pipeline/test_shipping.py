@@ -91,20 +91,21 @@ def test_actor_on_a_node_without_the_files_loads_them_from_the_object_store(ray_
     the object store and predicts exactly what an actor with the files does."""
     from medray.backends import get_backend
     from medray.pipeline.predictor import Predictor
+    from medray.tasks.classification import ClassificationTask
 
     driver = tmp_path / "driver"
     spec = tiny_spec("onnxruntime")
     spec = replace(spec, artifact=get_backend("onnxruntime").prepare(spec, ArtifactCache(driver), {}))
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
     batch = {"sample_id": np.array([f"s{i}" for i in range(4)]), "image": images}
-    want = Predictor(spec)(dict(batch))["probs"]
+    want = Predictor(spec, ClassificationTask())(dict(batch))["probs"]
 
     shipped = ship(spec)
     shutil.rmtree(driver)  # the "other node" has no driver cache
     node_cache = tmp_path / "node"
     actor = ray_local.remote(Predictor).options(
         num_cpus=0.5, runtime_env={"env_vars": {"MEDRAY_CACHE": str(node_cache)}}
-    ).remote(shipped)
+    ).remote(shipped, ClassificationTask())
     got = ray_local.get(actor.__call__.remote(dict(batch)))
     np.testing.assert_array_equal(got["probs"], want)
     key = shipped.options[OPTION]["artifact"].key

@@ -28,12 +28,12 @@ def test_read_and_predict_stay_separate_operators(ray_local, tiny_spec, tmp_path
     must show the read tasks and the Predictor pool as two operators."""
     from medray.pipeline.execute import collect, predict, read_dataset
     from medray.pipeline.resources import plan_pool
-    from medray.tasks import ClassificationTask
+    from medray.tasks.classification import ClassificationTask
 
     samples = _images(tmp_path / "img", 8)
     spec = tiny_spec(batch_size=4)
     plan = plan_pool(device="cpu", streams=1, cluster_cpus=2, cluster_gpus=0, node_cores=2, reserve_cpus=1, threads=1)
-    ds = predict(read_dataset(ClassificationTask(), samples, spec, block_size=4), spec, plan)
+    ds = predict(read_dataset(ClassificationTask(), samples, spec, block_size=4), spec, plan, ClassificationTask())
     df, _ = collect(ds)
     assert sorted(df["sample_id"]) == sorted(samples["sample_id"])
     ops = [line.split(":")[0] for line in ds.stats().splitlines() if line.startswith("Operator ")]
@@ -44,8 +44,9 @@ def test_read_and_predict_stay_separate_operators(ray_local, tiny_spec, tmp_path
 
 def test_predictor_closes_its_backend_when_it_goes(tiny_spec):
     from medray.pipeline.predictor import Predictor
+    from medray.tasks.classification import ClassificationTask
 
-    p = Predictor(tiny_spec(batch_size=2))
+    p = Predictor(tiny_spec(batch_size=2), ClassificationTask())
     backend = p.backend
     out = p({"sample_id": np.array(["a", "b"]), "image": np.zeros((2, TINY_SIZE, TINY_SIZE), np.uint8)})
     assert out["probs"].shape == (2, 2) and backend._loaded
@@ -61,8 +62,9 @@ def test_one_actor_call_runs_its_block_as_backend_batches(tiny_spec):
     its own batch_uid, clocks and batch_size; the outputs equal one call per batch, and a bad
     row in the middle batch is a blank row there, not a lost batch."""
     from medray.pipeline.predictor import Predictor
+    from medray.tasks.classification import ClassificationTask
 
-    p = Predictor(tiny_spec(batch_size=4))
+    p = Predictor(tiny_spec(batch_size=4), ClassificationTask())
     shapes = []
     real = p.backend.infer
 
@@ -84,14 +86,14 @@ def test_one_actor_call_runs_its_block_as_backend_batches(tiny_spec):
     assert list(out["batch_size"]) == [4, 4, 4, 4, 3, 0, 3, 3, 2, 2]  # the skipped row shares no batch time
     assert np.isnan(out["probs"][5]).all() and out["skipped_reason"][5] == reasons[5]
     assert np.all(out["t_start"][4:8] >= out["t_end"][0]) and np.all(out["t_start"][8:] >= out["t_end"][4])
-    q = Predictor(tiny_spec(batch_size=4))
+    q = Predictor(tiny_spec(batch_size=4), ClassificationTask())
     one_by_one = [q({"sample_id": ids[i : i + 4], "image": images[i : i + 4], "skipped_reason": reasons[i : i + 4]})
                   for i in range(0, 10, 4)]
     np.testing.assert_array_equal(out["probs"], np.concatenate([o["probs"] for o in one_by_one]))
 
 
 def test_read_block_size_amortises_actor_calls_within_memory_and_overlap_limits():
-    from medray.tasks.classification import BLOCK_BYTES, BLOCK_SAMPLES, read_block_size
+    from medray.tasks.classification.read import BLOCK_BYTES, BLOCK_SAMPLES, read_block_size
 
     assert read_block_size(100_000, 64, 1) == BLOCK_SAMPLES == 256  # 4 backend batches per actor call
     assert read_block_size(100_000, 32, 1) % 32 == 0

@@ -62,9 +62,10 @@ def test_predictor_averages_ten_views_and_times_all_of_them(tiny_spec):
     from medray.data.preprocess import to_model_input
     from medray.models.factory import load_model
     from medray.pipeline.predictor import Predictor
+    from medray.tasks.classification import ClassificationTask
 
     spec = tiny_spec(batch_size=3, tta="tencrop")
-    pred = Predictor(spec)
+    pred = Predictor(spec, ClassificationTask())
     calls = []
     real = pred.backend._infer
 
@@ -102,9 +103,10 @@ def test_multilabel_views_average_sigmoids(tiny_spec):
     from medray.data.preprocess import to_model_input
     from medray.metrics.scores import probabilities
     from medray.pipeline.predictor import Predictor
+    from medray.tasks.classification import ClassificationTask
 
     spec = tiny_spec(batch_size=2, tta="tencrop", task="multilabel")
-    pred = Predictor(spec)
+    pred = Predictor(spec, ClassificationTask())
     images = np.random.default_rng(2).integers(0, 256, (2, 10, TINY_SIZE, TINY_SIZE), dtype=np.uint8)
     out = pred({"sample_id": np.array(["a", "b"]), "image": images})
     ref = np.mean([probabilities(pred.backend.infer(to_model_input(images[:, v], 3)), "multilabel") for v in range(10)], axis=0)
@@ -120,7 +122,9 @@ def test_tencrop_end_to_end_equals_torchvision_tencrop_on_non_square_images(ray_
     from scipy.special import softmax
     from torchvision import transforms as T
 
-    from medray.config import DataConfig, ModelConfig, RayConfig
+    from medray.config import RayConfig
+    from medray.data.config import DataConfig
+    from medray.models.config import ModelConfig
     from medray.models.factory import load_model
     from medray.pipeline.evaluate import run
 

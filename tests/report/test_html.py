@@ -21,10 +21,10 @@ def report(tmp_path):
     import pandas as pd
     from tasks.test_clinical_sections import cfg_of, run
 
-    from medray.config import ThresholdConfig
     from medray.data.table import SampleTable
     from medray.report.document import build_metrics
     from medray.report.writers import write_outputs
+    from medray.tasks.classification.config import ThresholdConfig
 
     rng = np.random.default_rng(1)
     n = 160

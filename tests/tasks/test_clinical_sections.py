@@ -12,13 +12,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
-from medray.config import ConfigError, DataConfig, EvalConfig, ReportConfig, ThresholdConfig, backend_config
+from medray.config import ConfigError, EvalConfig, backend_config
+from medray.data.config import DataConfig
 from medray.data.table import SampleTable
 from medray.metrics.clinical import choose_threshold
+from medray.report.config import ReportConfig
 from medray.report.document import build_metrics
 from medray.report.markdown import render_report
 from medray.results import PoolPlan, RunResult
 from medray.specs import ModelSpec, RunSpec
+from medray.tasks.classification.config import ThresholdConfig
 
 LABELS = ["Effusion", "Mass"]
 
@@ -125,7 +128,7 @@ def test_nan_output_is_named_and_not_fatal(multilabel):
 
 
 def test_metadata_csv_joins_subgroups_and_patients(tmp_path):
-    from medray.data.sources import load_table
+    from medray.data.load import load_table
     from medray.data.synthetic import ensure_synthetic
 
     root = ensure_synthetic("binary", tmp_path / "ds", n_train=2, n_calibration=2, n_test=6, image_size=32)
@@ -152,7 +155,7 @@ def test_metadata_csv_joins_subgroups_and_patients(tmp_path):
 
 
 def test_report_subgroups_must_exist_and_threshold_config_errors(multilabel):
-    from medray.tasks.clinical import check_threshold, subgroup_columns
+    from medray.tasks.classification.clinical import check_threshold, subgroup_columns
 
     table = multilabel[0]
     with pytest.raises(ConfigError, match=r"report.subgroups: \['site'\] are not columns .*Patient Gender"):

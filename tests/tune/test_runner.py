@@ -9,8 +9,10 @@ import pytest
 
 from medray.backends.onnxruntime.config import OnnxRuntimeConfig
 from medray.backends.torch.config import TorchConfig
-from medray.config import ConfigError, SweepConfig, SweepJobConfig
-from medray.tune.runner import _collect, expected_trials, trial_eval_config
+from medray.config import ConfigError
+from medray.tune.config import SweepConfig, SweepJobConfig
+from medray.tune.state import collect as _collect
+from medray.tune.trials import expected_trials, trial_eval_config
 
 
 def root(**sweep) -> SweepJobConfig:

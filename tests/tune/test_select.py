@@ -8,7 +8,8 @@ import pytest
 from helpers import REPO
 
 from medray.backends.torch.config import TorchConfig
-from medray.config import ConstraintsConfig, EvalConfig
+from medray.config import EvalConfig
+from medray.tune.config import ConstraintsConfig
 from medray.tune.select import _fmt, metric_drop, pareto_front, reproduce_command, select, violations
 
 
@@ -97,8 +98,9 @@ def test_fmt_override_values():
 
 
 def test_reproduce_command_composes_to_the_same_config(tmp_path, tiny_checkpoint):
-    from medray.config import DataConfig, ModelConfig
+    from medray.data.config import DataConfig
     from medray.io import as_dict
+    from medray.models.config import ModelConfig
     from medray.tune.select import _evaluate_dict
 
     target = EvalConfig(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from medray.backends.torch.config import TorchConfig
-from medray.config import ConfigError, RayConfig, SweepConfig, SweepJobConfig
+from medray.config import ConfigError, RayConfig
 from medray.tune import space
+from medray.tune.config import SweepConfig, SweepJobConfig
 
 
 def cfg(**sweep) -> SweepJobConfig:

@@ -14,15 +14,10 @@ import pytest
 from helpers import TINY_ARCH, TINY_SIZE
 
 from medray.backends.torch.config import TorchConfig
-from medray.config import (
-    ConfigError,
-    ConstraintsConfig,
-    DataConfig,
-    ModelConfig,
-    RayConfig,
-    SweepConfig,
-    SweepJobConfig,
-)
+from medray.config import ConfigError, RayConfig
+from medray.data.config import DataConfig
+from medray.models.config import ModelConfig
+from medray.tune.config import ConstraintsConfig, SweepConfig, SweepJobConfig
 from medray.tune.select import metric_drop, pareto_front
 
 pytestmark = pytest.mark.slow
@@ -164,7 +159,7 @@ def test_sweep_config_errors():
 
 
 def test_sweep_resume_needs_a_sweep(tmp_path):
-    from medray.tune.runner import _check_output_dir
+    from medray.tune.state import check_output_dir as _check_output_dir
 
     cfg = SweepJobConfig(backend=TorchConfig(), output_dir=str(tmp_path), sweep=SweepConfig(resume=True))
     with pytest.raises(ConfigError, match="holds no sweep"):
@@ -177,7 +172,9 @@ def test_segmentation_sweep_on_the_cpu_grid(ray_local, tmp_path, unet_checkpoint
     from helpers import REPO
     from hydra import compose, initialize_config_dir
 
-    from medray.config import SweepJobConfig, register_configs, to_config
+    from medray.cli import register_configs
+    from medray.config import to_config
+    from medray.tune.config import SweepJobConfig
     from medray.tune.runner import run
 
     register_configs()

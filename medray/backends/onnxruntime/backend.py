@@ -10,9 +10,10 @@ import tempfile
 
 import numpy as np
 
-from medray.backends.artifacts import ArtifactCache
+from medray.backends.artifacts import ArtifactCache, int8_parts
 from medray.backends.base import Backend, BackendError
-from medray.backends.onnx_graph import onnx_artifact
+from medray.backends.onnx.fp16 import fp16_artifact, reference
+from medray.backends.onnx.graph import onnx_artifact
 from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.onnxruntime")
@@ -31,49 +32,19 @@ _OPT_LEVELS = {
 }
 
 
-def _reference(fp32: dict) -> dict:
-    """The fp32 artifact a lower-precision one is compared with (size, in the report)."""
-    return {"path": fp32["path"], "bytes": fp32["bytes"], "precision": "fp32"}
-
-
-def fp16_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict) -> dict:
-    """The fp16 graph converted from the cached fp32 export."""
-    import onnx
-    import onnxruntime as ort
-
-    from medray.backends.onnxruntime.quantize import convert_fp16
-
-    parts = {"from": fp32["key"], "convert": "float16", "keep_io_types": True, "onnxruntime": ort.__version__,
-             "onnx": onnx.__version__}
-    art = cache.get_or_build("onnx-fp16", parts, "model.onnx", lambda path: convert_fp16(fp32["path"], path)).to_dict()
-    return {**art, "reference": _reference(fp32)}
-
-
 def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict) -> dict:
     """Static QDQ INT8 from the cached fp32 export, calibrated on ``context["calibration"]``."""
     import onnx
     import onnxruntime as ort
 
-    from medray.backends.onnxruntime.quantize import quantize_int8
+    from medray.backends.onnx.qdq import quantize_int8
     from medray.data.calibration import calibration_source
 
     calib = calibration_source(context, spec.name)
     cfg = spec.backend
-    m = spec.model
-    parts = {
-        "from": fp32["key"],
-        "quantize": "static-qdq",
-        "activation": cfg.quant_activation,
-        "method": cfg.quant_method,
-        "per_channel": cfg.quant_per_channel,
-        "calibration": calib.ids(),
-        "input": list(m.input_shape),
-        # the calibration tensors are made with it: another normalisation is another INT8 model
-        "preprocess": m.preprocess,
-        "device": spec.device,
-        "onnxruntime": ort.__version__,
-        "onnx": onnx.__version__,
-    }
+    parts = int8_parts(spec, fp32["key"], calib.ids(), "static-qdq", activation=cfg.quant_activation,
+                       method=cfg.quant_method, per_channel=cfg.quant_per_channel, device=spec.device,
+                       onnxruntime=ort.__version__, onnx=onnx.__version__)
 
     def build(path):
         quantize_int8(
@@ -82,11 +53,22 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict
         )
 
     art = cache.get_or_build("onnx-int8", parts, "model.onnx", build).to_dict()
-    return {**art, "reference": _reference(fp32), "calibration": parts["calibration"]}
+    return {**art, "reference": reference(fp32), "calibration": parts["calibration"]}
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+
+    @classmethod
+    def capability(cls, precision: str, device: str, detail: dict) -> tuple[str, str, str] | None:
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        detail["providers"] = have
+        if device == "cuda" and "CUDAExecutionProvider" not in have:
+            return ("missing", f"this onnxruntime build has no CUDAExecutionProvider (has {have})",
+                    "pip uninstall onnxruntime && pip install onnxruntime-gpu (matching the CUDA of the driver)")
+        return None
 
     @classmethod
     def prepare(cls, spec: RunSpec, cache: ArtifactCache, context: dict) -> dict:

@@ -39,6 +39,8 @@ class OnnxRuntimeConfig(BackendConfig):
         "cpu": ("fp32", "fp16", "int8"),
         "cuda": ("fp32", "fp16"),
     }
+    LIBRARIES: ClassVar[dict[str, str]] = {
+        "onnxruntime": "pip install onnxruntime-gpu (Linux x86_64) or onnxruntime", "onnx": "pip install onnx"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medray.backends.artifacts import ArtifactCache
+from medray.backends.artifacts import ArtifactCache, int8_parts
 from medray.backends.base import Backend, BackendError
 from medray.specs import RunSpec
 
@@ -79,22 +79,10 @@ def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) 
     quant = context.get("quantization")
     max_drop = getattr(quant, "max_drop", None)
     cfg = spec.backend
-    m = spec.model
-    parts = {
-        "from": ir["key"],
-        "quantize": "nncf-ptq",
-        "preset": cfg.nncf_preset,
-        "fast_bias_correction": cfg.fast_bias_correction,
-        "max_drop": max_drop,
-        "accuracy_metric": "auc_macro" if max_drop is not None else None,
-        "calibration": calib.ids(),
-        "input": list(m.input_shape),
-        # the calibration tensors are made with it: another normalisation is another INT8 model
-        "preprocess": m.preprocess,
-        "device": spec.device,
-        "openvino": ov.__version__,
-        "nncf": nncf.__version__,
-    }
+    parts = int8_parts(spec, ir["key"], calib.ids(), "nncf-ptq", preset=cfg.nncf_preset,
+                       fast_bias_correction=cfg.fast_bias_correction, max_drop=max_drop,
+                       accuracy_metric="auc_macro" if max_drop is not None else None, device=spec.device,
+                       openvino=ov.__version__, nncf=nncf.__version__)
 
     def build(path: Path) -> None:
         info = quantize_nncf(spec, ir["path"], path, calib, context.get("table"), max_drop)
@@ -232,8 +220,22 @@ class OpenVINOBackend(Backend):
     name = "openvino"
 
     @classmethod
+    def capability(cls, precision: str, device: str, detail: dict) -> tuple[str, str, str] | None:
+        import openvino as ov
+
+        core = ov.Core()
+        caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        detail["openvino_devices"] = list(core.available_devices)
+        detail["capabilities"] = caps
+        need = CAPABILITY.get(precision)
+        if need and need not in caps:
+            return ("unsupported", f"OpenVINO's CPU plugin lists no {need} on this CPU (capabilities {caps})",
+                    "use precision=fp32 or int8 here, or a CPU with it (bf16: AVX512_BF16/AMX; fp16: AVX512_FP16/AMX-FP16)")
+        return None
+
+    @classmethod
     def prepare(cls, spec: RunSpec, cache: ArtifactCache, context: dict) -> dict:
-        from medray.backends.onnx_graph import onnx_artifact
+        from medray.backends.onnx.graph import onnx_artifact
 
         onnx_art = onnx_artifact(spec, cache, opset=ONNX_OPSET)
         ir = ir_artifact(spec, cache, onnx_art)

@@ -40,6 +40,9 @@ class OpenVINOConfig(BackendConfig):
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
         "cpu": ("fp32", "fp16", "bf16", "int8"),
     }
+    ACCURACY_CONTROL: ClassVar[bool] = True  # NNCF's quantize_with_accuracy_control
+    LIBRARIES: ClassVar[dict[str, str]] = {"openvino": "pip install -e '.[openvino]'", "onnx": "pip install onnx"}
+    PRECISION_LIBRARIES: ClassVar[dict[str, dict[str, str]]] = {"int8": {"nncf": "pip install -e '.[openvino]'"}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

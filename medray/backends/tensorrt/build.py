@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medray.backends.artifacts import ArtifactCache
+from medray.backends.artifacts import ArtifactCache, int8_parts
 from medray.backends.base import BackendError
 from medray.specs import RunSpec
 
@@ -128,11 +128,11 @@ def prepare_graph(spec: RunSpec, cache: ArtifactCache, context: dict) -> dict:
 
     Runs on the driver and never imports TensorRT: engines are built by the actors.
     """
-    from medray.backends.onnx_graph import onnx_artifact
+    from medray.backends.onnx.graph import onnx_artifact
 
     fp32 = onnx_artifact(spec, cache, opset=spec.backend.opset)
     if spec.precision == "fp16":
-        from medray.backends.onnxruntime.backend import fp16_artifact
+        from medray.backends.onnx.fp16 import fp16_artifact
 
         graph = fp16_artifact(spec, cache, fp32)
     elif spec.precision == "int8":
@@ -154,21 +154,11 @@ def qdq_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict)
     from medray.data.calibration import calibration_source
 
     source = calibration_source(context, spec.name)
-    cfg, m = spec.backend, spec.model
+    cfg = spec.backend
     ids = source.ids()
-    parts = {
-        "from": fp32["key"],
-        "quantize": "static-qdq-s8s8-symmetric",
-        "target": "tensorrt",
-        "method": cfg.quant_method,
-        "per_channel": cfg.quant_per_channel,
-        "calibration": ids,
-        "input": list(m.input_shape),
-        # the calibration tensors are made with it: another normalisation is another INT8 model
-        "preprocess": m.preprocess,
-        "onnxruntime": ort.__version__,
-        "onnx": onnx.__version__,
-    }
+    parts = int8_parts(spec, fp32["key"], ids, "static-qdq-s8s8-symmetric", target="tensorrt",
+                       method=cfg.quant_method, per_channel=cfg.quant_per_channel, onnxruntime=ort.__version__,
+                       onnx=onnx.__version__)
 
     def build(path: Path) -> None:
         calib = source.load()
@@ -192,11 +182,11 @@ def quantize_qdq(src, dst, calib, method: str = "minmax", per_channel: bool = Tr
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from medray.backends.onnxruntime.quantize import _as_reader, _chunk_stride, _input_name
+    from medray.backends.onnx.qdq import as_reader, chunk_stride, input_name
 
     if method not in _ORT_METHODS:
         raise ValueError(f"quant_method={method!r}: use one of {', '.join(_ORT_METHODS)}")
-    reader = _as_reader(calib, _input_name(src))
+    reader = as_reader(calib, input_name(src))
     with tempfile.TemporaryDirectory(prefix="medray-trtq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
@@ -215,7 +205,7 @@ def quantize_qdq(src, dst, calib, method: str = "minmax", per_channel: bool = Tr
                 "WeightSymmetric": True,
                 # TensorRT's Q/DQ are int8 (fp8/int4): biases stay float, TensorRT fuses them.
                 "QuantizeBias": False,
-                "CalibStridedMinMax": _chunk_stride(len(reader)),
+                "CalibStridedMinMax": chunk_stride(len(reader)),
             },
             calibration_cache_path=str(cache_path) if cache_path else None,
         )

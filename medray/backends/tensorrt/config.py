@@ -36,6 +36,8 @@ class TensorRTConfig(BackendConfig):
 
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "tf32", "fp16", "int8")}
     DEFAULT_DEVICE: ClassVar[str] = "cuda"
+    LIBRARIES: ClassVar[dict[str, str]] = {
+        "tensorrt": "pip install -e '.[trt]' on the GPU node (CUDA 12/13 wheels)", "onnx": "pip install onnx"}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,10 +14,18 @@ _AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}
 class TorchBackend(Backend):
     name = "torch"
 
+    @classmethod
+    def capability(cls, precision: str, device: str, detail: dict) -> tuple[str, str, str] | None:
+        from medray.machine import machine
+
+        if device == "cpu" and precision == "bf16" and not {"avx512_bf16", "amx_bf16"} & set(machine(False)["cpu_flags"]):
+            detail["note"] = "no AVX512_BF16/AMX: torch emulates bf16 on this CPU (slower than fp32)"
+        return None
+
     def _load(self) -> None:
         import torch
 
-        from medray.models.sources import load_torch_model
+        from medray.models.loaders import load_torch_model
 
         spec = self.spec
         torch.set_num_threads(spec.threads)

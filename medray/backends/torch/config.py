@@ -19,3 +19,5 @@ class TorchConfig(BackendConfig):
         "cpu": ("fp32", "bf16"),
         "cuda": ("fp32", "tf32", "fp16", "bf16"),
     }
+    NEEDS_TORCH_MODEL: ClassVar[bool] = True
+    LIBRARIES: ClassVar[dict[str, str]] = {"torch": "pip install 'torch>=2.4,<2.15'"}

@@ -1,9 +1,6 @@
-"""ONNX Runtime artifacts derived from the fp32 ONNX export: an fp16 graph and a static
-QDQ INT8 graph calibrated on the calibration split.
-
-Both use ORT's own tools (``onnxruntime.transformers.float16``, ``onnxruntime.quantization``)
-and write one self-contained ``.onnx`` file.
-"""
+"""Static Q/DQ INT8 graphs from the fp32 ONNX export, calibrated on the calibration split
+with ONNX Runtime's own tools (``onnxruntime.quantization``): ONNX Runtime runs them,
+TensorRT builds its strongly typed INT8 engines from them."""
 
 from __future__ import annotations
 
@@ -16,7 +13,7 @@ import numpy as np
 from medray.data.calibration import CalibrationSet
 from medray.models.export import INPUT_NAME
 
-log = logging.getLogger("medray.backends.onnxruntime")
+log = logging.getLogger("medray.backends.onnx")
 
 QUANT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # Samples per calibration inference, and batches per collect_data() call: ORT's
@@ -24,20 +21,6 @@ QUANT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percen
 # the model for every sample), so collecting in chunks bounds memory for 300 samples.
 CALIB_BATCH = 8
 CALIB_CHUNK_BATCHES = 4
-
-
-def convert_fp16(src: str | Path, dst: str | Path) -> None:
-    """fp32 ONNX → fp16 weights and activations, with fp32 graph inputs and outputs.
-
-    The fp32 I/O (``keep_io_types``) costs one Cast at each end: the host sends and
-    receives float32 either way, so converting outside the graph would cost the same.
-    """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    model16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    onnx.save(model16, str(dst))
 
 
 class CalibrationReader:
@@ -71,7 +54,7 @@ class CalibrationReader:
         self._pos = self._start
 
 
-def _as_reader(calib: CalibrationSet, input_name: str = INPUT_NAME):
+def as_reader(calib: CalibrationSet, input_name: str = INPUT_NAME):
     """A CalibrationReader that is also an ORT CalibrationDataReader (subclassing it
     here keeps the onnxruntime import lazy for the module)."""
     from onnxruntime.quantization import CalibrationDataReader
@@ -82,7 +65,7 @@ def _as_reader(calib: CalibrationSet, input_name: str = INPUT_NAME):
     return _Reader(calib, input_name=input_name)
 
 
-def _input_name(path) -> str:
+def input_name(path) -> str:
     """The graph's image input (medray's exports call it "input"; a user's file its own)."""
     import onnx
 
@@ -91,7 +74,7 @@ def _input_name(path) -> str:
     return next(i.name for i in model.graph.input if i.name not in inits)
 
 
-def _chunk_stride(n_batches: int, cap: int = CALIB_CHUNK_BATCHES) -> int:
+def chunk_stride(n_batches: int, cap: int = CALIB_CHUNK_BATCHES) -> int:
     """The largest divisor of ``n_batches`` not above ``cap`` (ORT requires a divisor)."""
     return max(d for d in range(1, min(cap, n_batches) + 1) if n_batches % d == 0)
 
@@ -115,8 +98,8 @@ def quantize_int8(
 
     if method not in QUANT_METHODS:
         raise ValueError(f"quant_method={method!r}: use one of {', '.join(QUANT_METHODS)}")
-    reader = _as_reader(calib, _input_name(src))
-    stride = _chunk_stride(len(reader))
+    reader = as_reader(calib, input_name(src))
+    stride = chunk_stride(len(reader))
     with tempfile.TemporaryDirectory(prefix="medray-ortq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         # Symbolic shape inference is for transformers; ONNX's own is enough for CNNs.

@@ -1,6 +1,6 @@
 """The pictures a reviewer asks for, beside report.md (matplotlib, Agg: no display).
 
-Classification: ROC curves of every run overlaid (one panel per label for multilabel),
+task=classification: ROC curves of every run overlaid (one panel per label for multilabel),
 the reliability diagram, the confusion matrix (binary / multiclass), ΔAUC per subgroup and
 a contact sheet of the samples whose decision flipped (thumbnail, id, both runs'
 probabilities).  Each function returns the PNG's bytes; :func:`write_plots` writes them
@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medray.figures import figure, png
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -26,24 +28,6 @@ MAX_ROC_PANELS = 16
 MAX_FLIPS = 24
 
 
-def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (5.0, 4.5)):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
-    return plt, fig, axes
-
-
-def _png(plt, fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def roc_png(columns: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
     """ROC of each run per column: ``runs`` = (name, 0/1 truth (N, C), scores (N, C))."""
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -51,7 +35,7 @@ def roc_png(columns: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]]) 
     cols = columns[:MAX_ROC_PANELS]
     n = len(cols)
     w = min(4, n)
-    plt, fig, axes = _figure(math.ceil(n / w), w, (3.6, 3.4))
+    plt, fig, axes = figure(math.ceil(n / w), w, (3.6, 3.4))
     for j, name in enumerate(cols):
         ax = axes[j // w][j % w]
         for run, y, s in runs:
@@ -69,12 +53,12 @@ def roc_png(columns: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]]) 
             ax.text(0.5, 0.5, "one outcome only", ha="center", va="center", fontsize=8, transform=ax.transAxes)
     for k in range(n, axes.size):
         axes[k // w][k % w].axis("off")
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def reliability_png(runs: list[tuple[str, dict]]) -> bytes:
     """Reliability diagram (equal-width bins) of each run's ``calibration`` entry."""
-    plt, fig, axes = _figure()
+    plt, fig, axes = figure()
     ax = axes[0][0]
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="perfect")
     for name, cal in runs:
@@ -85,7 +69,7 @@ def reliability_png(runs: list[tuple[str, dict]]) -> bytes:
     ax.set_ylabel("observed fraction positive", fontsize=8)
     ax.set_title("Reliability", fontsize=10)
     ax.legend(fontsize=7)
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def confusion_png(classes: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
@@ -93,7 +77,7 @@ def confusion_png(classes: list[str], runs: list[tuple[str, np.ndarray, np.ndarr
     from sklearn.metrics import confusion_matrix
 
     k = len(classes)
-    plt, fig, axes = _figure(1, len(runs), (max(3.5, 0.35 * k + 2), max(3.2, 0.35 * k + 1.8)))
+    plt, fig, axes = figure(1, len(runs), (max(3.5, 0.35 * k + 2), max(3.2, 0.35 * k + 1.8)))
     for ax, (name, y, pred) in zip(axes[0], runs):
         cm = confusion_matrix(y, pred, labels=list(range(k)))
         ax.imshow(cm, cmap="Blues")
@@ -107,7 +91,7 @@ def confusion_png(classes: list[str], runs: list[tuple[str, np.ndarray, np.ndarr
         ax.set_xlabel("decided", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         ax.set_title(name, fontsize=9)
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def subgroups_png(entry: dict) -> bytes:
@@ -118,14 +102,14 @@ def subgroups_png(entry: dict) -> bytes:
             if g.get("delta_auc") is not None:
                 labels.append(f"{col}={g['group']} (n={g['n']})")
                 deltas.append(100 * g["delta_auc"])
-    plt, fig, axes = _figure(1, 1, (6.0, max(2.0, 0.3 * len(labels) + 1)))
+    plt, fig, axes = figure(1, 1, (6.0, max(2.0, 0.3 * len(labels) + 1)))
     ax = axes[0][0]
     ax.barh(range(len(labels)), deltas, color=["#c0392b" if d < 0 else "#2980b9" for d in deltas])
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel(f"ΔAUC (pp), {entry['name']} − baseline", fontsize=8)
     ax.invert_yaxis()
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def flips_png(items: list[dict]) -> bytes:
@@ -137,7 +121,7 @@ def flips_png(items: list[dict]) -> bytes:
 
     n = min(len(items), MAX_FLIPS)
     w = min(6, n)
-    plt, fig, axes = _figure(math.ceil(n / w), w, (2.2, 2.5))
+    plt, fig, axes = figure(math.ceil(n / w), w, (2.2, 2.5))
     for k, it in enumerate(items[:n]):
         ax = axes[k // w][k % w]
         try:
@@ -152,7 +136,7 @@ def flips_png(items: list[dict]) -> bytes:
         ax.axis("off")
     for k in range(n, axes.size):
         axes[k // w][k % w].axis("off")
-    return _png(plt, fig)
+    return png(plt, fig)
 
 
 def write_plots(out: str, doc: dict, rows: list[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]],
@@ -213,33 +197,3 @@ def _flip_items(entry: dict, doc: dict, rows: list, samples: pd.DataFrame) -> li
             parts.append(f"{label[:12]} {base[3][bi[sid], j]:.2f}→{cand[3][ci[sid], j]:.2f}")
         items.append({"sample_id": sid, "path": paths.get(sid, ""), "text": "\n".join(parts)})
     return items
-
-
-def worst_cases_png(cases: list[dict]) -> bytes:
-    """Segmentation: for each case, the axial slice where the runs disagree most — the
-    image with the labels' (white), the baseline's (blue) and the candidate's (orange)
-    mask outlines.  ``cases``: ``{"sample_id", "image" (X, Y, Z), "label" or None,
-    "masks": {run: (X, Y, Z)}, "text"}``."""
-    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-    n = len(cases)
-    plt, fig, axes = _figure(1, n, (3.6, 3.9))
-    for ax, case in zip(axes[0], cases):
-        masks = list(case["masks"].items())
-        vol = np.asarray(case["image"], dtype=np.float32)
-        if len(masks) > 1:
-            diff = (masks[0][1] != masks[1][1]).sum(axis=(0, 1))
-        else:
-            diff = (masks[0][1] != (case["label"] if case["label"] is not None else 0)).sum(axis=(0, 1))
-        z = int(np.argmax(diff)) if diff.any() else vol.shape[2] // 2
-        ax.imshow(vol[:, :, z].T, cmap="gray", origin="lower")
-        outlines = ([("labels", case["label"], "white")] if case["label"] is not None else []) + [
-            (name, m, colours[i % len(colours)]) for i, (name, m) in enumerate(masks)]
-        for name, m, col in outlines:
-            sl = (np.asarray(m)[:, :, z] > 0).T.astype(float)
-            if sl.any() and not sl.all():
-                ax.contour(sl, levels=[0.5], colors=[col], linewidths=1.0)
-            ax.plot([], [], color=col, label=name)
-        ax.set_title(f"{case['sample_id'][:28]} (z={z})\n{case['text']}", fontsize=7)
-        ax.legend(fontsize=6, loc="lower right")
-        ax.axis("off")
-    return _png(plt, fig)

@@ -23,26 +23,17 @@ import numpy as np
 import pandas as pd
 
 from medray.errors import ConfigError
+from medray.tasks.subgroups import subgroup_changes, subgroup_columns
 
 if TYPE_CHECKING:
-    from medray.config import EvalConfig
     from medray.data.table import SampleTable
     from medray.results import RunResult
+    from medray.tasks.base import RunConfig
 
 log = logging.getLogger("medray.report")
 
 
-def subgroup_columns(cfg: EvalConfig, table: SampleTable) -> list[str]:
-    """The columns of ``report.subgroups`` (null = the dataset's), checked to exist."""
-    wanted = table.subgroup_columns if cfg.report.subgroups is None else list(cfg.report.subgroups)
-    missing = [c for c in wanted if c not in table.samples.columns]
-    if missing:
-        have = table.subgroup_columns or "none (add data.metadata=<csv with sample_id + columns>)"
-        raise ConfigError(f"report.subgroups: {missing} are not columns of dataset {table.name}; its subgroup columns: {have}")
-    return wanted
-
-
-def check_threshold(cfg: EvalConfig, table: SampleTable) -> None:
+def check_threshold(cfg: RunConfig, table: SampleTable) -> None:
     """A threshold applies to binary and multilabel tasks (before Ray starts)."""
     t = cfg.threshold
     if (t.method != "fixed" or t.value != 0.5) and table.task == "multiclass" and len(table.classes) != 2:
@@ -52,9 +43,9 @@ def check_threshold(cfg: EvalConfig, table: SampleTable) -> None:
         )
 
 
-def validation_samples(cfg: EvalConfig, table: SampleTable, evaluated: pd.DataFrame) -> pd.DataFrame | None:
+def validation_samples(cfg: RunConfig, table: SampleTable, evaluated: pd.DataFrame) -> pd.DataFrame | None:
     """The samples the baseline scores to choose the threshold (None for method=fixed)."""
-    from medray.data.sources import calibration_samples
+    from medray.data.load import calibration_samples
 
     if cfg.threshold.method == "fixed":
         return None
@@ -66,7 +57,7 @@ def validation_samples(cfg: EvalConfig, table: SampleTable, evaluated: pd.DataFr
 def scored_rows(result: RunResult, table: SampleTable, samples: pd.DataFrame):
     """A run's rows with finite outputs: (predictions, targets, probabilities)."""
     from medray.metrics.scores import finite_rows, stacked_probs
-    from medray.tasks.scores import targets
+    from medray.tasks.classification.scores import targets
 
     df = result.predictions
     p = stacked_probs(df)
@@ -74,7 +65,7 @@ def scored_rows(result: RunResult, table: SampleTable, samples: pd.DataFrame):
     return df[ok].reset_index(drop=True), targets(table, samples, df["sample_id"])[ok], p[ok]
 
 
-def add_clinical(cfg: EvalConfig, doc: dict, results: list[RunResult], table: SampleTable, samples: pd.DataFrame,
+def add_clinical(cfg: RunConfig, doc: dict, results: list[RunResult], table: SampleTable, samples: pd.DataFrame,
                  validation: RunResult | None = None) -> None:
     """Add the calibration, threshold, flips and subgroup sections to ``doc`` in place."""
     from medray.metrics.classification import operating_point
@@ -128,7 +119,7 @@ def _pair(b_df: pd.DataFrame, c_df: pd.DataFrame) -> tuple[np.ndarray, np.ndarra
     return pd.Index(b_df["sample_id"]).get_indexer(common), pd.Index(c_df["sample_id"]).get_indexer(common)
 
 
-def _thresholds(cfg: EvalConfig, table: SampleTable, validation: RunResult | None) -> dict:
+def _thresholds(cfg: RunConfig, table: SampleTable, validation: RunResult | None) -> dict:
     from medray.metrics.clinical import choose_threshold, score_columns
 
     t = cfg.threshold
@@ -165,92 +156,6 @@ def _subgroup_deltas(entry: dict, base: dict) -> None:
     subgroup_changes(entry, base["subgroups"], "auc_macro", "auc_baseline", "delta_auc")
 
 
-def subgroup_changes(entry: dict, base_groups: dict, value: str, base_key: str, delta_key: str) -> None:
-    """Each group of ``entry["subgroups"]`` gets the baseline's ``value`` (as ``base_key``) and
-    the change (``delta_key``); ``entry["worst_subgroup"]`` is the group with the largest drop.
-    Classification compares macro AUC, segmentation mean Dice."""
-    worst = None
-    for col, groups in entry["subgroups"].items():
-        bmap = {g["group"]: g[value] for g in base_groups.get(col, [])}
-        for g in groups:
-            b = bmap.get(g["group"])
-            g[base_key] = b
-            g[delta_key] = g[value] - b if g[value] is not None and b is not None else None
-            if g[delta_key] is not None and (worst is None or g[delta_key] < worst[delta_key]):
-                worst = {"attribute": col, "group": g["group"], "n": g["n"], delta_key: g[delta_key]}
-    entry["worst_subgroup"] = worst
-
-
 # --------------------------------------------------------------------------- report.md
 
 
-def _p(x) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
-
-
-def render_clinical(doc: dict) -> list[str]:
-    """report.md sections: threshold transfer and flips, calibration, subgroups, plots."""
-    runs = doc["runs"]
-    lines: list[str] = []
-    thr = doc.get("threshold")
-    if thr and any(r.get("threshold") for r in runs):
-        how = {"fixed": "fixed", "youden": "Youden's J (max sensitivity + specificity − 1)",
-               "sensitivity": f"sensitivity ≥ {thr.get('target')}", "specificity": f"specificity ≥ {thr.get('target')}"}
-        on = thr.get("chosen_on")
-        where = (f"chosen on {on['run']}'s predictions of {on['n']} samples of split `{on['split']}` (not the evaluated "
-                 "split), applied unchanged to every run" if on else "the same for every run")
-        lines += ["", "## Threshold transfer", "", f"Threshold: {how[thr['method']]}, {where}."
-                  + (f" One outcome only on the validation split, threshold.value used for: {', '.join(thr['fallback'])}."
-                     if thr.get("fallback") else ""), "",
-                  "| Label | Threshold | Run | Sensitivity | Specificity | PPV | NPV | Flips |", "|---|---|---|---|---|---|---|---|"]
-        for name, t in thr["values"].items():
-            for r in runs:
-                op = (r.get("threshold") or {}).get(name)
-                if not op:
-                    continue
-                fl = ((r.get("flips") or {}).get("per_label") or {}).get(name)
-                flip = f"{fl['n']} (+{fl['to_positive']} / −{fl['to_negative']})" if fl else "–"
-                lines.append(f"| {name} | {t:.4g} | {r['name']} | {_p(op['sensitivity'])} | {_p(op['specificity'])} | "
-                             f"{_p(op['ppv'])} | {_p(op['npv'])} | {flip} |")
-        for r in runs:
-            if r.get("flips"):
-                f = r["flips"]
-                lines.append(f"\n{r['name']}: {f['n']} of {f['n_samples']} samples changed a decision at the threshold"
-                             + (f" (e.g. {', '.join(f['sample_ids'][:10])})" if f["sample_ids"] else "") + ".")
-    if any(r.get("calibration") for r in runs):
-        c0 = next(r["calibration"] for r in runs if r.get("calibration"))
-        lines += ["", "## Calibration", "",
-                  f"ECE over {c0['n_bins']} bins of {c0['scope']}: equal width on [0, 1] and equal mass (quantiles); "
-                  "Brier = mean squared error of the probabilities.", "",
-                  "| Run | ECE (equal width) | ECE (equal mass) | Brier | ΔECE | ΔBrier |", "|---|---|---|---|---|---|"]
-        for r in runs:
-            c = r.get("calibration")
-            if not c:
-                continue
-            d = c.get("delta") or {}
-            dd = (f"{d['ece']:+.4f} | {d['brier']:+.4f}") if d else "– | –"
-            lines.append(f"| {r['name']} | {c['ece']:.4f} | {c['ece_equal_mass']:.4f} | {c['brier']:.4f} | {dd} |")
-    if any(r.get("subgroups") for r in runs):
-        lines += ["", "## Subgroups", "", "Macro AUC per group (labels with both outcomes in the group); Δ = candidate − baseline.", ""]
-        names = [r["name"] for r in runs if r.get("subgroups")]
-        lines += ["| Attribute | Group | n | " + " | ".join(names) + " | ΔAUC (pp) |", "|---" * (len(names) + 4) + "|"]
-        first = next(r for r in runs if r.get("subgroups"))
-        for col, groups in first["subgroups"].items():
-            for g in groups:
-                cells, delta = [], "–"
-                for r in runs:
-                    if not r.get("subgroups"):
-                        continue
-                    mine = next((x for x in r["subgroups"].get(col, []) if x["group"] == g["group"]), None)
-                    cells.append(_p(mine and mine["auc_macro"]))
-                    if mine and mine.get("delta_auc") is not None:
-                        delta = f"{100 * mine['delta_auc']:+.2f}"
-                lines.append(f"| {col} | {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {delta} |")
-        for r in runs:
-            w = r.get("worst_subgroup")
-            if w:
-                lines.append(f"\n{r['name']}: largest AUC change in {w['attribute']}={w['group']} (n={w['n']}): "
-                             f"{100 * w['delta_auc']:+.2f} pp.")
-    if doc.get("plots"):
-        lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in doc["plots"].items()]
-    return lines

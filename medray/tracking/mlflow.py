@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from medray.config import TrackingConfig
+    from medray.tracking.config import TrackingConfig
 
 log = logging.getLogger("medray.tracking")
 ARTIFACTS = ("report.md", "report.html", "metrics.json", "config.yaml", "sweep.md", "sweep.json", "pareto.png")
@@ -104,8 +104,11 @@ def run_params(config: dict, doc: dict) -> dict[str, str]:
     }
     params.update({f"preprocess.{k}": v for k, v in (m.get("preprocessing") or {}).items()})
     params["dataset.samples_sha256"] = doc.get("dataset", {}).get("samples_sha256")
-    mach = machine()
-    params.update({f"version.{k}": mach[k] for k in ("python", "torch", "onnxruntime", "openvino", "ray") if k in mach})
+    from medray.backends import library_modules
+
+    modules = ["torch", "ray", *library_modules()]
+    mach = machine(modules=modules)
+    params.update({f"version.{k}": mach[k] for k in ("python", *dict.fromkeys(modules)) if k in mach})
     params["version.medray"] = _version()
     return {k: str(v)[:_MAX_PARAM] for k, v in params.items() if v is not None}
 

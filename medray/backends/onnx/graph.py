@@ -43,7 +43,7 @@ def onnx_artifact(spec: RunSpec, cache: ArtifactCache, opset: int = 17) -> dict:
 
     def build(path):
         from medray.models.export import export_onnx
-        from medray.models.sources import load_torch_model
+        from medray.models.loaders import load_torch_model
 
         export_onnx(load_torch_model(m), path, m.input_shape, opset=opset)
 

@@ -1,0 +1,105 @@
+"""The model axis' options (``model.*``): which model, where its weights are, what it returns.
+
+Source-specific rules come from the source's registry row (:mod:`medray.models.sources`).
+:class:`ModelRequest` is what a model source is resolved from: these options plus the
+other axes' keys a source may read (the preprocessing, the 3-D volume settings, the
+sliding-window ROI), gathered by the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medray.data.config import VolumeConfig
+from medray.data.preprocess.config import PreprocessConfig
+from medray.errors import fail as _fail
+from medray.models.sources import source
+
+
+@dataclass
+class TrainConfig:
+    """How the demo model is trained when its checkpoint is not cached."""
+
+    # Measured on 2 CPUs (medray/models/demo.py): 6 epochs of batch 32 at 96 px.
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The model evaluated: the cached demo, or yours from one of ``model.source``'s kinds
+    (medray.models.sources): a timm architecture + state dict, a Python callable, a
+    TorchScript / ``torch.export`` / ONNX file."""
+
+    name: str = "demo"
+    # timm | python | torchscript | exported | onnx (the model= group sets it).
+    source: str = "timm"
+    arch: str = "resnet10t"
+    # Path to a state dict / medray checkpoint; null with name=demo = train or reuse the demo.
+    checkpoint: str | None = None
+    # torchscript / exported / onnx: the model file.
+    path: str | None = None
+    # python: "<module>:<callable>" or "<file.py>:<callable>" returning an nn.Module, and its kwargs.
+    target: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # What the model returns: logits (softmax / sigmoid applied by task) or probs.
+    output: str = "logits"
+    # null = the dataset's class count.
+    num_classes: int | None = None
+    in_chans: int = 3
+    # The input size of the demo and of preprocess.size=null.
+    input_size: int = 96
+    trust_checkpoint: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Constructor arguments of non-timm architectures (arch=monai_unet: channels, strides,
+    # num_res_units); empty = from the checkpoint's meta (medray checkpoints carry them).
+    net: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        src = source(self.source)
+        if src.checkpoint_required and self.checkpoint is None and self.name != "demo":
+            _fail("model.checkpoint", None, f"model={self.name} needs model.checkpoint=<path to its state dict>")
+        if src.target and not self.target:
+            _fail("model.target", self.target, f"model={self.source} needs model.target=<module>:<callable> (or <file.py>:<callable>)")
+        if src.file:
+            if not self.path:
+                _fail("model.path", self.path, f"model={self.source} needs model.path=<the model file>")
+            p = Path(self.path).expanduser()
+            if not p.is_file():
+                _fail("model.path", self.path, f"file not found; give the path of the {self.source} model file")
+            self.path = str(p.resolve())
+            if self.checkpoint is not None:
+                _fail("model.checkpoint", self.checkpoint, f"model={self.source} carries its weights in model.path; remove model.checkpoint")
+        if self.checkpoint is not None:
+            p = Path(self.checkpoint).expanduser()
+            if not p.is_file():
+                _fail(
+                    "model.checkpoint",
+                    self.checkpoint,
+                    "file not found; give the path of the trained state dict (.pt/.pth/.safetensors)",
+                )
+            self.checkpoint = str(p.resolve())
+        if self.output not in ("logits", "probs"):
+            _fail("model.output", self.output, "use logits (softmax/sigmoid applied) or probs (the model's own)")
+        if self.in_chans not in (1, 3):
+            _fail("model.in_chans", self.in_chans, "use 1 (grey) or 3 (grey repeated to RGB)")
+        if self.input_size < 16:
+            _fail("model.input_size", self.input_size, "use the model's input size in pixels (>= 16)")
+        if self.num_classes is not None and self.num_classes < 1:
+            _fail("model.num_classes", self.num_classes, "use a positive class count or null (from the dataset)")
+
+
+@dataclass
+class ModelRequest:
+    """What :func:`medray.models.resolve.resolve_model` resolves a model from."""
+
+    model: ModelConfig
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    cache_dir: str = ""
+    # 3-D models: the volume preprocessing and the sliding window's ROI (null = the model's).
+    volume: VolumeConfig | None = None
+    roi_size: list[int] | None = None
