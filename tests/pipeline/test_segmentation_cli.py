@@ -13,9 +13,9 @@ from helpers import REPO
 pytestmark = pytest.mark.slow
 
 
-def evaluate(tmp_path, *args, timeout=420):
+def evaluate(tmp_path, *args, timeout=420, out="out"):
     return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "evaluate.py"), *args, f"output_dir={tmp_path}/out", f"cache_dir={tmp_path}/cache"],
+        [sys.executable, str(REPO / "jobs" / "evaluate.py"), *args, f"output_dir={tmp_path}/{out}", f"cache_dir={tmp_path}/cache"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -82,6 +82,7 @@ def test_a_corrupt_volume_exits_3_with_its_path(tmp_path, unet_checkpoint):
     assert f"medray: bad input: {bad}: cannot be read as a NIfTI volume" in p.stderr
     assert "set data.on_error=skip" in p.stderr and "Traceback" not in p.stderr
     bad.write_bytes(b"not a NIfTI file at all")
-    p = evaluate(tmp_path, *args, timeout=120)
+    # A new output_dir: the failed run above left a resumable run behind in "out".
+    p = evaluate(tmp_path, *args, timeout=120, out="out2")
     assert p.returncode == 3 and f"medray: bad input: {bad}: cannot be read as a NIfTI volume" in p.stderr
     assert "Started a local Ray instance" not in p.stderr
