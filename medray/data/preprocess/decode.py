@@ -51,6 +51,11 @@ def decode_image(src: str | bytes | BinaryIO, prep: dict, tta: str = "none") -> 
     return _pixels(_crop(_scale(im, prep), prep))
 
 
+def pixel_dtype(prep: dict) -> np.dtype:
+    """What :func:`decode_image` returns for ``prep``: float32 for ``resize=xrv``, else uint8."""
+    return np.dtype(np.float32 if prep["resize"] == "xrv" else np.uint8)
+
+
 def _pixels(im) -> np.ndarray:
     """A PIL image as uint8; ``resize=xrv``'s float32 array (0-255 units) as it is."""
     return im if isinstance(im, np.ndarray) else np.asarray(im, dtype=np.uint8)
