@@ -195,7 +195,7 @@ def build(hub: HubFolder, trust: bool = False):
         return _logits_class()(model.eval()).eval()
     import timm
 
-    from medray.models.factory import CheckpointError, read_checkpoint
+    from medray.models.factory import CheckpointError, load_weights
 
     if not timm.is_model(hub.arch):
         raise ConfigError(f"model.path={hub.path}: timm {timm.__version__} has no architecture {hub.arch!r}")
@@ -205,14 +205,10 @@ def build(hub: HubFolder, trust: bool = False):
                               pretrained_cfg_overlay=dict(cfg["pretrained_cfg"], num_classes=n),
                               **dict(cfg.get("model_args") or {}))
     try:
-        sd, _ = read_checkpoint(hub.weights, trust=trust)
-    except CheckpointError as e:
+        return load_weights(model, hub.weights, trust, "model.path", f"timm {hub.arch} with model_args "
+                            f"{cfg.get('model_args')} and num_classes={n}").eval()
+    except CheckpointError as e:  # pickled code refused, or weights of another model
         raise ConfigError(str(e).replace("model.checkpoint=", "model.path: ")) from None
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"{hub.weights}: does not fit timm {hub.arch} with model_args {cfg.get('model_args')}: "
-                          f"missing {missing[:4]}, unexpected {unexpected[:4]}")
-    return model.eval()
 
 
 def load_hf(m: ModelSpec):
