@@ -164,6 +164,45 @@ def test_a_transformers_folder_gives_the_pipelines_probabilities(hub, vit):
     assert np.abs(got - want).max() <= TOL and 0.05 < got.std()
 
 
+@pytest.mark.openvino
+def test_every_cpu_backend_runs_the_transformers_folder(hub, vit, tmp_path):
+    """The wrapped model exports to ONNX: ONNX Runtime and OpenVINO fp32 give the baseline's
+    probabilities, and their INT8 candidates (calibrated on train_val) build and run in int8
+    (how close they come is the report's business: this tiny random ViT quantizes badly)."""
+    from functools import partial
+
+    from medray.backends import config_class, get_backend
+    from medray.backends.artifacts import ArtifactCache
+    from medray.data.calibration import CalibrationSource, load_calibration
+    from medray.data.preprocess import to_model_input
+    from medray.metrics.scores import model_probabilities
+    from medray.specs import RunSpec
+    from medray.tasks.classification.read import decode_batch, model_prep
+
+    spec = resolve(vit, hub.table)
+    test, cal = hub.table.split("test"), hub.table.split("train_val")
+    context = {"calibration": CalibrationSource(cal, partial(load_calibration, prep=model_prep(spec), in_chans=3)),
+               "table": hub.table}
+    pixels = decode_batch({"sample_id": test["sample_id"].to_numpy(), "path": test["path"].to_numpy()}, model_prep(spec))
+    x = to_model_input(pixels["image"], 3, model_prep(spec))
+    probs, executed = {}, {}
+    for name, precision in (("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"),
+                            ("openvino", "int8")):
+        run = RunSpec(f"{name}-{precision}", "candidate", config_class(name)(), precision, "cpu", len(x), 1, spec,
+                      warmup_batches=0)
+        run.artifact = get_backend(name).prepare(run, ArtifactCache(tmp_path / "cache"), context)
+        with get_backend(name)(run) as b:
+            probs[run.name] = model_probabilities(b.infer(x), spec)
+            executed[run.name] = (b.effective_precision or {}).get("executed")
+    base = probs.pop("torch-fp32")
+    for k, p in probs.items():
+        assert p.shape == base.shape and np.isfinite(p).all() and 0 <= p.min() and p.max() <= 1, k
+        if k.endswith("fp32"):
+            assert np.abs(p - base).max() < 1e-4, (k, float(np.abs(p - base).max()))
+        else:
+            assert executed[k] == "int8", (k, executed[k])
+
+
 def _evaluate(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
