@@ -89,8 +89,9 @@ def make_nih(root: Path, n_test: int = 16, n_train_val: int = 8, seed: int = 0) 
     return root
 
 
-def baseline_probs(spec, samples):
-    """What the torch-fp32 baseline's actors compute: the read stage, then the task's predict."""
+def baseline_probs(spec, samples, batch: dict | None = None):
+    """What the torch-fp32 baseline's actors compute: the read stage (or its ``batch``), then
+    the task's predict."""
     from medray.backends import config_class, get_backend
     from medray.specs import RunSpec
     from medray.tasks.classification.read import decode_batch, model_prep
@@ -98,8 +99,9 @@ def baseline_probs(spec, samples):
 
     run = RunSpec("torch-fp32", "baseline", config_class("torch")(), "fp32", "cpu", len(samples), 1, spec,
                   warmup_batches=0)
-    batch = decode_batch({"sample_id": samples["sample_id"].to_numpy(), "path": samples["path"].to_numpy()},
-                         model_prep(spec))
+    if batch is None:
+        batch = decode_batch({"sample_id": samples["sample_id"].to_numpy(), "path": samples["path"].to_numpy()},
+                             model_prep(spec))
     with get_backend("torch")(run) as b:
         return ClassificationTask().predict(b, run, batch)["probs"]
 

@@ -42,33 +42,48 @@ def resolve(fx, path, **kw):
     return resolve_model(ModelRequest(model, PreprocessConfig(name="model"), str(fx.root / "cache")), fx.table)
 
 
-def xrv_reference(module_file: Path, paths, op_norm: bool) -> np.ndarray:
+def xrv_reference(module_file: Path, paths) -> dict[bool, np.ndarray]:
     """xrv's own model, built by xrv's constructor from the (pickled module) file as a
-    download would give it, on xrv's own preprocessing; probabilities of all 18 outputs."""
+    download would give it, on xrv's own preprocessing: the probabilities of its 18 outputs
+    with op_norm (True) and with apply_sigmoid instead (False)."""
     d = module_file.parent / "xrv_cache"
     d.mkdir(exist_ok=True)
     local = d / Path(xrv.models.model_urls[WEIGHTS]["weights_url"]).name
     if not local.exists():
         local.symlink_to(module_file)
     model = xrv.models.DenseNet(weights=WEIGHTS, cache_dir=str(d)).eval()
-    if not op_norm:
-        model.op_threshs, model.apply_sigmoid = None, True
     x = torch.from_numpy(np.stack([xrv_pixels(np.asarray(Image.open(p).convert("L"))) for p in paths]))
+    out = {}
     with torch.no_grad():
-        return model(x).double().numpy()
+        out[True] = model(x).double().numpy()
+        model.op_threshs, model.apply_sigmoid = None, True
+        out[False] = model(x).double().numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(fx):
+    """xrv's probabilities of the test images, and medray's read stage of them (decoded once)."""
+    from medray.tasks.classification.read import decode_batch
+
+    samples = fx.table.split("test")
+    spec = resolve(fx, fx.state)
+    batch = decode_batch({"sample_id": samples["sample_id"].to_numpy(), "path": samples["path"].to_numpy()},
+                         spec.preprocess)
+    return samples, batch, xrv_reference(fx.module, samples["path"])
 
 
 @pytest.mark.parametrize("file", ["state", "module"])
 @pytest.mark.parametrize("op_norm", [True, False])
-def test_probabilities_equal_xrvs_own_model_on_its_own_preprocessing(fx, file, op_norm):
+def test_probabilities_equal_xrvs_own_model_on_its_own_preprocessing(fx, reference, file, op_norm):
     spec = resolve(fx, getattr(fx, file), operating_points="xrv" if op_norm else None)
     assert spec.preprocess["resize"] == "xrv" and spec.input_shape == (1, 224, 224)
     assert (spec.op_threshs is not None) == op_norm and not spec.labels["not_scored"]
-    samples = fx.table.split("test")
-    got = baseline_probs(spec, samples)
-    ref = xrv_reference(fx.module, samples["path"], op_norm)
+    samples, batch, ref = reference
+    assert batch["image"].dtype == np.float32  # xrv resizes float pixels: never rounded to 8 bits
+    got = baseline_probs(spec, samples, batch)
     labels = xrv.models.model_urls[WEIGHTS]["labels"]
-    want = ref[:, [labels.index(c) for c in fx.table.classes]]  # xrv's 18 outputs in ChestX-ray14's order
+    want = ref[op_norm][:, [labels.index(c) for c in fx.table.classes]]  # xrv's 18 outputs in ChestX-ray14's order
     assert got.shape == want.shape == (16, 14)
     assert np.abs(got - want).max() <= TOL
     assert 0.05 < got.std()  # not saturated: op_norm's operating points are in the range
