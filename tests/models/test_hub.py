@@ -127,6 +127,40 @@ def test_a_mismatch_is_a_config_error_naming_both_lists(hub, tmp_path):
         ModelConfig(name="hf", source="hf", path=str(tmp_path / "nope"))
 
 
+class Payload:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_pickled_weights_are_never_unpickled_without_trust(hub, tmp_path):
+    """safetensors is preferred over a pytorch_model.bin beside it (timm's own local-dir
+    loader would take the .bin and unpickle it); a .bin alone is read as tensors only."""
+    import shutil
+
+    import torch
+    from timm.models import save_for_hf
+
+    from medray.models.hub import load_hf
+
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    ref_spec = resolve(hub.timm, hub.table)
+    with torch.no_grad():
+        want = load_hf(ref_spec)(x)
+    both = tmp_path / "both"
+    shutil.copytree(hub.timm, both)
+    torch.save({"w": Payload()}, both / "pytorch_model.bin")
+    with torch.no_grad():
+        assert torch.equal(load_hf(resolve(both, hub.table))(x), want)
+    bin_only = tmp_path / "bin"
+    save_for_hf(load_hf(ref_spec), str(bin_only), model_config={"label_names": TIMM_LABELS}, model_args=TIMM_ARGS)
+    assert not (bin_only / "model.safetensors").exists()
+    with torch.no_grad():
+        assert torch.equal(load_hf(resolve(bin_only, hub.table))(x), want)
+    torch.save({"w": Payload()}, bin_only / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="pytorch_model.bin: the file contains pickled Python objects.*model.trust_checkpoint=true"):
+        resolve(bin_only, hub.table)
+
+
 def test_the_registry_default_would_be_other_pixels(hub):
     """Why the checkpoint's own pretrained_cfg matters: timm's default for the architecture
     is 224 px, crop 0.875, bicubic, ImageNet statistics."""
