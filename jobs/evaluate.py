@@ -6,7 +6,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from medray.cli import main_wrapper, register_configs
+from medray.cli import continue_command, main_wrapper, register_configs
 from medray.config import EvalConfig
 
 register_configs()
@@ -16,7 +16,8 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from medray.pipeline.evaluate import run
 
-    main_wrapper(cfg, EvalConfig, run)
+    # Ctrl-C: the finished samples are in output_dir's resume parts; say how to go on.
+    main_wrapper(cfg, EvalConfig, run, on_interrupt=continue_command("jobs/evaluate.py", "resume=true"))
 
 
 if __name__ == "__main__":

@@ -22,5 +22,8 @@ def dice(x: float | None) -> str:
 
 
 def cell(text: object) -> str:
-    """A value that is safe inside a markdown table cell."""
-    return str(text).replace("|", "/").replace("\n", " ")
+    """A value (a sample id, a metadata group, a reason) shown as itself inside a markdown
+    table cell: a ``|`` cannot end the cell, a newline the row, and ``<...>`` is text, not
+    HTML."""
+    s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(s.splitlines())

@@ -65,6 +65,8 @@ class ModelSpec:
     kwargs: dict = field(default_factory=dict)
     # What the model returns: logits (softmax / sigmoid applied) or probs.
     output: str = "logits"
+    # model=onnx: the graph output holding the class scores (null = its only output).
+    output_name: str | None = None
     # Outputs of the model when not num_classes: 1 = a binary model's positive-class score.
     out_features: int | None = None
     # The class a one-output binary model scores (index into the dataset's classes).

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ def test_bad_config_fails_fast_without_starting_ray(args, expect, tmp_path):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU")
-    t0 = time.perf_counter()
     p = subprocess.run(
         [sys.executable, str(REPO / "jobs" / "evaluate.py"), *args, f"output_dir={tmp_path}/out"],
         capture_output=True,
@@ -37,7 +35,6 @@ def test_bad_config_fails_fast_without_starting_ray(args, expect, tmp_path):
     assert p.returncode != 0
     assert expect in p.stderr + p.stdout
     assert "ray.init" not in p.stderr and "Started a local Ray instance" not in p.stderr
-    assert time.perf_counter() - t0 < 60
 
 
 def test_train_job_refuses_a_user_checkpoint(tmp_path):
@@ -98,7 +95,12 @@ def test_default_run_console_is_quiet_and_the_log_has_everything(tmp_path, tiny_
     progress = [x for x in lines if "[medray.progress]" in x]
     steps = [x for x in lines if "[medray.progress]" not in x]
     assert len(steps) <= 25, "\n".join(steps)
-    assert len(progress) == 2 and "torch-fp32: 64/64 images (100%)" in progress[0]
+    # One final line per run; periodic lines before it come with the clock (a loaded machine
+    # prints more of them), so only their form is checked.
+    done = [x for x in progress if "(100%)" in x]
+    assert [x.split(" - ", 1)[1].split(":")[0] for x in done] == ["torch-fp32", "onnxruntime-fp32"], progress
+    assert "torch-fp32: 64/64 images (100%)" in done[0]
+    assert all("ETA" in x for x in progress if x not in done), progress
     assert not any("Starting execution of Dataset" in x or "Tasks:" in x or "pid=" in x for x in lines)
     log = (tmp_path / "o" / "evaluate.log").read_text()
     assert "Starting execution of Dataset" in log and "MapBatches(Predictor)" in log

@@ -80,3 +80,18 @@ def test_every_backend_has_a_yaml_and_a_config_class():
 def test_model_without_checkpoint_needs_demo():
     with pytest.raises(ConfigError, match="model.checkpoint=None: model=mine needs"):
         to_config(compose_eval("model.name=mine"))
+
+
+def test_the_readmes_model_kwargs_form_composes(tmp_path):
+    """README: ``model.kwargs='{hidden: 512}'`` failed with Hydra's "not in struct"."""
+    from hydra import compose, initialize_config_dir
+
+    target = tmp_path / "heads.py"
+    target.write_text("def build(hidden):\n    raise NotImplementedError\n")
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = to_config(compose(config_name="evaluate", overrides=["model=python", f"model.target={target}:build",
+                                                                   "model.kwargs={hidden: 512}"]))
+        assert cfg.model.kwargs == {"hidden": 512}
+        assert to_config(compose(config_name="evaluate", overrides=["model=python", f"model.target={target}:build"])
+                         ).model.kwargs == {}

@@ -112,3 +112,14 @@ def test_tracking_config_errors(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mlflow)
     with pytest.raises(ConfigError, match=r"tracking='mlflow': mlflow is not installed: pip install -e '.\[tracking\]'"):
         TrackingConfig(backend="mlflow")
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "mlruns", "./runs/mlflow"])
+def test_a_file_store_uri_is_refused_before_anything_runs(uri):
+    """MLflow 3 accepted it and refused it after the whole evaluation, with a traceback."""
+    from medray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"tracking.uri=.*MLflow 3 has no file store; use a database file, e\.g\. "
+                                          r"tracking.uri=sqlite:///.*mlflow.db"):
+        TrackingConfig(backend="mlflow", uri=uri)
+    assert TrackingConfig(backend="mlflow", uri="databricks").uri == "databricks"

@@ -86,6 +86,8 @@ class Backend(ABC):
         spec = self.spec
         t0 = time.perf_counter()
         self._check_checkpoint()
+        if spec.options.get("fail_load"):  # test hook: a session that cannot start on the node
+            raise RuntimeError(f"injected: {spec.options['fail_load']}")
         self._load()
         self.effective_precision = self._effective_precision()
         log.info("%s: loaded in %.2fs (threads=%d)", spec.name, time.perf_counter() - t0, spec.threads)

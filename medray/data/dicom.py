@@ -118,6 +118,11 @@ def read_dicom(src: str | Path | bytes | BinaryIO):
     return ds
 
 
+# PS3.3 C.7.6.3.1.2: the defined terms of Photometric Interpretation.
+DEFINED_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
+                                 "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
+
+
 def pixels(ds) -> np.ndarray:
     """Decoded stored values of a single-frame DICOM, or DecodeError (no tag values quoted)."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -125,7 +130,10 @@ def pixels(ds) -> np.ndarray:
         raise DecodeError(f"multi-frame DICOM ({frames} frames): a classification source needs one 2D image per file")
     pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if pi not in GREY + COLOUR:
-        raise DecodeError(f"photometric interpretation {pi or 'missing'} is not supported (grey or RGB/YBR only)")
+        # Named only when it is one of the standard's defined terms: any other text is a
+        # tag value, and no tag value reaches logs, errors or outputs.
+        what = pi if pi in DEFINED_PHOTOMETRIC else ("missing" if not pi else "a non-standard value")
+        raise DecodeError(f"photometric interpretation {what} is not supported (grey or RGB/YBR only)")
     try:
         with _quiet_pydicom():
             return ds.pixel_array

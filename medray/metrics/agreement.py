@@ -17,9 +17,10 @@ def agreement(base_probs, cand_probs, task: str, threshold: float = 0.5, positiv
 
     ``top1``: multiclass = fraction of samples with the same decision (argmax; binary:
     the ``positive`` class's probability ``>= threshold``); multilabel = fraction of
-    per-label decisions (``prob >= threshold``) that agree.
+    per-label decisions (``prob >= threshold``, one threshold or one per label) that agree.
     Also ``max_abs_prob_diff`` and ``mean_abs_prob_diff`` (over all entries) and
-    ``n`` (number of rows).
+    ``n`` (number of rows).  A row that is NaN/inf in either run disagrees, with a
+    difference of 1 in every entry (``n_nonfinite`` counts them): never left out.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -32,24 +33,25 @@ def agreement(base_probs, cand_probs, task: str, threshold: float = 0.5, positiv
         )
     if b.shape[0] == 0:
         raise ValueError(f"no samples to compare: shape {b.shape}")
-    for name, arr in (("baseline", b), ("candidate", c)):
-        if not np.isfinite(arr).all():
-            raise ValueError(
-                f"{name} probs (shape {arr.shape}) contain "
-                f"{int((~np.isfinite(arr)).sum())} NaN/infinite value(s)"
-            )
+    bad = ~(np.isfinite(b).all(axis=1) & np.isfinite(c).all(axis=1))
+    b, c = np.where(bad[:, None], 0.0, b), np.where(bad[:, None], 0.0, c)
     if task == "multiclass":
         from medray.metrics.classification import binary_decisions
 
         same = binary_decisions(b, threshold, positive) == binary_decisions(c, threshold, positive)
+        same[bad] = False
     else:
-        same = (b >= threshold) == (c >= threshold)
+        t = np.asarray(threshold, dtype=np.float64)
+        same = (b >= t) == (c >= t)
+        same[bad] = False
     diff = np.abs(b - c)
+    diff[bad] = 1.0
     return {
         "top1": float(same.mean()),
         "max_abs_prob_diff": float(diff.max()),
         "mean_abs_prob_diff": float(diff.mean()),
         "n": int(b.shape[0]),
+        "n_nonfinite": int(bad.sum()),
     }
 
 

@@ -25,6 +25,8 @@ TASKS = ("multiclass", "multilabel")
 # Probabilities outside [0, 1] by more than this mean logits were passed by mistake;
 # the slack tolerates float16 rounding of softmax/sigmoid outputs.
 _PROB_TOL = 1e-4
+# A threshold just above 1 decides "nothing is positive" (medray.metrics.clinical.choose_threshold).
+_MAX_THRESHOLD = float(np.nextafter(1.0, 2.0))
 
 
 def classification_metrics(
@@ -44,9 +46,12 @@ def classification_metrics(
     ``task="multilabel"``: ``y_true`` 0/1 (N, L), ``probs`` (N, L) sigmoid outputs,
     decision = ``probs >= threshold``.
 
-    F1 follows AUC and balanced accuracy: the macro mean is over the classes present in
-    ``y_true`` (multilabel: labels with a positive or a predicted positive); the others are
-    listed in ``f1_skipped`` and have no F1 in the per-class table.
+    Binary: ``auc_macro`` is the AUC of the positive class's probability (one score; the
+    other column's AUC is in ``auc_per_class``).  F1 macro is scikit-learn's
+    ``f1_score(average="macro")`` with its default labels: the classes present in ``y_true``
+    or predicted (a predicted class the test set lacks is a real error, scored 0); classes
+    in neither are listed in ``f1_skipped`` and have no F1 in the per-class table.
+    ``threshold`` may be one value per label for a multilabel task.
 
     Returns a dict of plain floats/lists/dicts; undefined values are ``None``.
     Raises ValueError on malformed inputs.
@@ -56,7 +61,7 @@ def classification_metrics(
         if p.shape[1] == 2 and positive not in (0, 1):
             raise ValueError(f"positive must be the index of a class (0 or 1), got {positive}")
         return _multiclass(y, p, names, float(threshold), int(positive))
-    return _multilabel(y, p, names, float(threshold))
+    return _multilabel(y, p, names, threshold)
 
 
 def binary_decisions(probs: np.ndarray, threshold: float = 0.5, positive: int = 1) -> np.ndarray:
@@ -155,7 +160,7 @@ def _validate(y_true, probs, task, classes, threshold):
                 f"threshold={threshold} is not supported for {k} classes (prediction is "
                 "argmax); it applies to binary and multilabel tasks"
             )
-        if not 0.0 <= threshold <= 1.0:
+        if not 0.0 <= threshold <= _MAX_THRESHOLD:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     else:
         if y.shape != p.shape:
@@ -169,8 +174,9 @@ def _validate(y_true, probs, task, classes, threshold):
                 f"multilabel y_true (shape {y.shape}) must be 0/1, found values "
                 f"{np.setdiff1d(np.unique(y), [0, 1])[:10].tolist()}"
             )
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        t = np.asarray(threshold, dtype=np.float64)
+        if t.ndim > 1 or (t.ndim == 1 and len(t) != p.shape[1]) or not np.all((t >= 0) & (t <= _MAX_THRESHOLD)):
+            raise ValueError(f"threshold must be in [0, 1], one value or one per label, got {threshold}")
     return y, p, names
 
 
@@ -227,21 +233,22 @@ def _multiclass(y: np.ndarray, p: np.ndarray, names: list[str], threshold: float
     pred = binary_decisions(p, threshold, positive)
     onehot = np.eye(k, dtype=np.int64)[y]
     auc_macro, auc_per, skipped = _auc_table(onehot, p, names)
-    present = np.bincount(y, minlength=k) > 0
+    if k == 2:  # one score: the positive class's (its column's AUC and the other's differ by rounding)
+        auc_macro = auc_per[names[positive]]
+    present = (np.bincount(y, minlength=k) > 0) | (np.bincount(pred, minlength=k) > 0)
     with warnings.catch_warnings():
         # sklearn warns when a predicted class is absent from y_true; that is expected
         # (recall is averaged over classes present in y_true by definition).
         warnings.simplefilter("ignore", UserWarning)
         bal = balanced_accuracy_score(y, pred)
+        f1 = f1_score(y, pred, average="macro", zero_division=0)
     out = {
         "accuracy": float(accuracy_score(y, pred)),
         "balanced_accuracy": float(bal),
         "auc_macro": auc_macro,
         "auc_per_class": auc_per,
         "auc_skipped": skipped,
-        "f1_macro": float(
-            f1_score(y, pred, labels=np.flatnonzero(present).tolist(), average="macro", zero_division=0)
-        ),
+        "f1_macro": float(f1),
         "f1_skipped": [n for n, ok in zip(names, present) if not ok],
         "per_class": _per_class(y, pred, names, auc_per, present, labels=list(range(k))),
     }
@@ -259,10 +266,9 @@ def _multiclass(y: np.ndarray, p: np.ndarray, names: list[str], threshold: float
     return out
 
 
-def _multilabel(
-    y: np.ndarray, p: np.ndarray, names: list[str], threshold: float
-) -> dict:
-    dec = (p >= threshold).astype(np.int64)
+def _multilabel(y: np.ndarray, p: np.ndarray, names: list[str], threshold) -> dict:
+    t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (p.shape[1],))
+    dec = (p >= t[None, :]).astype(np.int64)
     auc_macro, auc_per, skipped = _auc_table(y, p, names)
     # Per label, sklearn's balanced accuracy with both outcomes present is exactly
     # (sensitivity + specificity) / 2; labels with one outcome have no such mean.
@@ -286,5 +292,5 @@ def _multilabel(
         "f1_macro": _f(f1),
         "f1_skipped": [n for n, ok in zip(names, scored) if not ok],
         "per_class": per_class,
-        "threshold": threshold,
+        "threshold": float(t[0]) if np.all(t == t[0]) else [float(v) for v in t],
     }

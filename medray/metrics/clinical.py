@@ -27,10 +27,12 @@ DEFAULT_BINS = 15
 
 
 def _bin_edges(conf: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+    """sklearn.calibration.calibration_curve's edges, computed the same way (the same
+    percentile grid: ``linspace(0, 1) * 100``, not ``linspace(0, 100)``, which rounds apart)."""
     if strategy == "uniform":
         return np.linspace(0.0, 1.0, n_bins + 1)
-    if strategy == "quantile":  # as sklearn.calibration.calibration_curve(strategy="quantile")
-        return np.percentile(conf, np.linspace(0, 100, n_bins + 1))
+    if strategy == "quantile":
+        return np.percentile(conf, np.linspace(0, 1, n_bins + 1) * 100)
     raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
 
 
@@ -47,8 +49,9 @@ def reliability(y, conf, n_bins: int = DEFAULT_BINS, strategy: str = "uniform") 
     if y.shape != c.shape or y.size == 0:
         raise ValueError(f"y and conf must be equal, non-empty shapes; got {y.shape} and {c.shape}")
     edges = _bin_edges(c, n_bins, strategy)
-    # sklearn's assignment: searchsorted on the inner edges, right side.
-    idx = np.searchsorted(edges[1:-1], c, side="right")
+    # sklearn's assignment: searchsorted on the inner edges (left side: a value on an edge
+    # goes to the lower bin).
+    idx = np.searchsorted(edges[1:-1], c)
     count = np.bincount(idx, minlength=len(edges) - 1)
     s_conf = np.bincount(idx, weights=c, minlength=len(edges) - 1)
     s_true = np.bincount(idx, weights=y, minlength=len(edges) - 1)
@@ -82,16 +85,19 @@ def calibration(y, probs, task: str, positive: int = 1, n_bins: int = DEFAULT_BI
     if task == "multilabel":
         yy, conf = y.astype(np.float64), p
         out["scope"] = "every (sample, label) probability, pooled"
+        out["brier_definition"] = "mean over every (sample, label) of (p − y)²"
         out["brier"] = float(np.mean((p - yy) ** 2))
         out["brier_per_label"] = [float(brier_score_loss(yy[:, j], p[:, j])) for j in range(p.shape[1])]
     elif p.shape[1] == 2:
         yy, conf = (y == positive).astype(np.float64), p[:, positive]
         out["scope"] = "probability of the positive class"
+        out["brier_definition"] = "mean over samples of (p(positive) − y)² (scikit-learn's brier_score_loss)"
         out["brier"] = float(brier_score_loss(yy, conf))
     else:
         pred = p.argmax(axis=1)
         yy, conf = (pred == y).astype(np.float64), p.max(axis=1)
         out["scope"] = "top-label confidence"
+        out["brier_definition"] = "mean over samples of Σ_k (p_k − onehot_k)² (0 to 2)"
         out["brier"] = float(np.mean(np.sum((p - np.eye(p.shape[1])[y.astype(int)]) ** 2, axis=1)))
     out["equal_width"] = reliability(yy, conf, n_bins, "uniform")
     out["equal_mass"] = reliability(yy, conf, n_bins, "quantile")
@@ -166,11 +172,15 @@ def flips(ids, base_scores: np.ndarray, cand_scores: np.ndarray, thresholds: lis
 
 # --------------------------------------------------------------------------- subgroups
 
-AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
+# Ages above the oldest recorded human lifespans are entry errors (NIH ChestX-ray14 lists
+# ages 148-155): "unknown", not "80+".
+MAX_AGE = 120
+AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, MAX_AGE + 1, "80+"))
 
 
 def age_band(age) -> str:
-    """NIH-style ages ("058Y", "58") → a band; unknown or implausible → "unknown"."""
+    """NIH-style ages ("058Y", "58") → a band; unknown or implausible (negative, over
+    :data:`MAX_AGE`) → "unknown"."""
     s = str(age).strip().upper().rstrip("Y")
     try:
         a = float(s)
@@ -186,7 +196,9 @@ def subgroup_table(values, y, probs, task: str, min_n: int = 1) -> list[dict]:
     """Per value of a metadata column: n, positives (per class present), macro AUC.
 
     AUC follows :func:`medray.metrics.statistics.auc_macro` (classes/labels with both
-    outcomes present in the group); a group where none has both is ``None``.
+    outcomes present in the group); a group where none has both is ``None``.  A group with
+    fewer than ``min_n`` samples is listed with its ``n``, ``small: True`` and no AUC (too
+    few samples for one): reported, never dropped.
     """
     from medray.metrics.statistics import auc_macro
 
@@ -197,6 +209,7 @@ def subgroup_table(values, y, probs, task: str, min_n: int = 1) -> list[dict]:
     for g in sorted(set(values.tolist())):
         m = values == g
         if m.sum() < min_n:
+            rows.append({"group": g, "n": int(m.sum()), "auc_macro": None, "small": True})
             continue
         auc = auc_macro(y[m], p[m], task)
         rows.append({"group": g, "n": int(m.sum()), "auc_macro": None if math.isnan(auc) else float(auc)})

@@ -1,5 +1,11 @@
-"""A model's outputs as scores: probabilities from logits, stacked per-sample rows, and
-which rows are finite (a NaN/inf output is a wrong answer, never a missing one)."""
+"""A model's outputs as scores: probabilities from logits, stacked per-sample rows, which
+rows are finite, and the rule for the others.
+
+A NaN/inf output (fp16 overflow, a broken conversion) is the worst possible answer, never a
+missing one: :func:`worst_case` puts all the probability on a wrong outcome, so every
+metric of the run counts the sample against it (accuracy, AUC — the sample ranks last —,
+F1, calibration, subgroups) and baseline and candidate stay compared on the same samples.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ def op_norm(p: np.ndarray, thresholds) -> np.ndarray:
     lo, hi = ok & (p < t), ok & ~(p < t)
     out[lo] = p[lo] / (2 * t[lo])
     out[hi] = 1.0 - (1.0 - p[hi]) / (2 * (1 - t[hi]))
+    out[np.isnan(p)] = np.nan  # a NaN output stays a wrong answer (worst_case), never 0.5
     return out
 
 
@@ -87,9 +94,28 @@ def finite_rows(probs: np.ndarray) -> np.ndarray:
     return np.isfinite(probs).all(axis=1)
 
 
+def worst_case(probs: np.ndarray, y: np.ndarray, task: str, positive: int = 1) -> np.ndarray:
+    """``probs`` with every non-finite row replaced by the most wrong probabilities:
+    multilabel ``1 - y`` (each label decided wrongly, with certainty); binary all the mass
+    on the class that is not the truth; more classes all the mass on the class after the
+    truth (``(y + 1) % K``): wrong at any threshold and ranked last by every AUC."""
+    p = np.asarray(probs, dtype=np.float64).copy()
+    bad = ~finite_rows(p)
+    if not bad.any():
+        return p
+    y = np.asarray(y)
+    if task == "multilabel":
+        p[bad] = 1.0 - y[bad].astype(np.float64)
+        return p
+    k = p.shape[1]
+    wrong = (1 - y[bad]) if k == 2 else (y[bad].astype(np.int64) + 1) % k
+    p[bad] = np.eye(k)[wrong]
+    return p
+
+
 def nonfinite_entry(df: pd.DataFrame, ok: np.ndarray) -> dict | None:
-    """The samples whose outputs were NaN/inf, by id: evaluated, not scored."""
+    """The samples whose outputs were NaN/inf, by id: scored as wrong (:func:`worst_case`)."""
     if ok.all():
         return None
     ids = df["sample_id"].astype(str).to_numpy()[~ok]
-    return {"n": int(ids.size), "sample_ids": ids[:50].tolist()}
+    return {"n": int(ids.size), "sample_ids": ids[:50].tolist(), "scored_as": "wrong, with certainty"}

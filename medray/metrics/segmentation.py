@@ -72,7 +72,12 @@ def surface_distances(pred: np.ndarray, target: np.ndarray, num_classes: int, sp
 
 def surface_summary(hd: np.ndarray, nsd: np.ndarray, classes: list[str]) -> dict:
     """Per class: mean HD95 over the cases where it is finite (and how many were missed:
-    a class in the labels the model did not predict), mean surface Dice."""
+    a class in the labels the model did not predict), mean surface Dice.
+
+    Surface Dice is MONAI's ``compute_surface_dice``: the fraction of boundary *voxels*
+    within the tolerance (not Nikolov et al.'s area-weighted surface elements; ``definition``
+    says so in metrics.json and the report).  ``surface_dice_mean`` averages like
+    ``dice_mean``: each case's mean over its classes, then the mean over cases."""
     hd = np.asarray(hd, dtype=np.float64).reshape(-1, len(classes))
     nsd = np.asarray(nsd, dtype=np.float64).reshape(-1, len(classes))
     out: dict = {"hd95_per_class": {}, "hd95_missed": {}, "surface_dice_per_class": {}}
@@ -83,8 +88,11 @@ def surface_summary(hd: np.ndarray, nsd: np.ndarray, classes: list[str]) -> dict
         out["hd95_missed"][c] = int(np.isinf(h).sum())
         ok = ~np.isnan(s)
         out["surface_dice_per_class"][c] = float(s[ok].mean()) if ok.any() else None
-    vals = [v for v in out["surface_dice_per_class"].values() if v is not None]
-    out["surface_dice_mean"] = float(np.mean(vals)) if vals else None
+    case_means = _nanmean_rows(nsd)
+    case_means = case_means[~np.isnan(case_means)]
+    out["surface_dice_mean"] = float(case_means.mean()) if case_means.size else None
+    out["surface_dice_definition"] = ("MONAI compute_surface_dice: share of boundary voxels within the tolerance "
+                                      "(voxel counts, not area-weighted); mean over cases of each case's class mean")
     return out
 
 

@@ -45,9 +45,14 @@ class ModelConfig:
     path: str | None = None
     # python: "<module>:<callable>" or "<file.py>:<callable>" returning an nn.Module, and its kwargs.
     target: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    # Typed Any, default null: Hydra then takes `model.kwargs='{hidden: 512}'` as a new
+    # value (a dict-typed field would merge into {} and refuse the new keys as "not in struct").
+    kwargs: Any = None
     # What the model returns: logits (softmax / sigmoid applied by task) or probs.
     output: str = "logits"
+    # model=onnx with several graph outputs: the one that holds the class scores (the others
+    # are dropped from the graph every backend runs).  null = the graph's only output.
+    output_name: str | None = None
     # null = the dataset's class count.
     num_classes: int | None = None
     in_chans: int = 3
@@ -70,6 +75,11 @@ class ModelConfig:
     operating_points: str | None = None
 
     def __post_init__(self) -> None:
+        if self.kwargs is None:
+            self.kwargs = {}
+        if not isinstance(self.kwargs, dict):
+            _fail("model.kwargs", self.kwargs, "give the callable's keyword arguments as a mapping, e.g. "
+                  "model.kwargs='{hidden: 512}'")
         src = source(self.source)
         if src.checkpoint_required and self.checkpoint is None and self.name != "demo":
             _fail("model.checkpoint", None, f"model={self.name} needs model.checkpoint=<path to its state dict>")

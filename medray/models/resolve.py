@@ -155,8 +155,9 @@ def resolve_classifier(cfg: ModelRequest, table: SampleTable, stated: Stated | N
     spec = ModelSpec(arch=stated.arch or (m.arch if timm else m.source), num_classes=n_classes, in_chans=in_chans,
                      input_size=prep["size"][0], checkpoint=None, trust_checkpoint=m.trust_checkpoint, task=table.task,
                      source=m.source, path=path, path_sha256=stated.path_sha256 or (file_sha256(path) if path else None),
-                     target=m.target, kwargs=dict(m.kwargs or {}), output=m.output, preprocess=prep,
-                     positive_index=table.positive_index(), activation=stated.activation, op_threshs=stated.op_threshs)
+                     target=m.target, kwargs=dict(m.kwargs or {}), output=m.output, output_name=m.output_name,
+                     preprocess=prep, positive_index=table.positive_index(), activation=stated.activation,
+                     op_threshs=stated.op_threshs)
     names, where = m.classes or stated.labels, "model.classes" if m.classes else stated.where
     if timm:
         spec.checkpoint, spec.out_features, meta_classes = _timm_checkpoint(cfg, table, demo, prep, named=bool(names))
@@ -230,9 +231,10 @@ def probe_outputs(spec: ModelSpec) -> int:
             raise ConfigError(f"model.path={spec.path}: the ONNX model takes input {tuple(want)}, but {hint}")
         import onnxruntime as ort
 
+        spec.output_name = onnx_output_name(spec.path, spec.output_name)
         try:
             sess = ort.InferenceSession(spec.path, providers=["CPUExecutionProvider"])
-            out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+            out = sess.run([spec.output_name], {sess.get_inputs()[0].name: x})[0]
         except Exception as e:
             raise ConfigError(f"model.path={spec.path}: ONNX Runtime cannot run it on {shape}: {str(e)[:300]}") from None
     else:
@@ -254,6 +256,23 @@ def probe_outputs(spec: ModelSpec) -> int:
     if out.ndim != 2 or out.shape[0] != 2:
         raise ConfigError(f"model: output of shape {tuple(out.shape)} for a batch of 2; expected (batch, classes)")
     return int(out.shape[1])
+
+
+def onnx_output_name(path: str, wanted: str | None) -> str:
+    """The graph output that holds the class scores: ``model.output_name``, or the graph's
+    only output; several outputs and no name is a config error listing them (running
+    output 0 of a detector-plus-classifier graph would score the wrong tensor)."""
+    import onnx
+
+    outputs = [o.name for o in onnx.load(path, load_external_data=False).graph.output]
+    if wanted is None and len(outputs) == 1:
+        return outputs[0]
+    if wanted is None:
+        raise ConfigError(f"model.path={path}: the ONNX model has {len(outputs)} outputs {outputs}; say which one holds "
+                          "the class scores with model.output_name=<name>")
+    if wanted not in outputs:
+        raise ConfigError(f"model.output_name={wanted!r}: not an output of {path}; its outputs are {outputs}")
+    return wanted
 
 
 def onnx_input_shape(path: str) -> list:

@@ -34,7 +34,28 @@ def start_ray(cfg: EvalConfig) -> bool:
     from medray import console
 
     console.route_worker_logs()  # the workers' output to evaluate.log, not the console
+    if cfg.ray.address is None:
+        start_watchdog()
     return True
+
+
+def start_watchdog() -> None:
+    """Stop the embedded Ray's processes if this driver dies without shutting it down
+    (:mod:`medray.pipeline.watchdog`); a detached process of its own."""
+    import subprocess
+    import sys
+
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:
+        return
+    pids = [str(info.process.pid) for infos in node.all_processes.values() for info in infos if info.process]
+    if not pids:
+        return
+    subprocess.Popen([sys.executable, "-m", "medray.pipeline.watchdog", str(os.getpid()), *pids],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def local_gpu_count() -> int:

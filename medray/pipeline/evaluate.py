@@ -26,11 +26,6 @@ log = logging.getLogger("medray.evaluate")
 
 def run(cfg: EvalConfig) -> dict:
     """Evaluate ``cfg`` end to end; returns the metrics document (also written to disk)."""
-    import ray
-
-    from medray.report.document import build_metrics
-    from medray.report.writers import write_outputs
-
     # output_dir: a local path, or a URI on shared storage (s3://, gs://, file://) — on a
     # cluster the job's working directory is a temporary folder on the head node.
     out = medray_io.normalize(cfg.output_dir)
@@ -38,6 +33,23 @@ def run(cfg: EvalConfig) -> dict:
     log.info("medray %s from %s; outputs to %s", _version(), Path(__file__).resolve().parents[1], out)
     t0 = time.perf_counter()
     preflight(cfg)
+    # Resume parts are local files: beside the outputs, or on the driver's disk when the
+    # outputs go to a remote URI (resume then works from the same head node).  The folder
+    # is claimed before anything is built: one run at a time, never over another's outputs.
+    state = ResumeState.claim(_resume_dir(cfg, out), cfg, out)
+    try:
+        return _run(cfg, out, state, t0)
+    finally:
+        state.release()
+
+
+def _run(cfg: EvalConfig, out: str, state: ResumeState, t0: float) -> dict:
+    """Prepare (no Ray) → execute (Ray) → metrics document → outputs, in a claimed folder."""
+    import ray
+
+    from medray.report.document import build_metrics
+    from medray.report.writers import write_outputs
+
     started = False
     try:
         if cfg.device == "cuda" and (cfg.ray.address is not None or ray.is_initialized()):
@@ -46,9 +58,7 @@ def run(cfg: EvalConfig) -> dict:
                 wait_for_gpus(cfg.ray.min_gpus, cfg.ray.scale_timeout_s)
             require_cluster_gpu(cfg)  # before building any artifact
         prepared = prepare(cfg)
-        # Resume parts are local files: beside the outputs, or on the driver's disk when
-        # the outputs go to a remote URI (resume then works from the same head node).
-        state = ResumeState.open(_resume_dir(cfg, out), cfg, prepared.samples, prepared.specs)  # refuses a different config
+        state.check(cfg, prepared.samples, prepared.specs)  # resume=true: refuses a different config
         val = prepared.task.validation_samples(cfg, prepared.table, prepared.samples)
         started = start_ray(cfg) or started
         if cfg.ray.address is not None and cfg.ray.check_nodes:

@@ -104,6 +104,14 @@ def explain_failure(run: str, e: BaseException, max_retries: int) -> BaseExcepti
     except Exception:  # pragma: no cover - ray is always there when a pipeline ran
         died = False
     lines = [(cls, msg) for cls, msg in _ERROR_LINE.findall(str(chain[0])) if not cls.startswith("ray.")]
+    started = next((c for c in chain if "error raised in its creation task" in str(c)), None)
+    if started is not None:  # the actor's constructor raised (the session could not start): that error, as is
+        cause = [(cls, msg) for cls, msg in _ERROR_LINE.findall(str(started)) if not cls.startswith("ray.")]
+        if cause:
+            cls, msg = cause[-1]
+            if cls.rsplit(".", 1)[-1] == "BackendError":
+                return BackendError(msg)
+            return WorkerFault(f"{run}: the Predictor could not start its {run} session: {cls.rsplit('.', 1)[-1]}: {msg}")
     if died:
         last = str(chain[-1]).strip().splitlines()
         return WorkerFault(

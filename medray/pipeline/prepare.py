@@ -54,6 +54,37 @@ def build_specs(cfg: EvalConfig, model: ModelSpec, batch_size: int | None = None
     ]
 
 
+# One backend call's inputs may take at most this share of the machine's memory: a batch
+# size typed with a few zeros too many (1e9) allocated a 101 TiB warm-up batch in the actor.
+MAX_BATCH_MEMORY_SHARE = 0.5
+
+
+def check_node(cfg: EvalConfig, specs: list[RunSpec]) -> None:
+    """Before Ray starts: each run's backend runs its precision on this machine's device
+    (the embedded Ray's actors run here; a cluster's nodes are checked by
+    :mod:`medray.doctor.cluster`), and one backend call's inputs fit in memory."""
+    import math
+
+    from medray.doctor.checks import capability
+    from medray.errors import ConfigError
+    from medray.machine import machine
+
+    if cfg.ray.address is None:
+        for s in specs:
+            r = capability(s.backend.name, s.precision, s.device)
+            if r.status != "ok":
+                key = "baseline" if s.role == "baseline" else "precision"
+                raise ConfigError(f"{key}={s.name}: this machine cannot run backend={s.backend.name} precision="
+                                  f"{s.precision} on device={s.device} ({r.status}): {r.reason}" + (f"; {r.fix}" if r.fix else ""))
+    memory = (machine(versions=False)["memory_gib"] or 0) * 2**30
+    for s in specs:
+        need = s.batch_size * math.prod(s.model.input_shape) * 4
+        if memory and need > MAX_BATCH_MEMORY_SHARE * memory:
+            key = "batch_size" if s.model.spatial is None else "sliding_window.sw_batch_size"
+            raise ConfigError(f"{key}={s.batch_size}: one backend call's inputs would take {need / 2**30:.1f} GiB, more "
+                              f"than half of this machine's {memory / 2**30:.1f} GiB; use a smaller {key}")
+
+
 def prepare(cfg: EvalConfig) -> Prepared:
     """Dataset, evaluated samples, and run specs with their artifacts built (no Ray)."""
     table = load_table(cfg.data, cfg.data_root)
@@ -70,6 +101,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
     table = table.without(list((model.labels or {}).get("not_scored") or []))
     log.info("%s (split %s)", task.describe(table, samples, model), cfg.data.split)
     specs = build_specs(cfg, model, task.backend_batch(cfg))
+    check_node(cfg, specs)
     cache = ArtifactCache(cfg.cache_dir)
     # quantization: options of INT8 builds that are not a backend's own (NNCF max_drop).
     context: dict[str, Any] = {"table": table, "evaluated": samples, "quantization": cfg.quantization}

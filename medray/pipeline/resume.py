@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,10 @@ STATE_FILE = "resume.json"
 # Keys that say where/how verbosely to run or how the predictions are summarised, not
 # what is predicted.
 NOT_HASHED = ("resume", "output_dir", "log_level", "ray", "report", "threshold", "tracking")
-# Test hook: the driver exits (as if killed) right after writing this many parts.
+# Test hooks: the driver exits (as if killed) / is interrupted (as by Ctrl-C) right after
+# writing this many parts.
 EXIT_AFTER_PARTS_ENV = "MEDRAY_TEST_EXIT_AFTER_PARTS"
+INTERRUPT_AFTER_PARTS_ENV = "MEDRAY_TEST_INTERRUPT_AFTER_PARTS"
 _parts_written = 0  # per driver process, for the test hook
 
 
@@ -68,17 +69,50 @@ def fingerprint(cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) ->
     return {"sha256": hashlib.sha256(blob).hexdigest(), **doc}
 
 
+LOCK_FILE = ".medray.lock"
+# What a finished or interrupted run leaves in its output_dir (evaluate.log is not: the
+# starting job writes it before medray runs).
+RUN_FILES = (STATE_FILE, "metrics.json", "report.md", "predictions")
+
+
 class ResumeState:
-    """The parts of every run of one ``output_dir`` (see the module docstring)."""
+    """The parts of every run of one ``output_dir`` (see the module docstring), and the
+    claim of that folder: one run at a time (a lock held for the run), never a new run over
+    another one's outputs."""
 
     def __init__(self, out: str | Path):
         self.out = Path(out)
+        self._lock = None
+        self._outputs: str | None = None
 
     @classmethod
-    def open(cls, out: str | Path, cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> ResumeState:
-        """Check ``resume`` against ``out``; a fresh run clears old parts. No Ray needed."""
+    def claim(cls, out: str | Path, cfg: EvalConfig, outputs: str | None = None) -> ResumeState:
+        """Claim ``out`` (the parts' folder; ``outputs``: where the reports go, when it is a
+        URI elsewhere) before anything is built: a lock held for the run, and a fresh run
+        refuses a folder that holds another run's outputs (they would be mixed or
+        destroyed) — a new output_dir, or ``resume=true`` of the same config."""
         self = cls(out)
         self.out.mkdir(parents=True, exist_ok=True)
+        self._claim(cfg.output_dir)
+        self._outputs = outputs
+        found = self._previous_run(outputs)
+        if found and not cfg.resume:
+            self.release()
+            raise ConfigError(
+                f"output_dir={cfg.output_dir}: already holds a run ({', '.join(found)}); use a new output_dir, "
+                "or resume=true to continue that run with the same config"
+            )
+        return self
+
+    @classmethod
+    def open(cls, out: str | Path, cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec],
+             outputs: str | None = None) -> ResumeState:
+        """:meth:`claim` then :meth:`check` (no Ray needed)."""
+        return cls.claim(out, cfg, outputs).check(cfg, samples, specs)
+
+    def check(self, cfg: EvalConfig, samples: pd.DataFrame, specs: list[RunSpec]) -> ResumeState:
+        """``resume=true``: the folder holds a run of this very config and samples (else a
+        ConfigError, nothing overwritten); records this run's fingerprint."""
         fp = fingerprint(cfg, samples, specs)
         state = self.out / STATE_FILE
         if cfg.resume and state.is_file():
@@ -95,17 +129,51 @@ class ResumeState:
                 )
             done = {s.name: len(self.done_ids(s.name)) for s in specs}
             log.info("resuming in %s: samples already done per run %s", self.out, done)
-        else:
-            if cfg.resume:
-                log.warning("resume=true but %s has no %s: nothing to resume, starting from scratch", self.out, STATE_FILE)
-            stale = sorted((self.out / "predictions").glob("*.parts")) if (self.out / "predictions").is_dir() else []
-            for d in stale:
-                log.warning("removing %s of a previous run (use resume=true to continue it instead)", d)
-                shutil.rmtree(d)
+        elif cfg.resume:
+            found = self._previous_run(self._outputs)
+            if found:
+                raise ConfigError(f"resume=true: output_dir={cfg.output_dir} holds outputs ({', '.join(found)}) but no "
+                                  f"{STATE_FILE} to resume from; use a new output_dir")
+            log.warning("resume=true but %s has no %s: nothing to resume, starting from scratch", self.out, STATE_FILE)
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps(fp, indent=2, sort_keys=True, default=str))
         tmp.replace(state)
         return self
+
+    def _claim(self, name: str) -> None:
+        """Hold an exclusive lock on the folder for this process's lifetime (released when it
+        exits, however it exits): a second job into the same output_dir stops here."""
+        import fcntl
+
+        fh = open(self.out / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise ConfigError(f"output_dir={name}: another medray run is writing there (pid {holder}); wait for it "
+                              "to end, or use another output_dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def _previous_run(self, outputs: str | None) -> list[str]:
+        """The files of another run in the parts' folder or, for a URI, the outputs' one."""
+        from medray import io as medray_io
+
+        found = [f for f in RUN_FILES if (self.out / f).exists()]
+        if outputs and not medray_io.is_local(outputs):
+            found += [f for f in RUN_FILES if f not in found and medray_io.exists(medray_io.join(outputs, f))]
+        return found
+
+    def release(self) -> None:
+        """Give up the claim (the process's exit does it too)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- parts ------------------------------------------------------------------------
     def parts_dir(self, run: str) -> Path:
@@ -144,6 +212,8 @@ class PartsWriter:
         self.rows = 0
         exit_after = os.environ.get(EXIT_AFTER_PARTS_ENV)
         self.exit_after = int(exit_after) if exit_after else None
+        interrupt_after = os.environ.get(INTERRUPT_AFTER_PARTS_ENV)
+        self.interrupt_after = int(interrupt_after) if interrupt_after else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> None:
         global _parts_written
@@ -158,6 +228,8 @@ class PartsWriter:
             log.warning("%s=%d: the driver exits now, as if killed", EXIT_AFTER_PARTS_ENV, self.exit_after)
             logging.shutdown()
             os._exit(75)
+        if self.interrupt_after is not None and _parts_written >= self.interrupt_after:
+            raise KeyboardInterrupt
 
 
 def _differences(old: dict, new: dict) -> str:

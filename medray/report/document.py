@@ -100,6 +100,7 @@ def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, res
         from medray.tasks import task_of
 
         task = task_of(table.task)
+    task.begin_document(cfg, table, samples, results, validation)
     runs = [run_entry(r, table, samples, task) for r in results]
     for r, entry in zip(results, runs):
         # Each selected sample is either evaluated or listed as skipped: never lost.
@@ -177,7 +178,7 @@ def warnings_of(runs: list[dict]) -> list[str]:
         bad = r.get("nonfinite")
         if bad:
             out.append(
-                f"{r['name']}: {bad['n']} sample(s) got NaN/infinite outputs and are not in its metrics "
+                f"{r['name']}: {bad['n']} sample(s) got NaN/infinite outputs, scored as wrong answers with certainty "
                 f"(e.g. {', '.join(bad['sample_ids'][:5])}); see metrics.json runs[].nonfinite"
             )
         sp = r.get("speedup") or {}

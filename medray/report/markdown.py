@@ -107,7 +107,7 @@ def skipped_section(doc: dict, limit: int = 200) -> list[str]:
         "| Sample | Reason |",
         "|---|---|",
     ]
-    lines += [f"| {s['sample_id']} | {cell(s['reason'])} |" for s in sk[:limit]]
+    lines += [f"| {cell(s['sample_id'])} | {cell(s['reason'])} |" for s in sk[:limit]]
     if len(sk) > limit:
         lines.append(f"\n… and {len(sk) - limit} more: the full list is in metrics.json (`skipped`).")
     return lines

@@ -166,6 +166,12 @@ class Task(ABC):
         """Outputs of ``n`` rows that could not be read: the columns of :meth:`predict`, blank."""
 
     # -- driver, after ----------------------------------------------------------------
+    def begin_document(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult],
+                       validation: RunResult | None = None) -> None:
+        """Before any run's metrics: decisions every run shares (e.g. the operating
+        threshold, chosen on ``validation``); nothing by default."""
+        return None
+
     @abstractmethod
     def run_metrics(self, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
         """Keys of the run's ``runs[]`` entry that depend on the task (``metrics`` at least)."""

@@ -33,8 +33,20 @@ class TrackingConfig:
                 _fail("tracking", "mlflow", "mlflow is not installed: pip install -e '.[tracking]' (or pip install mlflow)")
         if not self.experiment:
             _fail("tracking.experiment", self.experiment, "name the MLflow experiment, e.g. tracking.experiment=medray")
+        if self.uri is not None and (self.uri.startswith("file:") or _is_path(self.uri)):
+            # MLflow 3 accepts the URI, then refuses its file store when the first run is
+            # logged — after the whole evaluation.  Said here, before anything runs.
+            where = self.uri.removeprefix("file://").removeprefix("file:") or "mlruns"
+            _fail("tracking.uri", self.uri, "MLflow 3 has no file store; use a database file, e.g. "
+                  f"tracking.uri=sqlite:///{Path(where).expanduser().resolve() / 'mlflow.db'}, or a tracking server (http://...)")
 
     def resolved_uri(self) -> str:
         if self.uri:
             return self.uri
         return f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+
+
+def _is_path(uri: str) -> bool:
+    """A plain folder (MLflow would take it for its file store), not a URI such as
+    ``sqlite:///...``, ``http://...`` or ``databricks``."""
+    return ":" not in uri and (uri.startswith(("/", ".", "~")) or "/" in uri or uri == "mlruns")

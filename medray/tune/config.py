@@ -126,8 +126,13 @@ class ConstraintsConfig:
     max_dice_drop: float | None = 0.01
     # The largest AUC drop allowed in any subgroup of report.subgroups (null = no limit).
     max_subgroup_auc_drop: float | None = None
+    # Samples with NaN/inf outputs a recommended configuration may have (scored as wrong
+    # answers anyway); null = any number.
+    max_nonfinite: int | None = 0
 
     def __post_init__(self) -> None:
+        if self.max_nonfinite is not None and self.max_nonfinite < 0:
+            _fail("constraints.max_nonfinite", self.max_nonfinite, "use 0 (no NaN/inf output allowed), a count, or null")
         for key in ("max_auc_drop", "max_bacc_drop", "max_dice_drop", "max_subgroup_auc_drop"):
             v = getattr(self, key)
             if v is not None and not 0 <= v <= 1:

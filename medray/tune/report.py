@@ -79,7 +79,7 @@ def render(doc: dict) -> str:
     rec_id = (doc.get("recommended") or {}).get("trial_id")
     # Only the limits that apply to the task (its sweep metrics', agreement, subgroups).
     task = task_of_document(doc)
-    mine = {m.constraint for m in task.sweep_metrics} | {"min_agreement"}
+    mine = {m.constraint for m in task.sweep_metrics} | {"min_agreement", "max_nonfinite"}
     if task.subgroup_delta:
         mine.add("max_subgroup_auc_drop")
     applies = {k: v for k, v in c.items() if v is not None and k in mine}

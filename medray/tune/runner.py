@@ -144,6 +144,8 @@ def _summary(entry: dict) -> dict:
         "agreement": entry.get("agreement"),
         # The group whose AUC dropped most (constraints.max_subgroup_auc_drop).
         "worst_subgroup": entry.get("worst_subgroup"),
+        # Samples with NaN/inf outputs (constraints.max_nonfinite).
+        "nonfinite": (entry.get("nonfinite") or {}).get("n", 0),
         "speedup": entry.get("speedup"),
         "effective_precision": (entry.get("effective_precision") or {}).get("executed"),
         "n_samples": entry.get("n_samples"),

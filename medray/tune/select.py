@@ -72,6 +72,8 @@ def violations(trial: dict, constraints: Any, task: str) -> list[str]:
         elif -worst[delta] > limit + _EPS:
             out.append(f"{cls.sweep_metrics[0].label} drop {-worst[delta]:.4f} in subgroup {worst['attribute']}={worst['group']} "
                        f"(n={worst['n']}) > max_subgroup_auc_drop={limit:g}")
+    if c.get("max_nonfinite") is not None and (trial.get("nonfinite") or 0) > c["max_nonfinite"]:
+        out.append(f"{trial['nonfinite']} sample(s) with NaN/inf outputs > max_nonfinite={c['max_nonfinite']}")
     if c.get("min_agreement") is not None:
         ag = agreement_value(trial)
         if ag is None:

@@ -39,6 +39,7 @@ DAMAGE = {
     "test_00013": ("two channels", "wrong channel count: 2"),
     "test_00015": ("unknown label", "not in the class list"),
     "test_00017": ("missing file", "file not found"),
+    "test_00019": ("decompression bomb", "too large to decode safely"),
 }
 DECODE_FAILURES = {k for k, (what, _) in DAMAGE.items() if what not in ("unknown label", "missing file")}
 
@@ -63,7 +64,22 @@ def damage(root) -> None:
     man.at[row["test_00013"], "path"] = "test/two.npy"
     man.at[row["test_00015"], "labels"] = "COVID"
     man.at[row["test_00017"], "path"] = "test/gone.png"
+    write_png_header(path("test_00019"), 30000, 30000)
     man.to_csv(root / "manifest.csv", index=False)
+
+
+def write_png_header(path, width: int, height: int) -> None:
+    """A PNG that declares width × height 1-bit pixels (a decompression bomb: 900 M pixels)
+    in a few dozen bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
 
 
 def write_truncated_dicom(path) -> None:

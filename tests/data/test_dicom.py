@@ -242,3 +242,19 @@ def test_no_identifying_tag_reaches_logs_warnings_or_errors(tmp_path, caplog):
     text = "\n".join(messages + [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught])
     assert SECRET not in text
     assert pydicom.dcmread(good).PatientID.startswith(SECRET)  # the tags really are there
+
+
+def test_a_photometric_interpretation_value_never_reaches_the_error(tmp_path):
+    """The break-it round: a PhotometricInterpretation value appeared verbatim in the error,
+    metrics.json, report.md and report.html.  A defined term may be named; any other text
+    is a tag value and is not."""
+    ds = pydicom.dcmread(shipped("CT_small.dcm"))
+    ds.PhotometricInterpretation = SECRET
+    ds.save_as(tmp_path / "odd.dcm")
+    with pytest.raises(DecodeError) as e:
+        decode_gray(tmp_path / "odd.dcm", 32)
+    assert SECRET not in str(e.value) and "photometric interpretation a non-standard value" in str(e.value)
+    ds.PhotometricInterpretation = "CMYK"
+    ds.save_as(tmp_path / "cmyk.dcm")
+    with pytest.raises(DecodeError, match="photometric interpretation CMYK is not supported"):
+        decode_gray(tmp_path / "cmyk.dcm", 32)

@@ -45,6 +45,7 @@ def test_identical_runs_agree_fully():
         "max_abs_prob_diff": 0.0,
         "mean_abs_prob_diff": 0.0,
         "n": 50,
+        "n_nonfinite": 0,
     }
 
 
@@ -52,12 +53,19 @@ def test_agreement_rejects_bad_inputs():
     p = np.full((4, 3), 1 / 3)
     with pytest.raises(ValueError, match=r"\(4, 3\) and \(3, 3\)"):
         agreement(p, p[:3], "multiclass")
-    q = p.copy()
-    q[1, 1] = np.nan
-    with pytest.raises(ValueError, match=r"candidate.*NaN"):
-        agreement(p, q, "multiclass")
     with pytest.raises(ValueError, match="task"):
         agreement(p, p, "segmentation")
+
+
+def test_a_nan_row_disagrees_and_is_never_left_out():
+    p = np.full((4, 3), 1 / 3)
+    q = p.copy()
+    q[1, 1] = np.nan
+    a = agreement(p, q, "multiclass")
+    assert a["n"] == 4 and a["n_nonfinite"] == 1 and a["top1"] == 0.75
+    assert a["max_abs_prob_diff"] == 1.0 and a["mean_abs_prob_diff"] == pytest.approx(3 / 12)
+    m = agreement(np.zeros((2, 2)), np.array([[0.0, np.inf], [0.0, 0.0]]), "multilabel")
+    assert m["top1"] == 0.5 and m["n_nonfinite"] == 1
 
 
 def test_pair_by_id_shuffled():

@@ -71,6 +71,7 @@ def check_multiclass(m, y, p, k):
     present = np.unique(y)
     recalls = [np.mean(pred[y == c] == c) for c in present]
     assert m["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    scored = np.union1d(present, np.unique(pred))  # in the labels or the decisions (sklearn's default labels)
     f1s = []
     for c in range(k):
         prec, rec, f1 = ref_prf(y == c, pred == c)
@@ -78,16 +79,15 @@ def check_multiclass(m, y, p, k):
         assert row["class"] == f"c{c}"
         assert row["support"] == int((y == c).sum())
         assert row["precision"] == pytest.approx(prec)
-        if c in present:
-            assert row["recall"] == pytest.approx(rec)
+        assert row["recall"] == (pytest.approx(rec) if c in present else None)  # no sample: 0/0, not 0
+        if c in scored:  # a predicted class the labels lack is a real error: F1 0, counted
             assert row["f1"] == pytest.approx(f1)
             f1s.append(f1)
-        else:  # no sample of the class: recall and F1 are 0/0, not 0
-            assert row["recall"] is None and row["f1"] is None
-    # F1 macro over the classes present, as AUC and BACC (= sklearn with labels=present).
+        else:  # neither in the labels nor decided: F1 is 0/0
+            assert row["f1"] is None
     assert m["f1_macro"] == pytest.approx(np.mean(f1s))
-    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, labels=present, average="macro"))
-    assert m["f1_skipped"] == [f"c{c}" for c in range(k) if c not in present]
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+    assert m["f1_skipped"] == [f"c{c}" for c in range(k) if c not in scored]
     aucs = []
     for c in range(k):
         yc = y == c
@@ -99,7 +99,10 @@ def check_multiclass(m, y, p, k):
             assert m["auc_per_class"][f"c{c}"] == pytest.approx(a)
             assert m["per_class"][c]["auc"] == pytest.approx(a)
             aucs.append(a)
-    assert m["auc_macro"] == (pytest.approx(np.mean(aucs)) if aucs else None)
+    if k == 2:  # binary: one score, the positive class's AUC
+        assert m["auc_macro"] == (pytest.approx(ref_auc(y == 1, p[:, 1])) if 0 < (y == 1).sum() < len(y) else None)
+    else:
+        assert m["auc_macro"] == (pytest.approx(np.mean(aucs)) if aucs else None)
     json.dumps(m, allow_nan=False)
 
 
@@ -168,11 +171,22 @@ def test_multiclass_class_absent_from_y_true():
     assert m["auc_per_class"]["c3"] is None
     others = [ref_auc(y == c, p[:, c]) for c in (0, 1, 2, 4)]
     assert m["auc_macro"] == pytest.approx(np.mean(others))
-    # F1 macro over the 4 classes present (class 3 has no sample: no F1, listed).
-    assert m["per_class"][3]["f1"] is None
+    # Class 3 has no sample; it is scored for F1 only if some image was decided as it.
     assert m["per_class"][3]["support"] == 0
-    assert m["f1_skipped"] == ["c3"]
+    decided = 3 in p.argmax(1)
+    assert m["f1_skipped"] == ([] if decided else ["c3"]) and (m["per_class"][3]["f1"] == 0.0) == decided
     check_multiclass(m, y, p, 5)
+
+
+def test_multiclass_f1_counts_a_predicted_class_the_labels_lack():
+    """The audit's case: sklearn's macro F1 counts a class decided but absent from the
+    labels as an error (0.232), where skipping it flattered the run (0.608)."""
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 3, 1, 4, 2, 5])
+    p = np.eye(6)[pred] * 0.9 + 0.1 / 6
+    m = classification_metrics(y, p, "multiclass", names(6))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+    assert m["f1_skipped"] == [] and m["per_class"][3]["f1"] == 0.0
 
 
 def test_multiclass_all_one_class():

@@ -135,3 +135,17 @@ def test_hd95_and_surface_dice_of_shifted_cubes_by_hand():
     s = surface_summary(np.array([[2.0], [np.inf], [np.nan]]), np.array([[0.5], [0.0], [np.nan]]), ["spleen"])
     assert s["hd95_per_class"] == {"spleen": 2.0} and s["hd95_missed"] == {"spleen": 1}
     assert s["surface_dice_per_class"] == {"spleen": 0.25} and s["surface_dice_mean"] == 0.25
+
+
+def test_surface_dice_mean_averages_like_dice_mean_and_names_its_definition():
+    """The audit: surface_dice_mean averaged by class first while dice_mean averages by
+    case first; and the report did not say the surface Dice is MONAI's voxel-count one."""
+    from medray.metrics.segmentation import dice_summary, surface_summary
+
+    nsd = np.array([[1.0, np.nan], [0.5, 0.0], [0.9, 0.7]])
+    s = surface_summary(np.zeros_like(nsd), nsd, ["a", "b"])
+    case_means = [1.0, 0.25, 0.8]
+    assert s["surface_dice_mean"] == pytest.approx(np.mean(case_means))
+    assert s["surface_dice_mean"] == pytest.approx(dice_summary(nsd, ["a", "b"])["dice_mean"])
+    assert s["surface_dice_per_class"] == {"a": pytest.approx(0.8), "b": pytest.approx(0.35)}
+    assert "voxel counts, not area-weighted" in s["surface_dice_definition"]

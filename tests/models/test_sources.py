@@ -231,3 +231,45 @@ def test_bad_models_are_refused_before_ray_with_the_fix(folder, tmp_path):
     with pytest.raises(ConfigError, match=r"the model has 3 outputs but dataset .* has 2 classes"):
         prepare(cfg(folder, tmp_path, ModelConfig(name="onnx", source="onnx", path=str(three)),
                     PreprocessConfig(name="inception", size=S, layout="nhwc")))
+
+
+class _TwoHeads(torch.nn.Module):
+    """Scores and a feature map: an ONNX file with two outputs, the scores second."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Conv2d(3, 4, 3, stride=4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        f = self.body(x)
+        return f, self.head(f.mean((2, 3)))
+
+
+def test_an_onnx_file_with_several_outputs_needs_the_one_scored(folder, tmp_path):
+    """The break-it round: the scores were silently output 0 of a multi-output graph."""
+    from medray.backends import get_backend
+    from medray.backends.artifacts import ArtifactCache
+    from medray.pipeline.prepare import prepare
+
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(_TwoHeads(), torch.zeros(2, 3, S, S), path, input_names=["x"], output_names=["features", "scores"],
+                      dynamic_axes={"x": {0: "n"}, "features": {0: "n"}, "scores": {0: "n"}}, dynamo=False)
+    prep = PreprocessConfig(name="imagenet", size=S)
+    with pytest.raises(ConfigError, match=r"has 2 outputs \['features', 'scores'\]; say which one holds the class "
+                                          "scores with model.output_name"):
+        prepare(cfg(folder, tmp_path, ModelConfig(name="onnx", source="onnx", path=str(path)), prep))
+    with pytest.raises(ConfigError, match=r"model.output_name='logits': not an output of .*\['features', 'scores'\]"):
+        prepare(cfg(folder, tmp_path, ModelConfig(name="onnx", source="onnx", path=str(path), output_name="logits"), prep))
+    _, _, specs, _ = prepare(cfg(folder, tmp_path, ModelConfig(name="onnx", source="onnx", path=str(path),
+                                                               output_name="scores"), prep))
+    spec = specs[-1]
+    assert spec.model.output_name == "scores" and spec.model.out_features == 2
+    x = np.random.default_rng(0).standard_normal((3, 3, S, S)).astype(np.float32)
+    with get_backend(spec.backend.name)(spec) as b:
+        got = b.infer(x)
+    with torch.inference_mode():
+        want = _TwoHeads()(torch.from_numpy(x))[1].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert get_backend("openvino").prepare(spec, ArtifactCache(tmp_path / "cache"), {})["path"]

@@ -32,7 +32,7 @@ from medray.config import ConfigError, RayConfig, to_config
 from medray.io import read_part
 from medray.pipeline.faults import WorkerFault, dedupe_retried
 from medray.pipeline.resources import plan_pool
-from medray.pipeline.resume import EXIT_AFTER_PARTS_ENV, STATE_FILE
+from medray.pipeline.resume import EXIT_AFTER_PARTS_ENV, INTERRUPT_AFTER_PARTS_ENV, STATE_FILE
 
 N_TEST = 40
 BATCH = 4
@@ -141,6 +141,18 @@ def test_worker_that_keeps_crashing_fails_after_bounded_retries(prepared):
 
 
 @pytest.mark.slow
+def test_an_actor_that_cannot_start_is_reported_as_itself(prepared):
+    """The break-it round: a session that fails to start was reported as a worker that
+    "kept dying ... (a segfault)"; its own error is the message."""
+    from medray.pipeline.execute import execute
+
+    cfg, _, samples, specs, task = prepared
+    with pytest.raises(WorkerFault) as e:
+        execute(cfg, task, samples, with_options(specs, fail_load="this CPU has no fp16"))
+    assert str(e.value) == f"{RUN}: the Predictor could not start its {RUN} session: RuntimeError: injected: this CPU has no fp16"
+
+
+@pytest.mark.slow
 def test_out_of_memory_in_a_worker_fails_at_once_naming_a_smaller_batch(prepared, tmp_path):
     from medray.pipeline.execute import execute
 
@@ -173,6 +185,28 @@ def resumed(reference, ray_local, tmp, tiny_checkpoint):
     rows = sum(len(read_part(p)) for p in parts)
     doc = run(config(*overrides(tmp, tiny_checkpoint, out, "resume=true")))
     return dict(out=out, killed=killed, parts=parts, rows=rows, doc=doc)
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_continue_and_that_command_finishes_the_run(reference, ray_local, tmp, tiny_checkpoint):
+    """Ctrl-C of jobs/evaluate.py: exit 130 and the command that continues it (not a bare
+    traceback); running that command gives the uninterrupted run's metrics."""
+    import shlex
+
+    out = tmp / "ctrl-c"
+    addr = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, str(REPO / "jobs" / "evaluate.py"), *overrides(tmp, tiny_checkpoint, out, f"ray.address={addr}")]
+    stopped = subprocess.run(cmd, env={**os.environ, INTERRUPT_AFTER_PARTS_ENV: "1"}, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    line = next(x for x in stopped.stderr.splitlines() if x.startswith("medray: interrupted; continue with: "))
+    assert "Traceback" not in stopped.stderr
+    again = shlex.split(line.split("continue with: ", 1)[1])
+    assert again[:2] == ["python", "jobs/evaluate.py"] and "resume=true" in again and f"output_dir={out}" in again
+    done = subprocess.run([sys.executable, *again[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["runs"][0]["metrics"] == reference[0]["runs"][0]["metrics"] and doc["runs"][0]["resumed"]["from_previous"] > 0
 
 
 @pytest.mark.slow
@@ -225,7 +259,10 @@ def test_resume_refuses_a_different_config(resumed, tmp, tiny_checkpoint):
     assert json.loads((out / STATE_FILE).read_text()) == state  # nothing overwritten
 
 
-def test_fresh_run_clears_old_parts_and_damaged_parts_are_redone(tmp_path):
+def test_a_fresh_run_refuses_another_runs_folder_and_one_run_holds_it(tmp_path):
+    """The break-it case: a new run into another run's output_dir destroyed it (reports
+    overwritten, resume parts deleted, old predictions left beside the new) and a second
+    job deleted a running job's files.  Now the folder is refused, and locked while used."""
     import pandas as pd
 
     from medray.backends.torch.config import TorchConfig
@@ -238,9 +275,34 @@ def test_fresh_run_clears_old_parts_and_damaged_parts_are_redone(tmp_path):
     parts.mkdir(parents=True)
     (parts / "000000.parquet").write_bytes(b"old")
     cfg = EvalConfig(backend=TorchConfig(), baseline=None, data=DataConfig(), output_dir=str(out), cache_dir=str(tmp_path))
-    # resume=false over a directory with parts starts over: the parts are removed
+    with pytest.raises(ConfigError, match=rf"output_dir={out}: already holds a run \(predictions\); use a new output_dir, "
+                                          "or resume=true"):
+        ResumeState.claim(out, cfg)
+    assert (parts / "000000.parquet").read_bytes() == b"old"  # nothing touched
+    with pytest.raises(ConfigError, match="holds outputs .* but no resume.json to resume from"):
+        ResumeState.open(out, replace(cfg, resume=True), pd.DataFrame({"sample_id": ["a"]}), [])
+
+    fresh = tmp_path / "fresh"
+    first = ResumeState.claim(fresh, replace(cfg, output_dir=str(fresh)))
+    with pytest.raises(ConfigError, match=rf"another medray run is writing there \(pid {os.getpid()}\)"):
+        ResumeState.claim(fresh, replace(cfg, output_dir=str(fresh)))
+    first.release()
+    ResumeState.claim(fresh, replace(cfg, output_dir=str(fresh))).release()  # free again
+
+
+def test_parts_are_read_back_and_damaged_parts_are_redone(tmp_path):
+    import pandas as pd
+
+    from medray.backends.torch.config import TorchConfig
+    from medray.config import EvalConfig
+    from medray.data.config import DataConfig
+    from medray.pipeline.resume import ResumeState
+
+    out = tmp_path / "o"
+    parts = out / "predictions" / f"{RUN}.parts"
+    cfg = EvalConfig(backend=TorchConfig(), baseline=None, data=DataConfig(), output_dir=str(out), cache_dir=str(tmp_path))
     state = ResumeState.open(out, cfg, pd.DataFrame({"sample_id": ["a", "b"]}), [])
-    assert not parts.exists() and (out / STATE_FILE).is_file()
+    assert (out / STATE_FILE).is_file()
 
     w = state.writer(RUN)
     w({"sample_id": np.array(["a"], dtype=object), "probs": np.array([[0.25, 0.75]], np.float32),
@@ -254,6 +316,7 @@ def test_fresh_run_clears_old_parts_and_damaged_parts_are_redone(tmp_path):
     (parts / "000001.parquet").write_bytes(b"PAR1 truncated")
     assert state.done_ids(RUN) == {"a"} and not (parts / "000001.parquet").exists()
     assert state.writer(RUN).next == 1
+    state.release()
 
 
 # --------------------------------------------------------------------------- dedupe

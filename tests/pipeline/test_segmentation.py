@@ -179,6 +179,8 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
     assert [c["sample_id"] for c in doc["cases"]] == ["phantom_test_000", "phantom_test_001", "phantom_test_002"]
     assert "## Skipped samples" in md and doc["skipped"][0]["sample_id"] == "phantom_test_003"
     assert "## Surface distances (MONAI; HD95 in mm, surface Dice at 2 mm)" in md
+    model_line = next(line for line in md.splitlines() if "weights `" in line)
+    assert model_line.startswith("- architecture `monai_unet`") and "timm" not in model_line
     pq = pd.read_parquet(out / "predictions" / "onnxruntime-fp32.parquet")
     assert len(pq) == 3 and {"sample_id", "dice_organ", "dice_lesion", "dice_mean", "dice_vs_baseline_organ",
                              "hd95_organ", "surface_dice_lesion", "latency_ms", "sw_ms", "shape", "mask_file"} <= set(pq.columns)

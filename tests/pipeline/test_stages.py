@@ -118,22 +118,38 @@ def _most_at_once(starts, ends) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("read_ms, tasks", [(0.75, 2), (0.1, 1)])
-def test_a_costed_plan_runs_its_read_tasks_at_once_on_two_cpus(ray_local, read_ms, tasks):
+def test_a_costed_plan_runs_its_read_tasks_at_once_on_two_cpus(ray_local, read_ms, tasks, tmp_path):
     """The plan's read concurrency is what Ray Data really runs on the 2-CPU machine beside
     the actor pool (its budgets see the read tasks' fractional CPUs), and never more; the
-    run finishes (an actor pool that takes every CPU would hang here)."""
+    run finishes (an actor pool that takes every CPU would hang here).
+
+    The first wave of reads waits at a barrier until `tasks` of them are running, so the
+    overlap does not depend on how busy the machine is: if Ray ran fewer at once the
+    barrier times out and the overlap falls short."""
     import ray.data
 
     from medray.pipeline.resources import plan_pool
     from medray.pipeline.stages import Stage, map_stage
     from medray.results import StageCosts
 
+    gate = str(tmp_path)
+
     def slow_read(batch):  # defined here: Ray pickles it by value (the test module is not importable there)
+        import itertools
         import os
         import time
 
+        for k in itertools.count():  # arrival order, atomically, across processes
+            try:
+                os.close(os.open(os.path.join(gate, f"arrived-{k}"), os.O_CREAT | os.O_EXCL))
+                break
+            except FileExistsError:
+                continue
         t0 = time.time()
-        time.sleep(0.15)
+        if k < tasks:  # the first wave meets, however slowly the workers start
+            while len([f for f in os.listdir(gate) if f.startswith("arrived-")]) < tasks and time.time() - t0 < 120:
+                time.sleep(0.02)
+        time.sleep(0.05)
         n = len(batch["i"])
         return {"i": batch["i"], "t0": np.full(n, t0), "t1": np.full(n, time.time()), "pid": np.full(n, os.getpid())}
 

@@ -80,3 +80,21 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert img.shape == (2400, 1280)
     assert img.std() > 20 and (img < 128).mean() > 0.01  # text, tables and plots, not a blank page
+
+
+def test_a_sample_id_cannot_break_a_table_or_inject_html():
+    """The break-it round: an id with ``|``, a newline or raw HTML broke the skipped table."""
+    from markdown_it import MarkdownIt
+
+    from medray.report.html import render_html
+    from medray.report.markdown import skipped_section
+
+    evil = "a|b\nc<img src=x onerror=alert(1)>"
+    doc = {"skipped": [{"sample_id": evil, "reason": "x | y"}], "dataset": {"n_samples": 3}}
+    md = "\n".join(skipped_section(doc))
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "Sample" not in line]
+    assert len(rows) == 1 and rows[0].count(" | ") == 1  # one row, two cells
+    tokens = MarkdownIt("commonmark").enable("table").parse(md)
+    cells = [t.content for t in tokens if t.type == "inline" and t.map and "a|b" in t.content.replace("\\|", "|")]
+    assert cells and "<img" not in render_html(md)
+    assert "a|b c&lt;img" in render_html(md)

@@ -66,6 +66,23 @@ def multilabel():
     return table, samples[test].reset_index(drop=True), base, cnd, val, y, p, cand
 
 
+@pytest.fixture
+def binary_runs():
+    """400 test images of a binary task; the candidate equals the baseline up to noise."""
+    rng = np.random.default_rng(1)
+    n = 400
+    ids = [f"b{i:04d}.png" for i in range(n)]
+    y = (rng.random(n) < 0.4).astype(int)
+    p1 = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, n), 0, 1)
+    samples = pd.DataFrame({"sample_id": ids, "path": [f"/nowhere/{i}" for i in ids], "split": "test", "target": y})
+    table = SampleTable("synthetic", "multiclass", ["NORMAL", "PNEUMONIA"], "/nowhere", samples,
+                        positive_class="PNEUMONIA")
+    base = run("torch-fp32", "baseline", ids, np.stack([1 - p1, p1], 1), task="multiclass")
+    p2 = np.clip(p1 + rng.normal(0, 0.01, n), 0, 1)
+    cand = run("onnxruntime-fp32", "candidate", ids, np.stack([1 - p2, p2], 1), task="multiclass")
+    return table, samples, base, cand
+
+
 def test_threshold_chosen_on_validation_applied_to_both(multilabel):
     table, samples, base, cand, val, y, p, c = multilabel
     cfg = cfg_of(threshold=ThresholdConfig(method="sensitivity", target=0.9))
@@ -110,21 +127,52 @@ def test_calibration_and_subgroups_with_the_worst_group(multilabel):
     assert "## Subgroups" in md and "| Patient Gender | F | 100 |" in md and "## Calibration" in md
 
 
-def test_nan_output_is_named_and_not_fatal(multilabel):
+def test_nan_output_is_a_wrong_answer_named_and_not_fatal(multilabel):
+    """A NaN/inf row is scored as the worst answer (every label wrong with certainty), in
+    the metrics and the agreement alike: the runs stay compared on the same 200 samples."""
     table, samples, base, cand, *_ = multilabel
     cand.predictions.at[3, "probs"] = np.array([np.nan, 0.5], np.float32)
     cand.predictions.at[7, "probs"] = np.array([np.inf, 0.5], np.float32)
     doc = build_metrics(cfg_of(), table, samples, [base, cand])
     k = doc["runs"][1]
-    assert k["nonfinite"] == {"n": 2, "sample_ids": [samples["sample_id"][3], samples["sample_id"][7]]}
-    assert k["n_scored"] == 198 and k["n_samples"] == 200
-    assert k["agreement"]["n"] == 198
-    assert any("2 sample(s) got NaN/infinite outputs" in w and samples["sample_id"][3] in w for w in doc["warnings"])
-    keep = np.ones(200, bool)
-    keep[[3, 7]] = False
-    probs = np.stack(cand.predictions["probs"].to_numpy())[keep]
-    ys = np.array([list(t) for t in samples["target"]])[keep]
+    assert k["nonfinite"]["n"] == 2 and k["nonfinite"]["sample_ids"] == [samples["sample_id"][3], samples["sample_id"][7]]
+    assert k["n_scored"] == 200 and k["n_samples"] == 200
+    assert k["agreement"]["n"] == 200 and k["agreement"]["n_nonfinite"] == 2 and k["agreement"]["max_abs_prob_diff"] == 1.0
+    assert any("2 sample(s) got NaN/infinite outputs, scored as wrong" in w and samples["sample_id"][3] in w
+               for w in doc["warnings"])
+    ys = np.array([list(t) for t in samples["target"]])
+    probs = np.stack(cand.predictions["probs"].to_numpy()).astype(np.float64)
+    probs[[3, 7]] = 1 - ys[[3, 7]]
     assert k["metrics"]["auc_macro"] == pytest.approx(roc_auc_score(ys, probs, average="macro"))
+    assert k["metrics"]["accuracy"] == pytest.approx(np.mean(((probs >= 0.5) == ys).all(axis=1)))
+
+
+def test_a_candidate_nan_on_its_hardest_samples_cannot_look_perfect(binary_runs):
+    """The audit's constructed case: NaN exactly where the baseline is wrong.  Left out,
+    that candidate scored accuracy and agreement 1.0 and was recommended; now it is scored
+    worse than the baseline, and the sweep rejects it for its NaN outputs."""
+    from medray.tune.config import ConstraintsConfig
+    from medray.tune.runner import _summary
+    from medray.tune.select import violations
+
+    table, samples, base, cand = binary_runs
+    y = table.targets(samples)
+    bp = np.stack(base.predictions["probs"].to_numpy())
+    wrong = np.flatnonzero((bp[:, 1] >= 0.5).astype(int) != y)
+    assert len(wrong) > 5
+    cand.predictions["probs"] = base.predictions["probs"]  # equal to the baseline elsewhere
+    for i in wrong:
+        cand.predictions.at[i, "probs"] = np.array([np.nan, np.nan], np.float32)
+    doc = build_metrics(cfg_of(), table, samples, [base, cand])
+    b, k = doc["runs"]
+    # Wrong where the baseline was wrong: the same accuracy (it was 1.0 when those rows were
+    # left out), and a worse AUC (those samples now rank last, not just misclassified).
+    assert k["metrics"]["accuracy"] == b["metrics"]["accuracy"] < 1.0
+    assert k["metrics"]["auc_macro"] < b["metrics"]["auc_macro"]
+    assert k["agreement"]["top1"] == pytest.approx(1 - len(wrong) / len(y))
+    rec = {"status": "ok", **_summary(k)}
+    assert rec["nonfinite"] == len(wrong)
+    assert f"{len(wrong)} sample(s) with NaN/inf outputs > max_nonfinite=0" in violations(rec, ConstraintsConfig(), "classification")
 
 
 def test_metadata_csv_joins_subgroups_and_patients(tmp_path):
@@ -185,3 +233,26 @@ def test_plots_are_written_and_linked(multilabel, tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "![roc](plots/roc.png)" in md and "![reliability](plots/reliability.png)" in md
     assert json.loads((tmp_path / "metrics.json").read_text())["plots"]["roc"] == "plots/roc.png"
+
+
+def test_one_operating_point_for_every_decision_metric(binary_runs):
+    """threshold.method=fixed value=0.3: accuracy, BACC, the operating point, agreement and
+    the confusion matrix are all at 0.3, and the report says so (AUC stays threshold-free)."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+    table, samples, base, cand = binary_runs
+    doc = build_metrics(cfg_of(threshold=ThresholdConfig(value=0.3)), table, samples, [base, cand])
+    y = table.targets(samples)
+    for r, res in zip(doc["runs"], (base, cand)):
+        p1 = np.stack(res.predictions["probs"].to_numpy())[:, 1].astype(np.float64)
+        assert r["metrics"]["threshold"] == 0.3
+        assert r["metrics"]["accuracy"] == pytest.approx(accuracy_score(y, p1 >= 0.3))
+        assert r["metrics"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p1 >= 0.3))
+        assert r["metrics"]["sensitivity"] == pytest.approx(np.mean(p1[y == 1] >= 0.3))
+        assert r["metrics"]["auc_macro"] == pytest.approx(roc_auc_score(y, p1))
+        assert r["threshold"]["PNEUMONIA"]["threshold"] == 0.3
+    bp = np.stack(base.predictions["probs"].to_numpy())[:, 1]
+    cp = np.stack(cand.predictions["probs"].to_numpy())[:, 1]
+    assert doc["runs"][1]["agreement"]["top1"] == pytest.approx(np.mean((bp >= 0.3) == (cp >= 0.3)))
+    md = render_report(doc)
+    assert "decisions are p(PNEUMONIA) ≥ 0.3" in md and "| torch-fp32 | 0.3 |" in md

@@ -20,7 +20,7 @@ def onnx_artifact(spec: RunSpec, cache: ArtifactCache, opset: int = 17) -> dict:
 
     m = spec.model
     if m.source == "onnx":
-        return _user_onnx(m.path, m.path_sha256, cache)
+        return _user_onnx(m.path, m.path_sha256, cache, m.output_name)
     import torch
 
     parts = {
@@ -50,9 +50,11 @@ def onnx_artifact(spec: RunSpec, cache: ArtifactCache, opset: int = 17) -> dict:
     return cache.get_or_build("onnx", parts, "model.onnx", build).to_dict()
 
 
-def _user_onnx(path: str, sha256: str | None, cache: ArtifactCache) -> dict:
+def _user_onnx(path: str, sha256: str | None, cache: ArtifactCache, output_name: str | None = None) -> dict:
     """The user's ONNX file in the cache: one self-contained file (its external data
-    tensors loaded and written in), or model.onnx + model.onnx.data past protobuf's 2 GB."""
+    tensors loaded and written in), or model.onnx + model.onnx.data past protobuf's 2 GB;
+    with ``output_name`` only that output is kept (every backend then runs the one the
+    metrics score)."""
     import onnx
 
     from medray.io import file_sha256
@@ -62,9 +64,15 @@ def _user_onnx(path: str, sha256: str | None, cache: ArtifactCache) -> dict:
     folder = Path(path).parent
     parts = {"user_onnx_sha256": sha256 or file_sha256(path),
              "external_data": {name: file_sha256(folder / name) for name in extra}, "onnx": onnx.__version__}
+    if output_name and len(src.graph.output) > 1:
+        parts["output"] = output_name
 
     def build(out: Path) -> None:
         model = onnx.load(path)  # with its external data
+        if "output" in parts:  # the nodes only the dropped outputs used are dead code the runtimes remove
+            keep = [o for o in model.graph.output if o.name == output_name]
+            del model.graph.output[:]
+            model.graph.output.extend(keep)
         big = model.ByteSize() > 1_800_000_000
         onnx.save_model(model, str(out), save_as_external_data=big, location="model.onnx.data" if big else None)
         onnx.checker.check_model(str(out))

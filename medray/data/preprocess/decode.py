@@ -197,6 +197,10 @@ def _open(src, prep: dict):
         elif isinstance(src, (str, os.PathLike)) and is_dicom(src):
             return from_gray(decode_dicom_gray(src))
         raise DecodeError("not a JPEG, PNG or DICOM image (unrecognised or corrupt header)") from e
+    except Image.DecompressionBombError as e:
+        # PIL's guard against images whose pixels would exhaust memory (e.g. 30000×30000):
+        # a bad sample like any other, named by the caller, never a crash of the run.
+        raise DecodeError(f"image too large to decode safely: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:
         # PIL: "image file is truncated (N bytes not processed)", "broken PNG file"...
         raise DecodeError(f"corrupt or truncated image ({str(e) or type(e).__name__})") from e

@@ -55,27 +55,34 @@ def validation_samples(cfg: RunConfig, table: SampleTable, evaluated: pd.DataFra
 
 
 def scored_rows(result: RunResult, table: SampleTable, samples: pd.DataFrame):
-    """A run's rows with finite outputs: (predictions, targets, probabilities)."""
-    from medray.metrics.scores import finite_rows, stacked_probs
+    """A run's rows as they are scored: (predictions, targets, probabilities), a NaN/inf
+    output replaced by the most wrong probabilities (:func:`medray.metrics.scores.worst_case`)."""
+    from medray.metrics.scores import stacked_probs, worst_case
     from medray.tasks.classification.scores import targets
 
     df = result.predictions
-    p = stacked_probs(df)
-    ok = finite_rows(p)
-    return df[ok].reset_index(drop=True), targets(table, samples, df["sample_id"])[ok], p[ok]
+    y = targets(table, samples, df["sample_id"])
+    return df.reset_index(drop=True), y, worst_case(stacked_probs(df), y, table.task, table.positive_index())
+
+
+def choose_thresholds(cfg: RunConfig, table: SampleTable, validation: RunResult | None) -> dict | None:
+    """The ``threshold`` section (method, where it was chosen, ``values`` per scored column),
+    or None for a task decided by argmax (more than two classes)."""
+    if table.task == "multilabel" or len(table.classes) == 2:
+        return _thresholds(cfg, table, validation)
+    return None
 
 
 def add_clinical(cfg: RunConfig, doc: dict, results: list[RunResult], table: SampleTable, samples: pd.DataFrame,
-                 validation: RunResult | None = None) -> None:
-    """Add the calibration, threshold, flips and subgroup sections to ``doc`` in place."""
+                 thresholds: dict | None = None) -> None:
+    """Add the calibration, threshold, flips and subgroup sections to ``doc`` in place, at
+    the report's one operating point (``thresholds``: :func:`choose_thresholds`)."""
     from medray.metrics.classification import operating_point
     from medray.metrics.clinical import calibration, score_columns
 
     pos = table.positive_index()
     rows = [scored_rows(r, table, samples) for r in results]
     base_i = next((i for i, r in enumerate(results) if r.spec.role == "baseline"), None)
-    thresholded = table.task == "multilabel" or len(table.classes) == 2
-    thresholds = _thresholds(cfg, table, validation) if thresholded else None
     if thresholds is not None:
         doc["threshold"] = thresholds
     groups = subgroup_columns(cfg, table)

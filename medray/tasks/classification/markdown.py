@@ -4,7 +4,7 @@ subgroups)."""
 
 from __future__ import annotations
 
-from medray.format import pct
+from medray.format import cell, pct
 
 
 def render(doc: dict) -> list[str]:
@@ -22,6 +22,7 @@ def render(doc: dict) -> list[str]:
         "throughput = end to end, the rate of the slower of reading and inference while both run "
         "(start-up apart; the inference stage's capacity is in the runs table). Percentages below.",
         *tta_note(doc),
+        *decision_note(doc),
         "",
         "| Dataset | Model | Latency (ms) | Speed-up | Accuracy | BACC | mAUC | Throughput (img/s) | Agreement |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -39,9 +40,10 @@ def render(doc: dict) -> list[str]:
     for r in doc["runs"]:
         if r.get("agreement"):
             a = r["agreement"]
+            bad = f" ({a['n_nonfinite']} with NaN/inf outputs: disagreeing, |Δprob| 1)" if a.get("n_nonfinite") else ""
             lines.append(
-                f"- {r['name']}: top-1 {pct(a['top1'])}%, max |Δprob| {a['max_abs_prob_diff']:.2e}, "
-                f"mean |Δprob| {a['mean_abs_prob_diff']:.2e} over {a['n']} paired samples"
+                f"- {r['name']}: decisions {pct(a['top1'])}% the same, max |Δprob| {a['max_abs_prob_diff']:.2e}, "
+                f"mean |Δprob| {a['mean_abs_prob_diff']:.2e} over {a['n']} paired samples{bad}"
             )
     lines += ["", "## Per-class AUC", "", "| Class | " + " | ".join(r["name"] for r in doc["runs"]) + " |"]
     lines.append("|---" * (len(doc["runs"]) + 1) + "|")
@@ -53,11 +55,13 @@ def render(doc: dict) -> list[str]:
             lines.append(f"\n{r['name']}: AUC skipped (one outcome only) for {', '.join(r['metrics']['auc_skipped'])}")
     for r in doc["runs"]:
         if r["metrics"].get("f1_skipped"):
-            lines.append(f"\n{r['name']}: F1 macro over the classes present; no F1 for "
-                         f"{len(r['metrics']['f1_skipped'])} absent: {', '.join(r['metrics']['f1_skipped'][:20])}")
+            lines.append(f"\n{r['name']}: F1 macro over the classes present in the labels or the decisions "
+                         f"(scikit-learn's f1_score, average=macro); no F1 for {len(r['metrics']['f1_skipped'])} "
+                         f"in neither: {', '.join(r['metrics']['f1_skipped'][:20])}")
     if any("sensitivity" in r["metrics"] for r in doc["runs"]):
         lines += ["", "## Operating point", "",
-                  f"Positive class **{ds.get('positive_class')}**; decision: its probability ≥ threshold.", "",
+                  f"Positive class **{ds.get('positive_class')}**; decision: its probability ≥ the threshold "
+                  "(the report's one operating point, see *Threshold transfer*).", "",
                   "| Run | Threshold | Sensitivity | Specificity | PPV | NPV | F1 (positive) |", "|---|---|---|---|---|---|---|"]
         for r in doc["runs"]:
             m = r["metrics"]
@@ -67,6 +71,26 @@ def render(doc: dict) -> list[str]:
             )
     lines += render_clinical(doc)
     return lines
+
+
+def decision_note(doc: dict) -> list[str]:
+    """Which decisions accuracy, BACC, F1, agreement and the confusion matrix count."""
+    ds, values = doc["dataset"], (doc.get("threshold") or {}).get("values") or {}
+    if not values:
+        how = "decisions are the argmax class"
+    elif ds["task"] == "multilabel":
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in list(values.items())[:6]) + (" …" if len(values) > 6 else "")
+        how = f"decisions are each label's probability ≥ its threshold ({shown})"
+    else:
+        how = f"decisions are p({next(iter(values))}) ≥ {next(iter(values.values())):.4g}"
+    bad = [f"{r['name']} {r['nonfinite']['n']}" for r in doc["runs"] if r.get("nonfinite")]
+    out = [f"Accuracy, BACC, F1, the operating point, agreement and the confusion matrix are at one operating point: "
+           f"{how} (threshold.method={(doc.get('threshold') or {}).get('method', 'argmax')}); mAUC is threshold-free"
+           + (" (binary: the positive class's AUC)." if len(ds["classes"]) == 2 and ds["task"] != "multilabel" else ".")]
+    if bad:
+        out.append(f"NaN/inf outputs are scored as wrong answers with certainty (worst case), never left out: "
+                   f"{', '.join(bad)} sample(s).")
+    return out
 
 
 def tta_note(doc: dict) -> list[str]:
@@ -123,8 +147,8 @@ def render_clinical(doc: dict) -> list[str]:
     if any(r.get("calibration") for r in runs):
         c0 = next(r["calibration"] for r in runs if r.get("calibration"))
         lines += ["", "## Calibration", "",
-                  f"ECE over {c0['n_bins']} bins of {c0['scope']}: equal width on [0, 1] and equal mass (quantiles); "
-                  "Brier = mean squared error of the probabilities.", "",
+                  f"ECE over {c0['n_bins']} bins of {c0['scope']}: equal width on [0, 1] and equal mass (quantiles, "
+                  f"as scikit-learn's calibration_curve bins them); Brier = {c0.get('brier_definition', 'mean squared error')}.", "",
                   "| Run | ECE (equal width) | ECE (equal mass) | Brier | ΔECE | ΔBrier |", "|---|---|---|---|---|---|"]
         for r in runs:
             c = r.get("calibration")
@@ -134,7 +158,10 @@ def render_clinical(doc: dict) -> list[str]:
             dd = (f"{d['ece']:+.4f} | {d['brier']:+.4f}") if d else "– | –"
             lines.append(f"| {r['name']} | {c['ece']:.4f} | {c['ece_equal_mass']:.4f} | {c['brier']:.4f} | {dd} |")
     if any(r.get("subgroups") for r in runs):
-        lines += ["", "## Subgroups", "", "Macro AUC per group (labels with both outcomes in the group); Δ = candidate − baseline.", ""]
+        min_n = next((g["n"] for r in runs for gs in (r.get("subgroups") or {}).values() for g in gs if g.get("small")), None)
+        lines += ["", "## Subgroups", "", "Macro AUC per group (labels with both outcomes in the group); Δ = candidate − baseline"
+                  + ("; groups under report.min_subgroup_size are listed with their n and no AUC (\"n < min\")."
+                     if min_n is not None else "."), ""]
         names = [r["name"] for r in runs if r.get("subgroups")]
         lines += ["| Attribute | Group | n | " + " | ".join(names) + " | ΔAUC (pp) |", "|---" * (len(names) + 4) + "|"]
         first = next(r for r in runs if r.get("subgroups"))
@@ -145,10 +172,10 @@ def render_clinical(doc: dict) -> list[str]:
                     if not r.get("subgroups"):
                         continue
                     mine = next((x for x in r["subgroups"].get(col, []) if x["group"] == g["group"]), None)
-                    cells.append(_p(mine and mine["auc_macro"]))
+                    cells.append("n < min" if mine and mine.get("small") else _p(mine and mine["auc_macro"]))
                     if mine and mine.get("delta_auc") is not None:
                         delta = f"{100 * mine['delta_auc']:+.2f}"
-                lines.append(f"| {col} | {g['group']} | {g['n']} | " + " | ".join(cells) + f" | {delta} |")
+                lines.append(f"| {cell(col)} | {cell(g['group'])} | {g['n']} | " + " | ".join(cells) + f" | {delta} |")
         for r in runs:
             w = r.get("worst_subgroup")
             if w:

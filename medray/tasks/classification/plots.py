@@ -72,8 +72,9 @@ def reliability_png(runs: list[tuple[str, dict]]) -> bytes:
     return png(plt, fig)
 
 
-def confusion_png(classes: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
-    """Confusion matrix per run: ``runs`` = (name, true class, decided class)."""
+def confusion_png(classes: list[str], runs: list[tuple[str, np.ndarray, np.ndarray]], decision: str = "argmax") -> bytes:
+    """Confusion matrix per run: ``runs`` = (name, true class, decided class); ``decision``
+    says how the class was decided (the report's threshold, or argmax)."""
     from sklearn.metrics import confusion_matrix
 
     k = len(classes)
@@ -88,7 +89,7 @@ def confusion_png(classes: list[str], runs: list[tuple[str, np.ndarray, np.ndarr
                             color="white" if cm[i, j] > cm.max() / 2 else "black")
         ax.set_xticks(range(k), classes if k <= 12 else [""] * k, rotation=45, fontsize=7)
         ax.set_yticks(range(k), classes if k <= 12 else [""] * k, fontsize=7)
-        ax.set_xlabel("decided", fontsize=8)
+        ax.set_xlabel(f"decided ({decision})", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         ax.set_title(name, fontsize=9)
     return png(plt, fig)
@@ -167,7 +168,8 @@ def write_plots(out: str, doc: dict, rows: list[tuple[str, pd.DataFrame, np.ndar
     if table.task == "multiclass":
         thr = (doc.get("threshold") or {}).get("values", {})
         t = next(iter(thr.values()), 0.5)
-        files["confusion.png"] = confusion_png(classes, [(n, y, binary_decisions(p, t, pos)) for n, _, y, p in rows])
+        how = f"{classes[pos]} if p ≥ {t:.4g}" if len(classes) == 2 else "argmax"
+        files["confusion.png"] = confusion_png(classes, [(n, y, binary_decisions(p, t, pos)) for n, _, y, p in rows], how)
     for e in doc["runs"]:
         if e.get("role") == "candidate" and any(g.get("delta_auc") is not None for gs in (e.get("subgroups") or {}).values()
                                                 for g in gs):
@@ -188,12 +190,14 @@ def _flip_items(entry: dict, doc: dict, rows: list, samples: pd.DataFrame) -> li
     pos = classes.index(doc["dataset"].get("positive_class")) if doc["dataset"].get("positive_class") in classes else None
     bi = {s: i for i, s in enumerate(base[1]["sample_id"].astype(str))}
     ci = {s: i for i, s in enumerate(cand[1]["sample_id"].astype(str))}
+    values = (doc.get("threshold") or {}).get("values", {})
     items = []
     for sid in entry["flips"]["sample_ids"][:MAX_FLIPS]:
         labels = [n for n, f in entry["flips"]["per_label"].items() if sid in f["sample_ids"]][:2]
         parts = []
         for label in labels:
             j = classes.index(label) if pos is None else pos
-            parts.append(f"{label[:12]} {base[3][bi[sid], j]:.2f}→{cand[3][ci[sid], j]:.2f}")
+            # Enough digits to see which side of the threshold each run fell on.
+            parts.append(f"{label[:12]} {base[3][bi[sid], j]:.4f}→{cand[3][ci[sid], j]:.4f} (t {values.get(label, 0.5):.4g})")
         items.append({"sample_id": sid, "path": paths.get(sid, ""), "text": "\n".join(parts)})
     return items

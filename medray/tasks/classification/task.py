@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medray.data.sources import IMAGE
-from medray.metrics.scores import finite_rows, model_probabilities, nonfinite_entry, stacked_probs
+from medray.metrics.scores import finite_rows, model_probabilities, nonfinite_entry, stacked_probs, worst_case
 from medray.tasks.base import RunConfig, SweepMetric, Task
 from medray.tasks.classification.read import decode_batch, model_prep, read_block_size
 from medray.tasks.classification.scores import targets
@@ -135,23 +135,42 @@ class ClassificationTask(Task):
         }
 
     # -- driver, after ----------------------------------------------------------------
+    def begin_document(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, results: list[RunResult],
+                       validation: RunResult | None = None) -> None:
+        """The one operating point of the report: the threshold chosen by ``threshold.*``
+        (on the baseline's validation predictions) is the one every decision metric,
+        agreement, table, plot and sweep constraint uses."""
+        from medray.tasks.classification.clinical import choose_thresholds
+
+        self.thresholds = choose_thresholds(cfg, table, validation)
+
+    def decision_threshold(self, table: SampleTable):
+        """The threshold of the decisions: binary the positive class's, multilabel one per label."""
+        values = (getattr(self, "thresholds", None) or {}).get("values")
+        if not values:
+            return 0.5
+        if table.task == "multilabel":
+            return [values[c] for c in table.classes]
+        return next(iter(values.values()))
+
     def run_metrics(self, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
         from medray.metrics.classification import classification_metrics
 
         df = result.predictions
         y = targets(table, samples, df["sample_id"])
         p = stacked_probs(df)
-        # A NaN/inf output (fp16 overflow) is one sample the model failed on, named in the
-        # report; the metrics are those of the samples with finite outputs.
+        # A NaN/inf output (fp16 overflow) is a wrong answer, scored as the worst one (named
+        # in the report): the run is judged on every sample, as the baseline is.
         ok = finite_rows(p)
         out: dict[str, Any] = {"tta": result.spec.tta}
-        if ok.any():
-            out["metrics"] = classification_metrics(y[ok], p[ok], table.task, table.classes, positive=table.positive_index())
+        if len(p):
+            out["metrics"] = classification_metrics(y, worst_case(p, y, table.task, table.positive_index()), table.task,
+                                                    table.classes, self.decision_threshold(table), table.positive_index())
         else:
             out["metrics"] = {k: None for k in ("accuracy", "balanced_accuracy", "auc_macro", "f1_macro")} | {
                 "auc_per_class": {}, "auc_skipped": list(table.classes), "per_class": []}
         out["nonfinite"] = nonfinite_entry(df, ok)
-        out["n_scored"] = int(ok.sum())
+        out["n_scored"] = int(len(df))
         return out
 
     def compare(self, base: RunResult, cand: RunResult, table: SampleTable, samples: pd.DataFrame,
@@ -162,9 +181,10 @@ class ClassificationTask(Task):
         bi, ci = pair_by_id(bdf["sample_id"].to_numpy(), cdf["sample_id"].to_numpy())
         bm, cm = base_entry["metrics"], cand_entry["metrics"]
         bp, cp = stacked_probs(bdf)[bi], stacked_probs(cdf)[ci]
-        ok = finite_rows(bp) & finite_rows(cp)  # agreement of the pairs both runs scored
+        # Every pair: a NaN/inf on either side is a disagreement (medray.metrics.agreement).
         return {
-            "agreement": agreement(bp[ok], cp[ok], table.task, positive=table.positive_index()) if ok.any() else None,
+            "agreement": agreement(bp, cp, table.task, self.decision_threshold(table),
+                                   table.positive_index()) if len(bp) else None,
             "metric_deltas": {
                 k: (cm[k] - bm[k]) if cm.get(k) is not None and bm.get(k) is not None else None for k in COMPARED_METRICS
             },
@@ -174,7 +194,7 @@ class ClassificationTask(Task):
                         samples: pd.DataFrame, validation: RunResult | None = None) -> None:
         from medray.tasks.classification.clinical import add_clinical
 
-        add_clinical(cfg, doc, results, table, samples, validation)
+        add_clinical(cfg, doc, results, table, samples, getattr(self, "thresholds", None))
 
     def write_plots(self, out: str, doc: dict, results: list[RunResult], table: SampleTable,
                     samples: pd.DataFrame) -> dict[str, str]:

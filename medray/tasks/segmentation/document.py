@@ -116,6 +116,8 @@ def subgroups(doc: dict, results: list[RunResult], samples: pd.DataFrame, column
                 v = scores[g == name].dropna()
                 if len(v) >= min_n:
                     rows.append({"group": name, "n": int(len(v)), "dice_mean": float(v.mean())})
+                else:  # listed with its n (report.min_subgroup_size), never dropped
+                    rows.append({"group": name, "n": int(len(v)), "dice_mean": None, "small": True})
             out[col] = rows
         per_run[r.spec.name] = out
     base = next((r.spec.name for r in results if r.spec.role == "baseline"), None)

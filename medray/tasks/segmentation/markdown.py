@@ -3,8 +3,8 @@ distances, the per-case table (seed 003), subgroups and the worst cases."""
 
 from __future__ import annotations
 
+from medray.format import cell, num, pct, sec
 from medray.format import dice as fdice
-from medray.format import num, pct, sec
 
 
 def render(doc: dict) -> list[str]:
@@ -61,7 +61,10 @@ def render(doc: dict) -> list[str]:
                 cells.append(fdice((m.get("surface_dice_per_class") or {}).get(c)))
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         lines.append("\nA class in a case's labels that the model did not predict has no HD95 (counted as missed) "
-                     "and surface Dice 0; a class absent from the labels does not count.")
+                     "and surface Dice 0; a class absent from the labels does not count. Surface Dice is MONAI's "
+                     "compute_surface_dice: the share of boundary voxels within the tolerance (voxel counts, not "
+                     "Nikolov et al.'s area-weighted surface elements); its mean, like Dice's, is over cases of each "
+                     "case's mean over classes.")
     for r in cand:
         a = r.get("agreement")
         if a:
@@ -72,7 +75,8 @@ def render(doc: dict) -> list[str]:
     lines += per_case(doc, base, cand)
     lines.append("\nMasks (uint8 label maps in the model's voxel space, .npz): `predictions/<run>_masks/`.")
     if any(r.get("subgroups") for r in runs):
-        lines += ["", "## Subgroups", "", "Mean Dice vs labels per group (labelled cases); Δ = candidate − baseline.", "",
+        lines += ["", "## Subgroups", "", "Mean Dice vs labels per group (labelled cases); Δ = candidate − baseline; "
+                  "groups under report.min_subgroup_size are listed with their n (\"n < min\").", "",
                   "| Attribute | Group | n | " + " | ".join(r["name"] for r in runs) + " | ΔDice |",
                   "|---" * (len(runs) + 4) + "|"]
         for col, rows in runs[0]["subgroups"].items():
@@ -80,10 +84,10 @@ def render(doc: dict) -> list[str]:
                 cells, delta = [], "–"
                 for r in runs:
                     mine = next((y for y in r["subgroups"].get(col, []) if y["group"] == x["group"]), None)
-                    cells.append(fdice(mine and mine["dice_mean"]))
+                    cells.append("n < min" if mine and mine.get("small") else fdice(mine and mine["dice_mean"]))
                     if mine and mine.get("delta_dice") is not None:
                         delta = f"{mine['delta_dice']:+.4f}"
-                lines.append(f"| {col} | {x['group']} | {x['n']} | " + " | ".join(cells) + f" | {delta} |")
+                lines.append(f"| {cell(col)} | {cell(x['group'])} | {x['n']} | " + " | ".join(cells) + f" | {delta} |")
     if doc.get("plots"):
         lines += ["", "## Worst cases", ""] + [f"![{k}]({v})" for k, v in doc["plots"].items()]
     return lines
@@ -102,7 +106,7 @@ def per_case(doc: dict, base: dict | None, cand: list[dict]) -> list[str]:
             bl, cl = case.get("latency_ms:" + bn), case.get("latency_ms:" + cn)
             sp = f"{bl / cl:.2f}×" if bl and cl else "–"
             lines.append(
-                f"| {case['sample_id']} | {list(case.get('shape') or [])} | {sec(bl)} | {sec(cl)} | {sp} | "
+                f"| {cell(case['sample_id'])} | {list(case.get('shape') or [])} | {sec(bl)} | {sec(cl)} | {sp} | "
                 f"{fdice(case.get('dice_vs_baseline:' + cn))} | {fdice(case.get('dice:' + bn))} | "
                 f"{fdice(case.get('dice:' + cn))} |"
             )
@@ -112,7 +116,7 @@ def per_case(doc: dict, base: dict | None, cand: list[dict]) -> list[str]:
     n0 = doc["runs"][0]["name"]
     lines = ["", f"## Per case ({n0})", "", "| Subject | Shape | Latency | Dice vs labels |", "|---|---|---|---|"]
     for case in cases:
-        lines.append(f"| {case['sample_id']} | {list(case.get('shape') or [])} | "
+        lines.append(f"| {cell(case['sample_id'])} | {list(case.get('shape') or [])} | "
                      f"{sec(case.get('latency_ms:' + n0))} | {fdice(case.get('dice:' + n0))} |")
     return lines
 
