@@ -68,8 +68,9 @@ class ModelConfig:
     # classes; none = output i is the dataset's class i). Outputs are matched to the
     # dataset's classes by name (case and separators ignored): medray.models.labels.
     classes: list[str] | None = None
-    # Synonyms: {model output name: dataset class}, e.g. {Pleural Effusion: Effusion}.
-    class_map: dict[str, str] = field(default_factory=dict)
+    # Synonyms: {model output name: dataset class}, e.g. {Pleural Effusion: Effusion}; typed
+    # Any, default null, for the reason kwargs is.
+    class_map: Any = None
     # The model's own operating thresholds applied after the backend (model=xrv: xrv, its
     # op_norm: threshold.value=0.5 is then each label's operating point); null = none.
     operating_points: str | None = None
@@ -123,8 +124,12 @@ class ModelConfig:
             if not names or len(set(names)) != len(names):
                 _fail("model.classes", self.classes, "give each output's name once, in output order")
             self.classes = names
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(self.class_map or {}).items()):
-            _fail("model.class_map", self.class_map, "use {<model output name>: <dataset class>}")
+        if self.class_map is None:
+            self.class_map = {}
+        if not isinstance(self.class_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                           for k, v in self.class_map.items()):
+            _fail("model.class_map", self.class_map, "use {<model output name>: <dataset class>}, e.g. "
+                  "model.class_map='{Pleural Effusion: Effusion}'")
         if self.operating_points is not None and self.operating_points not in operating_points:
             _fail("model.operating_points", self.operating_points,
                   f"model={self.source} has {'only ' + ', '.join(operating_points) if operating_points else 'no operating points of its own'}; "
