@@ -216,6 +216,15 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # --------------------------------------------------------------------------- content keys
 
 
+def path_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file, or of a folder's files (a model folder: each top-level file's
+    name and hash; what is shipped to the actors with it)."""
+    p = Path(path)
+    if not p.is_dir():
+        return file_sha256(p)
+    return cache_key({f.name: file_sha256(f) for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".")})
+
+
 def cache_key(parts: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of everything the artifact depends on."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

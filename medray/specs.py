@@ -74,6 +74,17 @@ class ModelSpec:
     # The resolved preprocessing (medray.data.preprocess.resolve); empty = the medray
     # preset at input_size (the demo models).
     preprocess: dict = field(default_factory=dict)
+    # Labels by name (medray.models.labels): the model output each scored dataset class is
+    # read from, in the dataset's order (None = output i is class i), and the match itself
+    # for the report (outputs, scored, not_scored, unused, renamed).
+    output_index: list[int] | None = None
+    labels: dict = field(default_factory=dict)
+    # softmax | sigmoid when the model's format says (a transformers config's problem_type);
+    # None = the task's (softmax for one label per image, sigmoid for several).
+    activation: str | None = None
+    # torchxrayvision's operating thresholds per output (None where a label has none):
+    # op_norm is applied to the backend's logits, so 0.5 is each label's operating point.
+    op_threshs: list[float | None] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

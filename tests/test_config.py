@@ -95,3 +95,12 @@ def test_the_readmes_model_kwargs_form_composes(tmp_path):
         assert cfg.model.kwargs == {"hidden": 512}
         assert to_config(compose(config_name="evaluate", overrides=["model=python", f"model.target={target}:build"])
                          ).model.kwargs == {}
+
+
+def test_the_readmes_class_map_form_composes():
+    """README: ``model.class_map='{Pleural Effusion: Effusion}'`` is a new key, not "not in struct"."""
+    cfg = to_config(compose_eval("model.class_map={Pleural Effusion: Effusion}"))
+    assert cfg.model.class_map == {"Pleural Effusion": "Effusion"}
+    assert to_config(compose_eval()).model.class_map == {}
+    with pytest.raises(ConfigError, match="model.class_map"):
+        to_config(compose_eval("model.class_map=[Effusion]"))

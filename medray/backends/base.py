@@ -125,10 +125,11 @@ class Backend(ABC):
         m = self.spec.model
         if self.spec.artifact is not None:
             return
-        from medray.io import file_sha256
+        from medray.io import file_sha256, path_sha256
 
-        for key, path, sha in (("model.checkpoint", m.checkpoint, m.checkpoint_sha256), ("model.path", m.path, m.path_sha256)):
-            if path and sha and file_sha256(path) != sha:
+        for key, path, sha, digest in (("model.checkpoint", m.checkpoint, m.checkpoint_sha256, file_sha256),
+                                       ("model.path", m.path, m.path_sha256, path_sha256)):
+            if path and sha and digest(path) != sha:
                 raise BackendError(
                     f"{self.spec.name}: {key}={path} changed since the run was prepared "
                     f"(sha256 {sha[:12]}… expected); do not overwrite a model file during a run"

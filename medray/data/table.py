@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,23 @@ class SampleTable:
     # Metadata columns of ``samples`` the report breaks results down by (report.subgroups);
     # a ``patient_id`` column, when present, makes the bootstrap resample patients.
     subgroup_columns: list[str] = field(default_factory=list)
+    # Classes the evaluated model has no output for (matched by name: medray.models.labels),
+    # listed in the report as not scored; their label columns are left out of ``targets``.
+    not_scored: list[str] = field(default_factory=list)
+    # The columns of ``samples["target"]`` that ``classes`` are, when some are not scored.
+    label_columns: list[int] | None = None
+
+    def without(self, names: list[str]) -> SampleTable:
+        """This dataset with the labels ``names`` not scored (a multi-label dataset: every
+        image keeps its other labels; a single-label one cannot lose a class)."""
+        if not names:
+            return self
+        if self.task != "multilabel":
+            raise ValueError(f"dataset {self.name} is {self.task}: every class is scored or the run is refused")
+        keep = [i for i, c in enumerate(self.classes) if c not in set(names)]
+        cols = keep if self.label_columns is None else [self.label_columns[i] for i in keep]
+        return replace(self, classes=[self.classes[i] for i in keep], label_columns=cols,
+                       not_scored=[*self.not_scored, *names])
 
     @property
     def kind(self) -> str:
@@ -56,7 +73,9 @@ class SampleTable:
     def targets(self, df: pd.DataFrame) -> np.ndarray:
         """Targets of ``df`` as an array: ``(N,)`` int or ``(N, L)`` uint8."""
         if self.task == "multilabel":
-            return np.asarray([list(t) for t in df["target"]], dtype=np.uint8).reshape(len(df), len(self.classes))
+            n = len(self.classes) + len(self.not_scored)
+            y = np.asarray([list(t) for t in df["target"]], dtype=np.uint8).reshape(len(df), n)
+            return y if self.label_columns is None else y[:, self.label_columns]
         return df["target"].to_numpy(dtype=np.int64)
 
 

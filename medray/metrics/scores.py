@@ -9,8 +9,13 @@ F1, calibration, subgroups) and baseline and candidate stay compared on the same
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from medray.specs import ModelSpec
 
 
 def probabilities(logits: np.ndarray, task: str, output: str = "logits", positive_index: int = 1) -> np.ndarray:
@@ -30,6 +35,54 @@ def probabilities(logits: np.ndarray, task: str, output: str = "logits", positiv
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def op_norm(p: np.ndarray, thresholds) -> np.ndarray:
+    """torchxrayvision's ``op_norm``: each label's operating threshold ``t`` maps to 0.5
+    (``p < t``: ``p / 2t``; else ``1 - (1 - p) / 2(1 - t)``); 0.5 where ``t`` is None/NaN."""
+    t = np.broadcast_to(np.asarray([np.nan if v is None else v for v in thresholds], dtype=np.float64), p.shape)
+    out = np.full(p.shape, 0.5)
+    ok = ~np.isnan(t)
+    lo, hi = ok & (p < t), ok & ~(p < t)
+    out[lo] = p[lo] / (2 * t[lo])
+    out[hi] = 1.0 - (1.0 - p[hi]) / (2 * (1 - t[hi]))
+    out[np.isnan(p)] = np.nan  # a NaN output stays a wrong answer (worst_case), never 0.5
+    return out
+
+
+def model_probabilities(logits: np.ndarray, model: ModelSpec) -> np.ndarray:
+    """The dataset classes' probabilities from a model's raw outputs: its activation over
+    *all* its outputs (xrv's op_norm, the format's softmax / sigmoid, else the task's),
+    then the outputs matched to the classes by name, in the dataset's order.
+
+    A multiclass dataset scored from a softmax over more outputs than it has classes gets
+    the probabilities renormalised over its classes (given that the image is one of them);
+    one output scores a binary dataset's positive class, as :func:`probabilities`."""
+    if model.output_index is None and model.activation is None and model.op_threshs is None:
+        return probabilities(logits, model.task, model.output, model.positive_index)
+    z = logits.astype(np.float64)
+    act = model.activation or ("sigmoid" if model.task == "multilabel" or z.shape[1] == 1 else "softmax")
+    if model.op_threshs is not None:
+        p = op_norm(sigmoid(z), model.op_threshs)
+    elif model.output == "probs":
+        p = z
+    elif act == "sigmoid":
+        p = sigmoid(z)
+    else:
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+    if model.output_index is not None:
+        p = p[:, model.output_index]
+    if model.task == "multiclass" and p.shape[1] == 1:
+        return probabilities(p, model.task, "probs", model.positive_index)
+    if model.task == "multiclass" and act == "softmax" and p.shape[1] < z.shape[1]:
+        p = p / p.sum(axis=1, keepdims=True)
+    return p
 
 
 def stacked_probs(df: pd.DataFrame) -> np.ndarray:

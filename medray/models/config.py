@@ -63,6 +63,17 @@ class ModelConfig:
     # Constructor arguments of non-timm architectures (arch=monai_unet: channels, strides,
     # num_res_units); empty = from the checkpoint's meta (medray checkpoints carry them).
     net: dict[str, Any] = field(default_factory=dict)
+    # The name of each output, in output order, for any source (null = the names the model's
+    # format carries: id2label, label_names, xrv's pathologies, a medray checkpoint's
+    # classes; none = output i is the dataset's class i). Outputs are matched to the
+    # dataset's classes by name (case and separators ignored): medray.models.labels.
+    classes: list[str] | None = None
+    # Synonyms: {model output name: dataset class}, e.g. {Pleural Effusion: Effusion}; typed
+    # Any, default null, for the reason kwargs is.
+    class_map: Any = None
+    # The model's own operating thresholds applied after the backend (model=xrv: xrv, its
+    # op_norm: threshold.value=0.5 is then each label's operating point); null = none.
+    operating_points: str | None = None
 
     def __post_init__(self) -> None:
         if self.kwargs is None:
@@ -75,15 +86,8 @@ class ModelConfig:
             _fail("model.checkpoint", None, f"model={self.name} needs model.checkpoint=<path to its state dict>")
         if src.target and not self.target:
             _fail("model.target", self.target, f"model={self.source} needs model.target=<module>:<callable> (or <file.py>:<callable>)")
-        if src.file:
-            if not self.path:
-                _fail("model.path", self.path, f"model={self.source} needs model.path=<the model file>")
-            p = Path(self.path).expanduser()
-            if not p.is_file():
-                _fail("model.path", self.path, f"file not found; give the path of the {self.source} model file")
-            self.path = str(p.resolve())
-            if self.checkpoint is not None:
-                _fail("model.checkpoint", self.checkpoint, f"model={self.source} carries its weights in model.path; remove model.checkpoint")
+        if src.file or src.folder:
+            self._check_path(src.folder)
         if self.checkpoint is not None:
             p = Path(self.checkpoint).expanduser()
             if not p.is_file():
@@ -101,6 +105,35 @@ class ModelConfig:
             _fail("model.input_size", self.input_size, "use the model's input size in pixels (>= 16)")
         if self.num_classes is not None and self.num_classes < 1:
             _fail("model.num_classes", self.num_classes, "use a positive class count or null (from the dataset)")
+        self._check_labels(src.operating_points)
+
+    def _check_path(self, folder: bool) -> None:
+        what = "folder" if folder else "file"
+        if not self.path:
+            _fail("model.path", self.path, f"model={self.source} needs model.path=<the model {what}>")
+        p = Path(self.path).expanduser()
+        if not (p.is_dir() if folder else p.is_file()):
+            _fail("model.path", self.path, f"{what} not found; give the path of the {self.source} model {what}")
+        self.path = str(p.resolve())
+        if self.checkpoint is not None:
+            _fail("model.checkpoint", self.checkpoint, f"model={self.source} carries its weights in model.path; remove model.checkpoint")
+
+    def _check_labels(self, operating_points: tuple[str, ...]) -> None:
+        if self.classes is not None:
+            names = [str(c) for c in self.classes]
+            if not names or len(set(names)) != len(names):
+                _fail("model.classes", self.classes, "give each output's name once, in output order")
+            self.classes = names
+        if self.class_map is None:
+            self.class_map = {}
+        if not isinstance(self.class_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                           for k, v in self.class_map.items()):
+            _fail("model.class_map", self.class_map, "use {<model output name>: <dataset class>}, e.g. "
+                  "model.class_map='{Pleural Effusion: Effusion}'")
+        if self.operating_points is not None and self.operating_points not in operating_points:
+            _fail("model.operating_points", self.operating_points,
+                  f"model={self.source} has {'only ' + ', '.join(operating_points) if operating_points else 'no operating points of its own'}; "
+                  "remove it (or use null)")
 
 
 @dataclass

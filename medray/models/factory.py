@@ -94,6 +94,17 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> tuple[dict, dict]:
     raise CheckpointError(f"model.checkpoint={path}: expected a state dict, got {type(obj).__name__}")
 
 
+def load_weights(model, path: str | Path, trust: bool, key: str, fits: str):
+    """``path``'s state dict loaded into ``model``, every key matching; a CheckpointError
+    ``"<key>=<path> does not fit <fits>: ..."`` otherwise."""
+    sd, _ = read_checkpoint(path, trust=trust)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{key}={path} does not fit {fits}: missing keys {missing[:5]}, "
+                              f"unexpected keys {unexpected[:5]}")
+    return model
+
+
 def classifier_out_features(arch: str, state_dict: dict) -> int | None:
     """Number of outputs of the classifier weight for a timm ``arch`` (None if unknown)."""
     import timm

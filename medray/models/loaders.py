@@ -58,17 +58,13 @@ def load_python(m: ModelSpec):
     """``model=python``: the user's callable, then ``model.checkpoint`` loaded into it."""
     import torch
 
-    from medray.models.factory import CheckpointError, read_checkpoint
+    from medray.models.factory import load_weights
 
     model = import_target(m.target)(**dict(m.kwargs or {}))
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model.target={m.target!r} returned {type(model).__name__}, not a torch.nn.Module")
     if m.checkpoint:
-        sd, _ = read_checkpoint(m.checkpoint, trust=m.trust_checkpoint)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"model.checkpoint={m.checkpoint} does not fit model.target={m.target}: missing keys "
-                                  f"{missing[:5]}, unexpected keys {unexpected[:5]}")
+        load_weights(model, m.checkpoint, m.trust_checkpoint, "model.checkpoint", f"model.target={m.target}")
     return model.eval()
 
 

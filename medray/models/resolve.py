@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from medray.data.sources import IMAGE
@@ -113,17 +114,33 @@ def check_class_count(m, table: SampleTable) -> int:
     return k
 
 
-def resolve_classifier(cfg: ModelRequest, table: SampleTable) -> ModelSpec:
+@dataclass
+class Stated:
+    """What a model states about itself, read by its source's resolver from its own files
+    (None = not stated: the config's keys apply)."""
+
+    labels: list[str] | None = None  # output i's name ('' = an output with no name)
+    where: str = "model"  # what the names come from, for messages ("model.path=<folder> (id2label)")
+    activation: str | None = None  # softmax | sigmoid
+    preprocess: dict | None = None  # the keys of preprocess=model
+    in_chans: int | None = None
+    arch: str | None = None
+    path: str | None = None  # the file the actors load when it is not model.path (a converted one)
+    path_sha256: str | None = None  # a folder's content hash
+    op_threshs: list | None = None
+
+
+def resolve_classifier(cfg: ModelRequest, table: SampleTable, stated: Stated | None = None) -> ModelSpec:
     """An image classifier checked against the dataset: its source loads, its
-    preprocessing resolves, its output count is the dataset's class count (or one score
-    for a binary dataset), and it takes the input the preprocessing makes."""
-    from medray.data.preprocess import resolve as resolve_preprocess
+    preprocessing resolves, its outputs are the dataset's classes — by name when the model
+    names them (:mod:`medray.models.labels`), else by count (or one score for a binary
+    dataset) — and it takes the input the preprocessing makes."""
     from medray.models.sources import source
 
     if table.kind != IMAGE:
         raise ConfigError(f"model.arch={cfg.model.arch!r}: an image classifier; dataset {table.name} is {table.task}")
 
-    m = cfg.model
+    m, stated = cfg.model, stated or Stated()
     n_classes = check_class_count(m, table)
     demo = m.name == "demo" and m.checkpoint is None
     if demo and cfg.preprocess.name != "medray":
@@ -131,24 +148,54 @@ def resolve_classifier(cfg: ModelRequest, table: SampleTable) -> ModelSpec:
             f"preprocess={cfg.preprocess.name}: the demo model was trained with preprocess=medray; feeding it other "
             "pixels would give a wrong AUC. Use preprocess=medray, or your own model (model=timm|python|...)"
         )
-    timm_arch = m.arch if not source(m.source).file else None
-    prep = resolve_preprocess(cfg.preprocess, m.in_chans, m.input_size, timm_arch=timm_arch)
+    in_chans = stated.in_chans or m.in_chans
+    prep = _preprocess(cfg, in_chans, stated.preprocess)
     timm = source(m.source).checkpoint_required  # an architecture + its state dict
-    spec = ModelSpec(arch=m.arch if timm else m.source, num_classes=n_classes, in_chans=m.in_chans,
+    path = stated.path or m.path
+    spec = ModelSpec(arch=stated.arch or (m.arch if timm else m.source), num_classes=n_classes, in_chans=in_chans,
                      input_size=prep["size"][0], checkpoint=None, trust_checkpoint=m.trust_checkpoint, task=table.task,
-                     source=m.source, path=m.path, path_sha256=file_sha256(m.path) if m.path else None, target=m.target,
-                     kwargs=dict(m.kwargs or {}), output=m.output, output_name=m.output_name, preprocess=prep,
-                     positive_index=table.positive_index())
+                     source=m.source, path=path, path_sha256=stated.path_sha256 or (file_sha256(path) if path else None),
+                     target=m.target, kwargs=dict(m.kwargs or {}), output=m.output, output_name=m.output_name,
+                     preprocess=prep, positive_index=table.positive_index(), activation=stated.activation,
+                     op_threshs=stated.op_threshs)
+    names, where = m.classes or stated.labels, "model.classes" if m.classes else stated.where
     if timm:
-        spec.checkpoint, spec.out_features = _timm_checkpoint(cfg, table, demo, prep)
+        spec.checkpoint, spec.out_features, meta_classes = _timm_checkpoint(cfg, table, demo, prep, named=bool(names))
+        if names is None and meta_classes:
+            names, where = meta_classes, f"model.checkpoint={spec.checkpoint} (the classes it was trained on)"
     elif m.checkpoint:
         spec.checkpoint = m.checkpoint
     if spec.checkpoint:
         spec.checkpoint_sha256 = file_sha256(spec.checkpoint)
     if not timm:  # the weights do not say: run the model once on the input it will get
         spec.out_features = probe_outputs(spec)
-    check_outputs(spec, table)
+    if names:
+        from medray.models.labels import apply_labels
+
+        apply_labels(spec, list(names), table, dict(m.class_map or {}), where)
+    else:
+        check_outputs(spec, table)
     return spec
+
+
+def _preprocess(cfg: ModelRequest, in_chans: int, stated: dict | None) -> dict:
+    """The resolved preprocessing; the model's own keys (``stated``) under ``preprocess=model``,
+    and a warning naming the keys where another preset differs from them."""
+    from medray.data.preprocess import resolve as resolve_preprocess
+    from medray.models.sources import source
+
+    m = cfg.model
+    src = source(m.source)
+    timm_arch = m.arch if not (src.file or src.folder) else None
+    prep = resolve_preprocess(cfg.preprocess, in_chans, m.input_size, timm_arch=timm_arch, derived=stated)
+    if stated:
+        own = resolve_preprocess(type(cfg.preprocess)(name="model"), in_chans, m.input_size, derived=stated)
+        differ = {k: (prep[k], own[k]) for k in own if k not in ("name", "reference") and prep.get(k) != own[k]}
+        if differ:
+            log.warning("preprocess=%s: differs from the model's own preprocessing (%s) in %s; the model's own is "
+                        "preprocess=model", cfg.preprocess.name, own.get("reference"),
+                        ", ".join(f"{k}: {a} instead of {b}" for k, (a, b) in differ.items()))
+    return prep
 
 
 def check_outputs(spec: ModelSpec, table: SampleTable) -> None:
@@ -246,9 +293,11 @@ def onnx_input_shape(path: str) -> list:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
 
 
-def _timm_checkpoint(cfg: ModelRequest, table: SampleTable, demo: bool, prep: dict) -> tuple[str, int | None]:
+def _timm_checkpoint(cfg: ModelRequest, table: SampleTable, demo: bool, prep: dict,
+                     named: bool = False) -> tuple[str, int | None, list[str] | None]:
     """The timm path: the checkpoint (the demo's, trained if absent) checked against the
-    dataset; returns it and the classifier's output count."""
+    dataset; returns it, the classifier's output count and the classes it was trained on
+    (matched to the dataset's by name; None for a demo read by index)."""
     m = cfg.model
     n_classes = len(table.classes)
     checkpoint = m.checkpoint
@@ -269,7 +318,9 @@ def _timm_checkpoint(cfg: ModelRequest, table: SampleTable, demo: bool, prep: di
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
     out = classifier_out_features(m.arch, sd)
-    if out is not None and out != n_classes and not (out == 1 and n_classes == 2 and table.task == "multiclass"):
+    classes = None if by_index else meta.get("classes")
+    if (out is not None and out != n_classes and not (named or classes)
+            and not (out == 1 and n_classes == 2 and table.task == "multiclass")):
         raise ConfigError(
             f"model.checkpoint={checkpoint}: its classifier has {out} outputs but dataset {table.name} "
             f"has {n_classes} classes; use a checkpoint trained on these classes, or the matching data=..."
@@ -281,14 +332,9 @@ def _timm_checkpoint(cfg: ModelRequest, table: SampleTable, demo: bool, prep: di
         )
     if by_index:
         log_index_mapping(source, table)
-    elif meta.get("classes") and list(meta["classes"]) != list(table.classes):
-        raise ConfigError(
-            f"model.checkpoint={checkpoint}: trained on classes {meta['classes']} but dataset "
-            f"{table.name} has {table.classes}; the class order must match"
-        )
     if meta.get("input_size") and meta["input_size"] != prep["size"][0]:
         raise ConfigError(
             f"model.input_size={prep['size'][0]} but the checkpoint was trained at {meta['input_size']} px; "
             f"set model.input_size={meta['input_size']}"
         )
-    return checkpoint, out
+    return checkpoint, out, (list(classes) if classes else None)

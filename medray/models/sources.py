@@ -13,6 +13,13 @@ dataset before Ray starts (:mod:`medray.models.resolve`).
 * ``exported`` — ``model.path`` to a ``torch.export`` program (``.pt2``).
 * ``onnx`` — ``model.path`` to an ONNX file (external data beside it): no PyTorch model;
   the ONNX backends and TensorRT run the file itself.
+* ``hf`` — ``model.path`` to a local model-hub folder: a transformers image classifier
+  (``config.json`` + weights + ``preprocessor_config.json``) or timm's hub format
+  (``config.json`` with ``architecture`` and ``pretrained_cfg``); its preprocessing and
+  label names come from the folder (:mod:`medray.models.hub`).
+* ``xrv`` — a torchxrayvision model: ``model.arch`` (its weights name, e.g.
+  ``densenet121-res224-all``) + ``model.path`` (the local weights file); its pipeline, its
+  18 output names and, with ``model.operating_points=xrv``, its op_norm (:mod:`medray.models.xrv`).
 
 Adding a source = its loader (and resolver, if it is not a plain classifier file), one
 row here and one ``conf/model/<name>.yaml`` (README: "Adding a model source").
@@ -42,12 +49,16 @@ class ModelSource:
     resolve: str = "medray.models.resolve:resolve_classifier"
     # model.path is the model file (its weights inside: no model.checkpoint).
     file: bool = False
+    # model.path is a model folder (config + weights: no model.checkpoint).
+    folder: bool = False
     # model.target names a callable that builds the module.
     target: bool = False
     # model.checkpoint is required (but for model=demo, which trains its own).
     checkpoint_required: bool = False
     # The dataset kinds (medray.data.sources) it serves.
     kinds: tuple[str, ...] = (IMAGE,)
+    # The values model.operating_points may take (the model's own thresholds, applied after the backend).
+    operating_points: tuple[str, ...] = ()
 
     @property
     def torch_model(self) -> bool:
@@ -60,6 +71,8 @@ SOURCES: dict[str, ModelSource] = {
     "torchscript": ModelSource("medray.models.loaders:load_torchscript", file=True),
     "exported": ModelSource("medray.models.loaders:load_exported", file=True),
     "onnx": ModelSource(None, file=True),
+    "hf": ModelSource("medray.models.hub:load_hf", "medray.models.hub:resolve_hf", folder=True),
+    "xrv": ModelSource("medray.models.xrv:load_xrv", "medray.models.xrv:resolve_xrv", file=True, operating_points=("xrv",)),
 }
 
 

@@ -96,6 +96,9 @@ def prepare(cfg: EvalConfig) -> Prepared:
     # log their start, a heartbeat every 30 s and their end.
     with step("model: resolve checkpoint (trains the demo model if not cached)", log):
         model = task.resolve_model(cfg, table)
+    # Classes the model has no output for (matched by name) are not scored: every metric,
+    # clinical section and sweep statistic runs over the scored ones; the report lists the rest.
+    table = table.without(list((model.labels or {}).get("not_scored") or []))
     log.info("%s (split %s)", task.describe(table, samples, model), cfg.data.split)
     specs = build_specs(cfg, model, task.backend_batch(cfg))
     check_node(cfg, specs)

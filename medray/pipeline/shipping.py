@@ -57,6 +57,7 @@ class Shipment:
     files: dict[str, str]  # name relative to the origin's folder -> sha256
     nbytes: int
     ref: Any = field(repr=False, default=None)  # ObjectRef of {name: bytes}
+    folder: bool = False  # origin is a model folder (its files shipped), not a file
 
     @property
     def key(self) -> str:
@@ -65,7 +66,10 @@ class Shipment:
 
 
 def _entry_files(path: Path) -> list[Path]:
-    """The files that travel with ``path``: its whole cache entry, or just itself."""
+    """The files that travel with ``path``: a model folder's files (``model=hf``), its whole
+    cache entry, or just itself."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     d = path.parent
     if (d / "meta.json").is_file():  # an ArtifactCache entry: all its files (ONNX external data, IR .bin)
         return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in _SKIP)
@@ -82,7 +86,7 @@ def pack(path: str, put=None) -> Shipment:
     hashes = {n: hashlib.sha256(b).hexdigest() for n, b in blobs.items()}
     nbytes = sum(len(b) for b in blobs.values())
     ref = (put or ray.put)(blobs)
-    return Shipment(str(p), hashes, nbytes, ref)
+    return Shipment(str(p), hashes, nbytes, ref, folder=p.is_dir())
 
 
 def ship(spec: RunSpec, shipped: dict[str, Shipment] | None = None, put=None) -> RunSpec:
@@ -98,7 +102,7 @@ def ship(spec: RunSpec, shipped: dict[str, Shipment] | None = None, put=None) ->
     # no artifact and loads the checkpoint): ship only what the actors open.
     if spec.model.checkpoint and not spec.artifact:
         wanted["checkpoint"] = spec.model.checkpoint
-    if spec.model.path and not spec.artifact:  # a TorchScript / torch.export file torch loads
+    if spec.model.path and not spec.artifact:  # a TorchScript / torch.export file or a model folder torch loads
         wanted["model_path"] = spec.model.path
     if spec.artifact and spec.artifact.get("path") and spec.artifact.get("ship", True):
         wanted["artifact"] = spec.artifact["path"]
@@ -138,9 +142,11 @@ def _verified(folder: Path, files: dict[str, str]) -> bool:
 
 
 def materialise_one(sh: Shipment, cache_dir: Path | None = None) -> str:
-    """The local path of ``sh.origin``'s content on this node (fetched if needed)."""
+    """The local path of ``sh.origin``'s content on this node (fetched if needed); a
+    shipped folder comes back as a folder."""
     origin = Path(sh.origin)
-    if _verified(origin.parent, sh.files):
+    folder = sh.folder
+    if _verified(origin if folder else origin.parent, sh.files):
         return str(origin)  # same node as the driver, or a shared mount
     root = (cache_dir or node_cache_dir()) / "shipped"
     root.mkdir(parents=True, exist_ok=True)
@@ -148,7 +154,7 @@ def materialise_one(sh: Shipment, cache_dir: Path | None = None) -> str:
     with open(root / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the node's other actors wait for one writer
         if _verified(target, sh.files):
-            return str(target / origin.name)
+            return str(target if folder else target / origin.name)
         t0 = time.perf_counter()
         if sh.ref is None:
             raise ShippingError(
@@ -169,7 +175,7 @@ def materialise_one(sh: Shipment, cache_dir: Path | None = None) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("%s: materialised %.1f MB from the object store into %s (%.1fs)",
                  origin.name, sh.nbytes / 1e6, target, time.perf_counter() - t0)
-        return str(target / origin.name)
+        return str(target if folder else target / origin.name)
 
 
 def _fetch(ref) -> dict[str, bytes]:

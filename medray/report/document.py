@@ -158,6 +158,11 @@ def model_section(m) -> dict:
         "outputs": m.out_features or m.num_classes,
         "input_shape": list(m.input_shape),
         "preprocessing": dict(m.preprocess) or None,
+        # Outputs matched to the dataset's classes by name (medray.models.labels).
+        "labels": dict(m.labels) or None,
+        "activation": m.activation,
+        "operating_points": ("torchxrayvision op_norm after the backend: 0.5 is each label's operating threshold"
+                             if m.op_threshs is not None else None),
     }
 
 

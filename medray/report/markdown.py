@@ -45,13 +45,29 @@ def model_lines(m: dict | None) -> list[str]:
         lines.append("- preprocessing: " + ", ".join(f"{k} {v}" for k, v in p.items()))
     elif p:
         resize = {"squash": "squashed to", "shorter_crop": f"shorter side to {int(p['size'][0] / p['crop_pct'])}, centre crop",
-                  "letterbox": "letterboxed to"}[p["resize"]]
+                  "letterbox": "letterboxed to", "xrv": "centre square (xrv), scikit-image resized to"}[p["resize"]]
+        floor = ", crop offset floor" if p.get("crop_offset") == "floor" else ""
         lines.append(
             f"- preprocessing `{p['name']}`: {p['color']}, {resize} {p['size'][0]}×{p['size'][1]} ({p['interpolation']}, "
-            f"crop_pct {p['crop_pct']:g}), mean {[round(v, 4) for v in p['mean']]}, std {[round(v, 6) for v in p['std']]}, "
+            f"crop_pct {p['crop_pct']:g}{floor}), mean {[round(v, 4) for v in p['mean']]}, std {[round(v, 6) for v in p['std']]}, "
             f"{p['layout'].upper()}, {'exact decode' if p['exact'] else 'reduced-scale JPEG decode allowed'}"
+            + (f"; as {p['reference']}" if p.get("reference") else "")
         )
-    return lines
+    return lines + label_lines(m)
+
+
+def label_lines(m: dict) -> list[str]:
+    """How the model's outputs were matched to the dataset's classes, and xrv's operating points."""
+    lab, out = m.get("labels"), []
+    if lab:
+        renamed = ", ".join(f"{a} → {b}" for a, b in lab["renamed"].items())
+        out.append(f"- outputs matched by name: {len(lab['scored'])} class(es) scored" + (f" ({renamed})" if renamed else "")
+                   + (f"; **not scored** (the model has no output for them): {', '.join(lab['not_scored'])}"
+                      if lab["not_scored"] else "")
+                   + (f"; outputs not used: {', '.join(lab['unused'])}" if lab["unused"] else ""))
+    if m.get("operating_points"):
+        out.append(f"- operating points: {m['operating_points']}")
+    return out
 
 
 def runs_table(doc: dict, task) -> list[str]:

@@ -208,6 +208,25 @@ def _evaluate_dict(overrides: list[str]) -> dict[str, Any]:
     return _flatten(as_dict(to_config(_compose_evaluate(overrides), EvalConfig)))
 
 
+def _composable(overrides: list[str], want: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The trial's values of the keys the group choices leave required (``model.path: ???``
+    of model=hf, ``data.root`` of a dataset you hold), and the config composed with them."""
+    from omegaconf import OmegaConf
+
+    from medray.errors import ConfigError
+
+    pinned = [f"{k}={_fmt(want[k])}" for k in sorted(OmegaConf.missing_keys(_compose_evaluate(overrides))) if k in want]
+    for _ in range(len(want)):
+        try:
+            return pinned, _evaluate_dict(overrides + pinned)
+        except ConfigError as e:  # "<key>=<value>: <fix>": the trial's own value of that key
+            key = str(e).split("=", 1)[0]
+            if key not in want or any(p.startswith(f"{key}=") for p in pinned):
+                raise
+            pinned.append(f"{key}={_fmt(want[key])}")
+    raise ConfigError("reproduce command: the trial's config does not compose")
+
+
 def reproduce_command(target, output_dir: str, choices: dict[str, str] | None = None) -> dict:
     """The ``python jobs/evaluate.py ...`` line whose validated config equals ``target``.
 
@@ -242,7 +261,8 @@ def reproduce_command(target, output_dir: str, choices: dict[str, str] | None = 
     overrides = groups + explicit
     note = None
     try:
-        have = _evaluate_dict(overrides + [f"output_dir={_fmt(output_dir)}"])
+        pinned, have = _composable(overrides + [f"output_dir={_fmt(output_dir)}"], want)
+        overrides += pinned
         extra = []
         for k, v in want.items():
             if k == "output_dir" or (k in have and have[k] == v):

@@ -280,7 +280,8 @@ def test_user_checkpoint_is_checked_against_the_folder_classes(tmp_path, kermany
     three = save_checkpoint(build_model(TINY_ARCH, 3, 3), tmp_path / "b.pt", {})
     table = read_imagefolder(kermany)
     for ckpt, msg in (
-        (wrong_names, r"trained on classes \['benign', 'malignant'\] but dataset imagefolder has \['NORMAL', 'PNEUMONIA'\]"),
+        (wrong_names, r"a.pt \(the classes it was trained on\): no dataset class is among the model's outputs.*"
+                      r"model outputs \['benign', 'malignant'\]; dataset classes \['NORMAL', 'PNEUMONIA'\]"),
         (three, r"its classifier has 3 outputs but dataset imagefolder has 2 classes"),
     ):
         cfg = _cfg(tmp_path, kermany, name="mine", arch=TINY_ARCH, checkpoint=str(ckpt), input_size=TINY_SIZE)

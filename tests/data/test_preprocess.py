@@ -1,7 +1,8 @@
 """Every preprocessing preset gives the tensor its reference pipeline gives, on the same
 file: timm's own eval transform, torchvision's CheXNet / ImageNet transform, a Keras-style
-PIL resize + x/127.5 - 1 in NHWC, torchxrayvision's [-1024, 1024] — on generated
-non-square images and on a real chest radiograph (pydicom-data's CR ``RG1``)."""
+PIL resize + x/127.5 - 1 in NHWC — on generated non-square images and on a real chest
+radiograph (pydicom-data's CR ``RG1``).  torchxrayvision's pipeline (``xrv``) and the keys
+derived from a model's own description (``model``) are in test_derive.py."""
 
 from __future__ import annotations
 
@@ -102,18 +103,6 @@ def test_inception_nhwc_preset_equals_a_keras_style_loader(images):
         assert got.shape == (299, 299, 3) and np.abs(got - ref).max() <= TOL, img
 
 
-def test_xrv_preset_is_torchxrayvisions_scale_on_one_channel(images):
-    """torchxrayvision normalises 8-bit images to (2 x / 255 - 1) * 1024, one channel."""
-    from torchvision import transforms as T
-
-    pil = T.CenterCrop(224)(T.Resize(224)(Image.open(images["chest"]).convert("L")))
-    ref = (2 * (np.asarray(pil, dtype=np.float32) / 255) - 1) * 1024
-    got = ours(images["chest"], PreprocessConfig(name="xrv"), in_chans=1)
-    assert got.shape == (1, 224, 224)
-    np.testing.assert_allclose(got[0], ref, rtol=TOL, atol=1e-4)  # values up to 1024: float32 rounding
-    assert got.min() >= -1024 and got.max() <= 1024
-
-
 def test_medray_preset_is_the_demo_preprocessing(images):
     """grey, squashed, (x/255 - 0.5) / 0.25, the grey repeated to the model's 3 channels."""
     pil = Image.open(images["grey"]).convert("L").resize((96, 96), Image.BILINEAR)
@@ -137,7 +126,7 @@ def test_bad_preprocessing_names_the_key_and_the_fix():
         resolve(PreprocessConfig(name="xrv", mean=[0.485, 0.456, 0.406]), 1, 224)
     with pytest.raises(ConfigError, match=r"preprocess.color='rgb': the model takes 1 channel\(s\)"):
         resolve(PreprocessConfig(name="imagenet"), 1, 224)
-    with pytest.raises(ConfigError, match="preprocess='keras': available presets: medray, imagenet, inception, xrv, timm"):
+    with pytest.raises(ConfigError, match="preprocess='keras': available presets: medray, imagenet, inception, xrv, timm, model"):
         PreprocessConfig(name="keras")
     with pytest.raises(ConfigError, match=r"preprocess.crop_pct=1.2: use a fraction in \(0, 1\]"):
         PreprocessConfig(crop_pct=1.2)

@@ -50,6 +50,25 @@ def test_in_place_then_fetched_then_reused(tmp_path):
     assert materialise_one(replace(sh, ref=None), node) == local
 
 
+def test_a_model_folder_travels_whole_and_comes_back_a_folder(tmp_path):
+    """model=hf: model.path is a folder (config.json + weights + processor config)."""
+    from medray.io import path_sha256
+
+    folder = tmp_path / "driver" / "vit"
+    folder.mkdir(parents=True)
+    for name, data in (("config.json", b"{}"), ("model.safetensors", b"w" * 500), ("preprocessor_config.json", b"{}")):
+        (folder / name).write_bytes(data)
+    (folder / ".cache").mkdir()  # hub bookkeeping: not a file of the model
+    sh = pack(str(folder), put=lambda blobs: blobs)
+    assert sh.folder and set(sh.files) == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    node = tmp_path / "node-cache"
+    assert materialise_one(sh, node) == str(folder)  # in place on the driver's node
+    want = path_sha256(folder)
+    shutil.rmtree(tmp_path / "driver")
+    local = materialise_one(sh, node)
+    assert local == str(node / "shipped" / sh.key[:16]) and path_sha256(local) == want
+
+
 def test_corrupted_bytes_are_refused(tmp_path):
     art = _entry(tmp_path)
     sh = pack(art.path, put=lambda blobs: {**blobs, "model.onnx": b"tampered"})

@@ -128,6 +128,25 @@ def test_reproduce_command_composes_to_the_same_config(tmp_path, tiny_checkpoint
     assert (REPO / "jobs" / "evaluate.py").is_file()
 
 
+def test_reproduce_command_gives_the_keys_a_source_or_dataset_requires(tmp_path):
+    """model=hf has no default model.path (???) and data=chestxray14 no default data.root:
+    the command carries the trial's values of both and composes to its config."""
+    from medray.data.config import DataConfig
+    from medray.data.preprocess import PreprocessConfig
+    from medray.models.config import ModelConfig
+
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "nih").mkdir()
+    target = EvalConfig(backend=TorchConfig(), device="cpu", data=DataConfig(name="chestxray14", root=str(tmp_path / "nih")),
+                        model=ModelConfig(name="hf", source="hf", path=str(tmp_path / "hub")),
+                        preprocess=PreprocessConfig(name="model"), cache_dir=str(tmp_path / "cache"))
+    r = reproduce_command(target, str(tmp_path / "repro"))
+    assert r["verified"], r["note"]
+    argv = shlex.split(r["command"])
+    assert {"model=hf", f"model.path={tmp_path / 'hub'}", f"data.root={tmp_path / 'nih'}"} <= set(argv)
+    assert not any(a.startswith("preprocess") for a in argv)  # model=hf's own default
+
+
 def test_subgroup_constraint_rejects_a_trial_that_passes_the_overall_one():
     """Overall AUC drop 0.002 (allowed at 0.005) but 0.04 in women: rejected, and the
     next feasible trial is recommended; the worst group comes from the run entry as

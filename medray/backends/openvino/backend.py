@@ -104,7 +104,7 @@ def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, source, table, ma
     import nncf
     import openvino as ov
 
-    from medray.metrics.scores import probabilities
+    from medray.metrics.scores import model_probabilities
 
     cfg = spec.backend
     m = spec.model
@@ -136,7 +136,7 @@ def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, source, table, ma
         def validate(compiled, data) -> float:
             logits = np.concatenate([compiled(x)[0] for x, _ in data])
             y = np.asarray([t for _, t in data])
-            probs = probabilities(logits, m.task, m.output, m.positive_index)
+            probs = model_probabilities(logits, m)  # matched to the classes by name, as the actors do
             auc = classification_metrics(y, probs, table.task, table.classes)["auc_macro"]
             if auc is None:
                 raise BackendError(

@@ -38,6 +38,7 @@ from medray.data.preprocess.decode import (
     check_pixels,
     decode_gray,
     decode_image,
+    pixel_dtype,
     scale_size,
     tencrop_prep,
 )
@@ -46,5 +47,5 @@ from medray.data.preprocess.presets import medray_preset, resolve
 
 __all__ = ["COLORS", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "LAYOUTS", "MEAN", "PRESETS", "RESIZES", "STD",
            "TENCROP_CROP_PCT", "InputBuffers", "PreprocessConfig", "array_to_gray_u8", "check_pixels", "decode_gray",
-           "decode_image", "medray_preset", "resolve", "scale_size", "tencrop_prep", "to_model_input"]
+           "decode_image", "medray_preset", "pixel_dtype", "resolve", "scale_size", "tencrop_prep", "to_model_input"]
 

@@ -15,27 +15,40 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 COLORS = ("grey", "rgb")
-RESIZES = ("squash", "shorter_crop", "letterbox")
+# xrv: torchxrayvision's own pipeline (XRayCenterCrop + XRayResizer): the centred square
+# cropped first, then scikit-image's anti-aliased resize on float pixels (float32 out).
+RESIZES = ("squash", "shorter_crop", "letterbox", "xrv")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "area")
 LAYOUTS = ("nchw", "nhwc")
+# Where a centre crop starts: round((h - ch) / 2) as torchvision's CenterCrop and timm do,
+# or floor((h - ch) / 2) as transformers' image processors do (one pixel apart when
+# (h - ch) % 4 == 3, e.g. a 1955x1841 radiograph at shortest edge 256 cropped to 224).
+CROP_OFFSETS = ("round", "floor")
 
 # Every preset's values; a key given on the command line wins over its preset.
 PRESETS: dict[str, dict[str, Any]] = {
     # size None: the model's input_size (model.input_size), as the demo trained.
     "medray": dict(color="grey", size=None, resize="squash", crop_pct=1.0, interpolation="bilinear",
-                   mean=[MEAN], std=[STD], layout="nchw", exact=True),
+                   mean=[MEAN], std=[STD], layout="nchw", exact=True, crop_offset="round"),
     # torchvision's ImageNet evaluation (CheXNet): Resize(256) + CenterCrop(224) + Normalize.
     "imagenet": dict(color="rgb", size=224, resize="shorter_crop", crop_pct=0.875, interpolation="bilinear",
-                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), layout="nchw", exact=True),
+                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), layout="nchw", exact=True, crop_offset="round"),
     # Keras / TF models: load_img (nearest) to the input size, x / 127.5 - 1.
     "inception": dict(color="rgb", size=299, resize="squash", crop_pct=1.0, interpolation="nearest",
-                      mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], layout="nchw", exact=True),
-    # torchxrayvision: one channel, (2 x / 255 - 1) * 1024, centre square at 224.
-    "xrv": dict(color="grey", size=224, resize="shorter_crop", crop_pct=1.0, interpolation="bilinear",
-                mean=[0.5], std=[0.5 / 1024], layout="nchw", exact=True),
+                      mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], layout="nchw", exact=True, crop_offset="round"),
+    # torchxrayvision's pipeline: normalize to [-1024, 1024] = (x / 255 - 0.5) / (0.5 / 1024),
+    # XRayCenterCrop (its own offsets, h // 2 - s // 2), XRayResizer(224) (scikit-image,
+    # bilinear + anti-aliasing, on float pixels), one channel.
+    "xrv": dict(color="grey", size=224, resize="xrv", crop_pct=1.0, interpolation="bilinear",
+                mean=[0.5], std=[0.5 / 1024], layout="nchw", exact=True, crop_offset="round"),
     # timm: every unset key from timm.data.resolve_data_config(model=<the timm arch>).
     "timm": dict(color="rgb", size=None, resize=None, crop_pct=None, interpolation=None, mean=None, std=None,
-                 layout="nchw", exact=True),
+                 layout="nchw", exact=True, crop_offset="round"),
+    # The model's own, as its source states it: every unset key from a model=hf folder (its
+    # transformers image processor or timm pretrained_cfg: medray.data.preprocess.derive),
+    # or torchxrayvision's pipeline at the weights' resolution for model=xrv.
+    "model": dict(color=None, size=None, resize=None, crop_pct=None, interpolation=None, mean=None, std=None,
+                  layout="nchw", exact=True, crop_offset=None),
 }
 
 
@@ -62,11 +75,14 @@ class PreprocessConfig:
     layout: str | None = None
     # false: JPEGs may be decoded at reduced scale (PIL draft), faster, other pixels.
     exact: bool | None = None
+    # round (torchvision, timm) | floor (transformers' image processors): see CROP_OFFSETS.
+    crop_offset: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in PRESETS:
             fail("preprocess", self.name, f"available presets: {', '.join(PRESETS)}")
-        for key, allowed in (("color", COLORS), ("resize", RESIZES), ("interpolation", INTERPOLATIONS), ("layout", LAYOUTS)):
+        for key, allowed in (("color", COLORS), ("resize", RESIZES), ("interpolation", INTERPOLATIONS), ("layout", LAYOUTS),
+                             ("crop_offset", CROP_OFFSETS)):
             v = getattr(self, key)
             if v is not None and v not in allowed:
                 fail(f"preprocess.{key}", v, f"use one of {', '.join(allowed)}")

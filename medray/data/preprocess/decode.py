@@ -21,7 +21,9 @@ def decode_gray(src: str | bytes | BinaryIO, size: int, draft: bool = True) -> n
 
 def decode_image(src: str | bytes | BinaryIO, prep: dict, tta: str = "none") -> np.ndarray:
     """Decode an image file and make the model's pixels: uint8 ``(H, W)`` / ``(H, W, 3)``,
-    or ``(10, H, W[, 3])`` for ``tta=tencrop``.
+    or ``(10, H, W[, 3])`` for ``tta=tencrop``; float32 in 0-255 units for ``resize=xrv``
+    (torchxrayvision resizes float pixels: rounding them to 8 bits would move them by up
+    to 4 levels).
 
     JPEG, PNG (8/16-bit, L/RGB/...) and DICOM (``.dcm`` or the ``DICM`` magic; see
     :mod:`medray.data.dicom`), and plain ``.npy`` arrays.  16-bit images are scaled to 8
@@ -42,11 +44,21 @@ def decode_image(src: str | bytes | BinaryIO, prep: dict, tta: str = "none") -> 
     if tta == "tencrop":
         from medray.data.tta import ten_crop
 
-        scaled = np.asarray(_scale(im, tencrop_prep(prep)), dtype=np.uint8)
+        scaled = _pixels(_scale(im, tencrop_prep(prep)))
         return np.stack(ten_crop(scaled[None], prep["size"]))[:, 0]
     if tta != "none":
         raise ValueError(f"tta={tta!r}: use none or tencrop")
-    return np.asarray(_crop(_scale(im, prep), prep), dtype=np.uint8)
+    return _pixels(_crop(_scale(im, prep), prep))
+
+
+def pixel_dtype(prep: dict) -> np.dtype:
+    """What :func:`decode_image` returns for ``prep``: float32 for ``resize=xrv``, else uint8."""
+    return np.dtype(np.float32 if prep["resize"] == "xrv" else np.uint8)
+
+
+def _pixels(im) -> np.ndarray:
+    """A PIL image as uint8; ``resize=xrv``'s float32 array (0-255 units) as it is."""
+    return im if isinstance(im, np.ndarray) else np.asarray(im, dtype=np.uint8)
 
 
 # tta=tencrop of a preprocessing that does not crop (crop_pct 1): CheXNet's Resize(256) / TenCrop(224).
@@ -80,6 +92,8 @@ def _scale(im, prep: dict):
     w, h = im.size
     if mode == "squash":
         return im.resize((sw, sh), f)
+    if mode == "xrv":
+        return _xrv_scale(im, sh, sw)
     if mode == "shorter_crop" and sh == sw:  # torchvision Resize(int): the shorter side to it
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = sh, int(sh * long / short)
@@ -90,12 +104,35 @@ def _scale(im, prep: dict):
     return im.resize((round(w / ratio), round(h / ratio)), f)
 
 
+def _xrv_scale(im, sh: int, sw: int) -> np.ndarray:
+    """torchxrayvision's ``XRayCenterCrop`` (the centred square, offsets ``h // 2 - s // 2``)
+    then ``XRayResizer`` (``skimage.transform.resize``, mode constant, anti-aliased) on
+    float pixels; in 0-255 units, so the border value is 127.5 (xrv's 0 after normalize)."""
+    import warnings
+
+    import skimage.transform
+
+    a = np.asarray(im, dtype=np.float32)
+    h, w = a.shape
+    s = min(h, w)
+    y0, x0 = h // 2 - s // 2, w // 2 - s // 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage's notes on anti-aliasing defaults
+        out = skimage.transform.resize(a[None, y0:y0 + s, x0:x0 + s], (1, sh, sw), mode="constant", cval=127.5,
+                                       preserve_range=True)
+    return out[0].astype(np.float32)
+
+
 def _crop(im, prep: dict):
-    """torchvision's CenterCrop (timm's CenterCropOrPad for letterbox: pad with the mean)."""
+    """torchvision's CenterCrop (timm's CenterCropOrPad for letterbox: pad with the mean);
+    ``crop_offset=floor``: transformers' centre crop."""
     from PIL import Image
 
     ch, cw = prep["size"]
-    w, h = im.size
+    if isinstance(im, np.ndarray):  # resize=xrv: a float square, cropped only below crop_pct 1
+        h, w = im.shape
+    else:
+        w, h = im.size
     if cw > w or ch > h:
         fill = tuple(round(255 * m) for m in prep["mean"]) if prep["resize"] == "letterbox" else 0
         if im.mode == "L":
@@ -107,7 +144,12 @@ def _crop(im, prep: dict):
         w, h = im.size
         if (w, h) == (cw, ch):
             return im
-    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    if prep["crop_offset"] == "floor":
+        top, left = (h - ch) // 2, (w - cw) // 2
+    else:
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    if isinstance(im, np.ndarray):
+        return np.ascontiguousarray(im[top:top + ch, left:left + cw])
     return im.crop((left, top, left + cw, top + ch))
 
 

@@ -10,14 +10,21 @@ from medray.errors import fail
 _CROP_MODES = {"center": "shorter_crop", "squash": "squash", "border": "letterbox"}
 
 
-def resolve(cfg: PreprocessConfig, in_chans: int, input_size: int, timm_arch: str | None = None) -> dict[str, Any]:
+def resolve(cfg: PreprocessConfig, in_chans: int, input_size: int, timm_arch: str | None = None,
+            derived: dict[str, Any] | None = None) -> dict[str, Any]:
     """The concrete preprocessing of a model: every key set, ``size`` as ``[h, w]``.
 
     ``timm`` fills what is unset from ``timm.data.resolve_data_config`` on ``timm_arch``
-    (no download: the architecture's pretrained config).  The channels are checked
+    (no download: the architecture's pretrained config); ``model`` from ``derived``, the
+    keys the model's source states (:mod:`medray.data.preprocess.derive`).  The channels are checked
     against the model's ``in_chans`` here (a config error naming the key).
     """
     s = cfg.settings()
+    if cfg.name == "model":
+        if derived is None:
+            fail("preprocess", "model", "this model's source states no preprocessing (model=hf and model=xrv do); "
+                 "use another preset, e.g. preprocess=imagenet or preprocess=timm")
+        s.update({k: v for k, v in derived.items() if s.get(k) is None})
     if cfg.name == "timm":
         if not timm_arch:
             fail("preprocess", "timm", "the timm preset reads the model's timm config: give model.arch=<timm name>, or another preset")
@@ -34,6 +41,9 @@ def resolve(cfg: PreprocessConfig, in_chans: int, input_size: int, timm_arch: st
                 s[k] = v
         if s["interpolation"] not in INTERPOLATIONS:
             fail("preprocess.interpolation", s["interpolation"], f"timm's {s['interpolation']!r} is not supported; set one of {', '.join(INTERPOLATIONS)}")
+    if s["resize"] == "xrv" and (s["color"] != "grey" or s["interpolation"] != "bilinear"):
+        fail("preprocess.resize", "xrv", "torchxrayvision's resize is scikit-image's bilinear one on one grey channel: "
+             "use preprocess.color=grey preprocess.interpolation=bilinear, or another resize")
     size = s["size"] if s["size"] is not None else input_size
     s["size"] = [int(size), int(size)] if isinstance(size, int) else [int(v) for v in size]
     channels = 3 if s["color"] == "rgb" else in_chans

@@ -16,6 +16,8 @@ def render(doc: dict) -> list[str]:
         f"{ds['n_samples']} samples of split `{ds['split']}`, task {ds['task']}, "
         f"{len(ds['classes'])} {'labels' if ds['task'] == 'multilabel' else 'classes'}"
         + (f"; {len(doc['skipped'])} of them skipped as unreadable (listed below)." if doc.get("skipped") else "."),
+        *([f"**Not scored** (the model has no output for them): {', '.join(ds['not_scored'])}."]
+          if ds.get("not_scored") else []),
         "Latency = backend compute time per sample (batch time / batch size, warm-up excluded); "
         "throughput = end to end, the rate of the slower of reading and inference while both run "
         "(start-up apart; the inference stage's capacity is in the runs table). Percentages below.",

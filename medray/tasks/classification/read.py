@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 
 def decode_batch(batch: dict[str, np.ndarray], prep, tta: str = "none", on_error: str = "fail") -> dict[str, np.ndarray]:
-    """CPU task: file paths → the model's uint8 pixels (:func:`medray.data.preprocess.decode_image`):
-    ``(N, H, W[, 3])``, or ``(N, 10, H, W[, 3])`` with ``tta=tencrop``.
+    """CPU task: file paths → the model's uint8 pixels (:func:`medray.data.preprocess.decode_image`;
+    float32 for ``resize=xrv``): ``(N, H, W[, 3])``, or ``(N, 10, H, W[, 3])`` with ``tta=tencrop``.
 
     ``prep``: the resolved preprocessing (an int = the medray preset at that size).  A file
     that cannot be decoded stops the run (``on_error="fail"``: BadSampleError with its path
@@ -23,7 +23,7 @@ def decode_batch(batch: dict[str, np.ndarray], prep, tta: str = "none", on_error
     its path and reason).
     """
     from medray.data.policy import SAMPLE_ERRORS, describe
-    from medray.data.preprocess import decode_image, medray_preset
+    from medray.data.preprocess import decode_image, medray_preset, pixel_dtype
     from medray.errors import BadSampleError
     from medray.monitoring import count_error
 
@@ -32,7 +32,7 @@ def decode_batch(batch: dict[str, np.ndarray], prep, tta: str = "none", on_error
     h, w = prep["size"]
     shape = ((10,) if tta == "tencrop" else ()) + (h, w) + ((3,) if prep["color"] == "rgb" else ())
     paths = batch["path"]
-    images = np.zeros((len(paths), *shape), dtype=np.uint8)
+    images = np.zeros((len(paths), *shape), dtype=pixel_dtype(prep))  # float32 for resize=xrv
     reasons = np.full(len(paths), "", dtype=object)
     for i, p in enumerate(paths):
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medray.data.sources import IMAGE
-from medray.metrics.scores import finite_rows, nonfinite_entry, probabilities, stacked_probs, worst_case
+from medray.metrics.scores import finite_rows, model_probabilities, nonfinite_entry, stacked_probs, worst_case
 from medray.tasks.base import RunConfig, SweepMetric, Task
 from medray.tasks.classification.read import decode_batch, model_prep, read_block_size
 from medray.tasks.classification.scores import targets
@@ -89,11 +89,12 @@ class ClassificationTask(Task):
     def block_size(self, n: int, spec: RunSpec, actors: int, configured: int | None, read_s: float | None = None) -> int:
         if configured:  # data.read_block_size; also read_dataset's second call with execute's block
             return configured
+        from medray.data.preprocess import pixel_dtype
         from medray.data.tta import VIEWS
 
         prep = model_prep(spec.model)
         h, w = prep["size"]
-        sample_bytes = h * w * (1 if prep.get("color") == "grey" else 3) * VIEWS[spec.tta]
+        sample_bytes = h * w * (1 if prep.get("color") == "grey" else 3) * VIEWS[spec.tta] * pixel_dtype(prep).itemsize
         return read_block_size(n, spec.batch_size, actors, sample_bytes, read_s)
 
     def read_blocks(self, todo: pd.DataFrame, spec: RunSpec, block: int) -> list[pd.DataFrame]:
@@ -117,7 +118,8 @@ class ClassificationTask(Task):
         for view in views:
             logits = backend.infer(to_model_input(view, model.in_chans, prep, backend.inputs))
             batch_ms += backend.last_ms
-            probs = probs + probabilities(logits, model.task, model.output, model.positive_index)
+            # Outputs matched to the dataset's classes by name (and xrv's op_norm) here, before any metric.
+            probs = probs + model_probabilities(logits, model)
         n = len(batch["image"])
         return {
             "probs": (probs / len(views)).astype(np.float32),
@@ -205,7 +207,7 @@ class ClassificationTask(Task):
     def dataset_section(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame,
                         model: ModelSpec | None) -> dict[str, Any]:
         return {"task": table.task, "classes": list(table.classes), "positive_class": table.positive_class,
-                "notes": list(table.notes)}
+                "not_scored": list(table.not_scored), "notes": list(table.notes)}
 
     def runs_columns(self, r: dict) -> dict[str, str]:
         lat = r["latency_ms"]
