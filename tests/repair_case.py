@@ -80,10 +80,10 @@ def build(outliers: list[str] | tuple[str, ...] = ("stem",), seed: int = 0):
     return model
 
 
-def images(n: int, seed: int) -> np.ndarray:
-    """Smooth-noise float images ``(n, 3, SIZE, SIZE)``, unit variance."""
+def images(n: int, seed: int, size: int = SIZE) -> np.ndarray:
+    """Smooth-noise float images ``(n, 3, size, size)``, unit variance."""
     rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 1, (n, 3, SIZE + 4, SIZE + 4)).astype(np.float32)
+    noise = rng.normal(0, 1, (n, 3, size + 4, size + 4)).astype(np.float32)
     k = np.array([1, 4, 6, 4, 1], np.float32) / 16
     x = np.apply_along_axis(lambda r: np.convolve(r, k, "valid"), 3, noise)
     x = np.apply_along_axis(lambda c: np.convolve(c, k, "valid"), 2, x)
@@ -137,10 +137,10 @@ def validation(outliers=("stem",), n: int = 400, seed: int = 3) -> Validation:
     return Validation(x[keep], y)
 
 
-def imagefolder(root, outliers=("stem",), n: int = 700, seed: int = 5) -> dict:
-    """A ``data=imagefolder`` set of grey PNGs labelled by the case model's fp32 decisions on
-    them (as medray preprocesses them): ``train/`` (calibration + validation) and ``test/``.
-    Returns the split sizes."""
+def imagefolder(root, outliers=("stem",), n: int = 700, seed: int = 5, model=None, size: int = SIZE) -> dict:
+    """A ``data=imagefolder`` set of grey PNGs labelled by the fp32 decisions of the case
+    model (or ``model``, fed ``size`` px) on them, as medray preprocesses them: ``train/``
+    (calibration + validation) and ``test/``.  Returns the split sizes."""
     from pathlib import Path
 
     import pandas as pd
@@ -152,15 +152,16 @@ def imagefolder(root, outliers=("stem",), n: int = 700, seed: int = 5) -> dict:
     root = Path(root)
     raw = root.parent / f"{root.name}-raw"
     raw.mkdir(parents=True, exist_ok=True)
-    x = images(n, seed)[:, 0]
+    x = images(n, seed, size)[:, 0]
     pix = np.clip(128 + 40 * x, 0, 255).astype(np.uint8)
     paths = []
     for i, p in enumerate(pix):
         paths.append(raw / f"img{i:04d}.png")
         Image.fromarray(p).save(paths[-1])
-    cs = load_calibration(pd.DataFrame({"sample_id": [p.name for p in paths], "path": paths}), SIZE, 3)
+    cs = load_calibration(pd.DataFrame({"sample_id": [p.name for p in paths], "path": paths}), size, 3)
+    model = build(outliers) if model is None else model.eval()
     with torch.no_grad():
-        logits = build(outliers)(torch.from_numpy(cs.inputs)).numpy()
+        logits = np.concatenate([model(torch.from_numpy(cs.inputs[i : i + 32])).numpy() for i in range(0, n, 32)])
     keep, y = teacher(logits)
     names = np.asarray(cs.sample_ids)[keep]
     sizes: dict = {}
