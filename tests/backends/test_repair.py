@@ -247,3 +247,37 @@ def test_repair_config_accepted_and_ranges_checked():
                      ({"repair_budget_s": 0}, "repair_budget_s"), ({"limits": {"auc_macro": 2}}, "limits.auc_macro")):
         with pytest.raises(ConfigError, match=f"quantization.{key}"):
             QuantizationConfig(**bad)
+
+
+@pytest.mark.slow
+def test_evaluate_job_reports_the_repair_and_checks_it_on_the_test_split(ray_local, tmp_path):
+    """The job end to end: repair chosen on the train split's validation samples, the run on
+    test; report.md and metrics.json name the kept layer, every step, and the test check."""
+    from medray.backends.onnxruntime.config import OnnxRuntimeConfig
+    from medray.config import RayConfig
+    from medray.data.config import CalibrationConfig, DataConfig
+    from medray.models.config import ModelConfig
+    from medray.pipeline.evaluate import run
+
+    sizes = rc.imagefolder(tmp_path / "data")
+    cfg = EvalConfig(backend=OnnxRuntimeConfig(), precision="int8",
+                     data=DataConfig(name="imagefolder", root=str(tmp_path / "data"), split="test"),
+                     model=ModelConfig(name="python", source="python", target=f"{REPO}/tests/repair_case.py:build",
+                                       input_size=rc.SIZE),
+                     calibration=CalibrationConfig(num_samples=64),
+                     quantization=QuantizationConfig(max_drop=MAX_DROP, repair=True, repair_threads=1),
+                     ray=RayConfig(num_cpus=2), batch_size=16, output_dir=str(tmp_path / "out"),
+                     cache_dir=str(tmp_path / "cache"), warmup_batches=1, baseline="torch-fp32")
+    doc = run(cfg)
+    cand = next(r for r in doc["runs"] if r["role"] == "candidate")
+    rep = cand["artifact"]["repair"]
+    assert [k["onnx"] for k in rep["kept"]] == [KEPT]
+    v = rep["validation"]
+    assert v["splits"] == ["train"] and v["n"] == sizes["train"] - 64 and v["overlap_with_calibration"] == 0
+    assert cand["effective_precision"]["executed"] == "int8" and cand["effective_precision"]["compute_ops"]["fp32"] == 2
+    check = cand["repair_check"]
+    assert check["holds"] and check["gates"][0]["test_drop"] <= MAX_DROP
+    assert cand["metrics"]["auc_macro"] >= 1.0 - MAX_DROP
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## INT8 repair" in report and f"`{KEPT}` (torch module `stem.3`)" in report
+    assert "| probe:leave_one_out | /stem/stem.3/Conv |" in report and "→ holds" in report
