@@ -152,7 +152,13 @@ class QuantizationConfig:
             if not self.has_limit():
                 _fail("quantization.repair", True, "the repair needs a limit: quantization.max_drop=0.01 (the task's "
                       "metric), quantization.max_subgroup_drop, quantization.min_ratio or quantization.limits")
+            if self.compare_accuracy_control and not backend.ACCURACY_CONTROL:
+                _fail("quantization.compare_accuracy_control", True, f"backend={backend.name} has no accuracy control "
+                      f"of its own to compare with; it exists for backend={controlled}")
             return
+        if self.compare_accuracy_control:
+            _fail("quantization.compare_accuracy_control", True, "compares NNCF's accuracy control with the INT8 "
+                  "repair: add quantization.repair=true")
         if self.max_drop is not None and not (backend.ACCURACY_CONTROL and precision == "int8"):
             _fail("quantization.max_drop", self.max_drop,
                   f"accuracy-controlled quantization exists for backend={controlled} precision=int8 (or add "

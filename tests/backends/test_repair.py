@@ -229,6 +229,8 @@ def test_tensorrt_engine_runs_the_kept_layer_in_float(cache):
     ({"quantization": QuantizationConfig(repair=True, limits={"dice_mean": 0.01})},
      r"quantization.limits.dice_mean=0.01: task=classification is judged on auc_macro, balanced_accuracy"),
     ({"quantization": QuantizationConfig(min_ratio=0.999)}, r"quantization.min_ratio=0.999: a limit of the INT8 repair"),
+    ({"quantization": QuantizationConfig(max_drop=0.01, repair=True, compare_accuracy_control=True)},
+     r"quantization.compare_accuracy_control=True: backend=onnxruntime has no accuracy control .* backend=openvino"),
     ({"backend": "onnxruntime", "quantization": QuantizationConfig(max_drop=0.01)},
      r"accuracy-controlled quantization exists for backend=openvino precision=int8 \(or add quantization.repair=true "
      r"on backend=onnxruntime\|openvino\|trt\)"),

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,7 +71,7 @@ class RepairValidation:
     loader: Callable[[pd.DataFrame], ValidationData]
     gates: list[Gate]
     overlap_with_calibration: int = 0
-    _data: Any = None
+    _data: Any = field(default=None, repr=False, compare=False)  # loaded once, when a build needs it
 
     def ids(self) -> dict:
         from medray.data.calibration import calibration_ids
