@@ -4,9 +4,9 @@ model's speed against full INT8 and fp32, per model × backend.
 Each model is prepared through medray's own ``medray.pipeline.prepare.prepare`` with
 ``precision=int8 quantization.repair=true`` (the job's path: dataset, calibration and
 validation splits, the task's metric, the artifact cache), on ONNX Runtime and OpenVINO.
-Speed is the library's own check (``quantization.repair_bench``): fp32, full INT8 and the
-repaired model as bare loops on the driver, batch 1, 1 thread, interleaved round-robin,
-median of ``--runs`` calls.
+Speed: fp32, full INT8 and the repaired model as bare loops on the driver, batch
+``--batch`` (1), 1 thread, interleaved round-robin, median (and p25–p75) of ``--runs``
+calls each — the repair's own speed check with more calls.
 
 Models:
 
@@ -100,6 +100,34 @@ def model_config(name: str, work: Path, args):
     return model, DataConfig(name="imagefolder", root=str(root), split="test"), calib, val
 
 
+def timing(backend: str, spec, rep: dict, args) -> dict:
+    """fp32 / full INT8 / repaired, bare loops, batch ``--batch``, 1 thread, interleaved
+    round-robin over ``--runs`` calls (the library's ``bench``, with more calls than the
+    repair's own check), as the repaired artifact's speed table."""
+    from functools import partial
+
+    import numpy as np
+
+    from medray.backends.onnx.proxy import infer_fn
+    from medray.backends.onnx.repair import bench, speed_table
+
+    art = spec.artifact
+    paths = {"fp32": art["reference"]["path"], "int8_full": rep["full_int8"]["path"], "repaired": art["path"]}
+    x = np.random.default_rng(0).standard_normal((args.batch, *spec.model.input_shape), dtype=np.float32)
+    fns = {}
+    for k, path in paths.items():
+        if backend == "openvino":
+            from medray.backends.openvino.repair import compile_model
+
+            precision = "fp32" if k == "fp32" else "int8" if k == "int8_full" else rep["executes"]
+            req = compile_model(path, precision, 1, latency=True).create_infer_request()
+            fns[k] = partial(req.infer, {0: x})
+        else:
+            fns[k] = partial(infer_fn(path, 1, optimize=True), x)
+    what = f"{backend}, bare loop on the driver, 1 thread, {args.runs} interleaved calls"
+    return speed_table(bench(fns, warmup=5, runs=args.runs, max_s=args.max_bench_s), args.batch, 1, what)
+
+
 def run_one(name: str, backend: str, work: Path, args) -> dict:
     from medray.backends.config import QuantizationConfig
     from medray.config import EvalConfig, backend_config
@@ -108,7 +136,7 @@ def run_one(name: str, backend: str, work: Path, args) -> dict:
 
     model, data, n_calib, n_val = model_config(name, work, args)
     q = QuantizationConfig(max_drop=args.max_drop, repair=True, repair_threads=args.threads, repair_samples=n_val,
-                           repair_budget_s=args.budget, repair_bench=True)
+                           repair_budget_s=args.budget, repair_bench=False)
     cfg = EvalConfig(backend=backend_config(backend), precision="int8", data=data, model=model,
                      calibration=CalibrationConfig(num_samples=n_calib), quantization=q, baseline=None,
                      cache_dir=str(work / "cache"), output_dir=str(work / "out"))
@@ -116,7 +144,7 @@ def run_one(name: str, backend: str, work: Path, args) -> dict:
     spec = prepare(cfg).specs[0]
     wall = time.perf_counter() - t
     rep = spec.artifact["repair"]
-    sp = rep.get("speed") or {}
+    sp = timing(backend, spec, rep, args)
     lat = {k: v["median_ms"] for k, v in (sp.get("latency_ms") or {}).items()}
     return {
         "model": name, "backend": backend, "max_drop": args.max_drop, "layers": rep["layers"],
@@ -136,7 +164,7 @@ def markdown(rows: list[dict], mach: dict) -> str:
     out = [f"Machine: {mach['cpu']}, {mach['cores']} cores, flags {', '.join(mach['cpu_flags']) or '–'}; "
            f"load average (1 min) at the end {mach['load_avg_1m']:.1f}.", "",
            "| Model | Backend | Kept in float | Metric fp32 → full INT8 → repaired (validation) | fp32 / INT8 / repaired "
-           "(ms, batch 1) | Repaired vs full INT8 | vs fp32 | Search (s, evaluations) | Prepare (s) |",
+           "(ms, median [p25–p75]) | Repaired vs full INT8 | vs fp32 | Search (s, evaluations) | Prepare (s) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         key = next(iter(r["reference"]))
@@ -145,8 +173,9 @@ def markdown(rows: list[dict], mach: dict) -> str:
             + ", ".join(f"`{k['module'] or k['onnx']}`" for k in r["kept"][:4]) + (" …" if len(r["kept"]) > 4 else ""))
         m = f"{key} {r['reference'][key]:.4f} → {r['full_int8'][key]:.4f} → " + (
             f"{r['repaired'][key]:.4f}" if r["repaired"] else "–") + (f" ({r['executes']})" if r["executes"] != "int8" else "")
-        lat = r["latency_ms"]
-        ms = " / ".join(f"{lat[k]:.2f}" if k in lat else "–" for k in ("fp32", "int8_full", "repaired"))
+        lat = r["speed"]["latency_ms"]
+        ms = " / ".join(f"{lat[k]['median_ms']:.2f} [{lat[k]['p25_ms']:.2f}–{lat[k]['p75_ms']:.2f}]"
+                        for k in ("fp32", "int8_full", "repaired"))
         out.append(f"| {r['model']} | {r['backend']} | {kept} | {m} | {ms} | {r['repaired_vs_int8_full']}× | "
                    f"{r['repaired_vs_fp32']}× | {r['search_s']:.1f} ({r['evaluations']}) | {r['prepare_s']:.0f} |")
     return "\n".join(out) + "\n"
@@ -160,6 +189,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=1200.0, help="quantization.repair_budget_s")
     ap.add_argument("--threads", type=int, default=2, help="quantization.repair_threads (the search's sessions)")
     ap.add_argument("--densenet-images", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=100, help="timed calls per variant (interleaved)")
+    ap.add_argument("--max-bench-s", type=float, default=300.0)
     ap.add_argument("--workdir", default=None, help="keeps datasets and the artifact cache between runs")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
