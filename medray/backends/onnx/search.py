@@ -20,10 +20,13 @@ memoised by kept set, and ``budget_s`` stops the search with the best passing se
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+log = logging.getLogger("medray.backends.repair")
 
 # Float noise: a drop of exactly the limit passes.
 EPS = 1e-12
@@ -152,6 +155,9 @@ class _Search:
         self.res.steps.append({"step": step, "kept": sorted(kept), "metrics": summary(self.gates, self.memo[kept]),
                                "margin": None if not math.isfinite(m) else round(m, 6), "passes": m >= -EPS,
                                "t_s": round(time.perf_counter() - self.t0, 3)})
+        log.info("repair search %s: %d kept%s, margin %.4f (%s) at %.0f s", step, len(kept),
+                 f" ({sorted(kept)[0]}{', ...' if len(kept) > 1 else ''})" if kept else "", m,
+                 "passes" if m >= -EPS else "fails", self.res.steps[-1]["t_s"])
         return self.memo[kept]
 
 
