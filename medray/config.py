@@ -167,11 +167,8 @@ class EvalConfig:
         self._check_task_data(task)
         self._check_source()
         self.backend.check_pair(self.device, self.precision)
-        if self.quantization.max_drop is not None and not (self.backend.ACCURACY_CONTROL and self.precision == "int8"):
-            with_it = "|".join(n for n in REGISTRY if config_class(n).ACCURACY_CONTROL)
-            _fail("quantization.max_drop", self.quantization.max_drop,
-                  f"accuracy-controlled quantization exists for backend={with_it} precision=int8; "
-                  f"remove it for backend={self.backend.name} precision={self.precision}")
+        self.quantization.check_run(self.backend, self.precision, *("|".join(n for n in REGISTRY if getattr(
+            config_class(n), flag)) for flag in ("REPAIR", "ACCURACY_CONTROL")))
         if self.batch_size < 1:
             _fail("batch_size", self.batch_size, "use a positive batch size (e.g. 16 or 32)")
         self.backend.check_run(self.device, self.precision, task.backend_batch(self))
@@ -182,6 +179,7 @@ class EvalConfig:
         if self.tta not in TTA_MODES:
             _fail("tta", self.tta, f"use one of {', '.join(TTA_MODES)}")
         task.check_config(self)
+        task.check_repair(self)
         if self.baseline is not None:
             name, precision = RunName.parse(self.baseline)
             if precision not in PRECISIONS:

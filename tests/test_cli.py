@@ -17,6 +17,9 @@ from helpers import REPO
         (["backend=onnxruntime", "precision=bf16"], "precision='bf16': backend=onnxruntime on device=cpu supports"),
         (["batch_size=0"], "batch_size=0"),
         (["device=cuda", "backend=torch", "precision=fp16"], "device=cuda: the embedded local Ray would have no GPU"),
+        (["quantization.repair=true", "quantization.max_drop=0.01"],
+         "quantization.repair=True: the repair keeps layers of an INT8 model in higher precision: add precision=int8"),
+        (["precision=int8", "quantization.repair=true"], "quantization.repair=True: the repair needs a limit"),
     ],
 )
 def test_bad_config_fails_fast_without_starting_ray(args, expect, tmp_path):

@@ -47,7 +47,9 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
-    def _lock(self, name: str):
+    def lock(self, name: str):
+        """An exclusive lock named ``name`` under the cache (also for files that grow
+        across builds, such as the INT8 repair's memo of evaluations)."""
         with open(self.root / f".{name}.lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -69,7 +71,7 @@ class ArtifactCache:
         key = cache_key(parts)
         d = self.root / f"{kind}-{key[:16]}"
         path = d / filename
-        with self._lock(d.name):
+        with self.lock(d.name):
             hit = self._verified(d, path, key)
             if hit is not None:
                 log.info("%s: cache hit %s", kind, path)

@@ -81,6 +81,12 @@ class Backend(ABC):
         return None
 
     # -- actor side -------------------------------------------------------------------
+    @property
+    def executes(self) -> str:
+        """The precision the artifact runs: the spec's, or the one an INT8 repair fell back
+        to when no INT8 layer set passed its gate (``artifact["executes"]``, reported)."""
+        return (self.spec.artifact or {}).get("executes") or self.spec.precision
+
     def load(self) -> Backend:
         """Load the session, record the precision really executed, run warm-up batches."""
         spec = self.spec

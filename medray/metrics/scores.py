@@ -85,6 +85,16 @@ def model_probabilities(logits: np.ndarray, model: ModelSpec) -> np.ndarray:
     return p
 
 
+def true_outcome_probability(y: np.ndarray, probs: np.ndarray, task: str) -> np.ndarray:
+    """Per sample, the probability the model gives the true outcome (multiclass: the true
+    class's; multilabel: the mean over labels of p or 1 − p): a per-sample score where a
+    metric like AUC has none."""
+    y = np.asarray(y)
+    if task == "multilabel":
+        return np.mean(np.where(y == 1, probs, 1.0 - probs), axis=1)
+    return probs[np.arange(len(y)), y.astype(int)]
+
+
 def stacked_probs(df: pd.DataFrame) -> np.ndarray:
     return np.stack(df["probs"].to_numpy()).astype(np.float64)
 

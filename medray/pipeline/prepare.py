@@ -108,6 +108,12 @@ def prepare(cfg: EvalConfig) -> Prepared:
     if any(s.precision == "int8" for s in specs):
         calib = calibration_samples(table, cfg.calibration.split, cfg.calibration.num_samples, cfg.calibration.seed, samples)
         context["calibration"] = task.calibration(cfg, table, calib, model)
+        if cfg.quantization.repair:  # the INT8 repair's validation samples and the task's metric
+            context["repair"] = task.repair_validation(cfg, table, samples, model, calib)
+            if context["repair"] is None:
+                from medray.errors import fail
+
+                fail("quantization.repair", True, f"task={task.name} has no validation metric to judge a repair; remove it")
     for spec in specs:
         with step(f"{spec.name}: prepare artifact", log):
             spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from medray.data.policy import check_accounting
 from medray.metrics.performance import latency_summary, speedup
+from medray.report.repair import validation_vs_test
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,7 +86,8 @@ def _artifact(a: dict | None, eff: dict | None = None) -> dict | None:
     out = {"path": a["path"], "bytes": a["bytes"], "build_s": a["build_s"], "cache_hit": a["cache_hit"]}
     # Lower-precision artifacts carry the fp32 one they were built from (size comparison),
     # INT8 ones the calibration set and what the quantizer did (layers kept in float...).
-    for k in ("reference", "calibration", "quantization", "source_graph"):
+    # An INT8 repair: what it kept, every step, the precision it runs (medray.backends.onnx.repair).
+    for k in ("reference", "calibration", "quantization", "source_graph", "repair", "executes"):
         if a.get(k) is not None:
             out[k] = a[k]
     return out
@@ -119,6 +121,10 @@ def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, res
             entry["speedup"] = speedup(b["latency_ms"]["per_sample_mean"], entry["latency_ms"]["per_sample_mean"])
             for key, factor in (("throughput_sps", "throughput_factor"), ("inference_sps", "capacity_factor")):
                 entry["speedup"][factor] = entry[key] / b[key] if entry.get(key) and b.get(key) else None
+    for entry in runs:  # an INT8 repair chosen on validation, judged on the evaluated split
+        check = validation_vs_test(entry)
+        if check is not None:
+            entry["repair_check"] = check
     skipped = next((r.skipped for r in results if r.skipped is not None), None)
     doc = {
         "task": task.name,

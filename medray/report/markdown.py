@@ -9,6 +9,7 @@ the same for every task.
 from __future__ import annotations
 
 from medray.format import cell
+from medray.report.repair import section as repair_section
 
 
 def render_report(doc: dict, task=None) -> str:
@@ -26,6 +27,7 @@ def render_report(doc: dict, task=None) -> str:
                 f"{r['resumed']['processed']} evaluated now (latency covers both; throughput and wall the latter)."
             )
     lines += precision_section(doc)
+    lines += repair_section(doc)
     if doc.get("skipped"):
         lines += skipped_section(doc)
     if doc.get("warnings"):

@@ -41,6 +41,8 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from medray.backends.base import Backend
+    from medray.backends.onnx.repair import RepairValidation
+    from medray.backends.onnx.search import Gate
     from medray.data.calibration import CalibrationSource
     from medray.data.table import SampleTable
     from medray.results import RunResult
@@ -227,3 +229,61 @@ class Task(ABC):
         """Bootstrap CIs, paired tests and non-inferiority of the recommended trial's
         :attr:`sweep_metrics` vs the baseline (``base``/``cand``: their predictions)."""
         return {}
+
+    # -- INT8 repair (medray.backends.onnx.repair) -----------------------------------------
+    @classmethod
+    def check_repair(cls, cfg: RunConfig) -> None:
+        """quantization.* limits the task can judge (ConfigError naming the key)."""
+        from medray.errors import fail
+
+        q = cfg.quantization
+        if not q.repair:
+            return
+        keys = [m.key for m in cls.sweep_metrics]
+        for k in q.limits:
+            if k not in keys:
+                fail(f"quantization.limits.{k}", q.limits[k], f"task={cls.name} is judged on {', '.join(keys)}")
+        if q.max_subgroup_drop is not None and not cls.subgroup_delta:
+            fail("quantization.max_subgroup_drop", q.max_subgroup_drop, f"task={cls.name} has no subgroup metric; remove it")
+
+    def repair_gates(self, cfg: RunConfig) -> list[Gate]:
+        """The repair's limits on the task's own metrics: ``quantization.max_drop`` /
+        ``min_ratio`` / ``max_subgroup_drop`` on the first of :attr:`sweep_metrics`, and
+        ``quantization.limits`` (the sweep's constraints) on any of them."""
+        from medray.backends.onnx.search import Gate
+
+        q, primary = cfg.quantization, self.sweep_metrics[0].key
+        gates = [Gate(primary, max_drop=q.max_drop, key="quantization.max_drop")] if q.max_drop is not None else []
+        if q.min_ratio is not None:
+            gates.append(Gate(primary, min_ratio=q.min_ratio, key="quantization.min_ratio"))
+        gates += [Gate(k, max_drop=float(v), key=f"quantization.limits.{k}") for k, v in q.limits.items()]
+        if q.max_subgroup_drop is not None:
+            gates.append(Gate(primary, max_drop=q.max_subgroup_drop, subgroups=True, key="quantization.max_subgroup_drop"))
+        return gates
+
+    def repair_samples(self, cfg: RunConfig, table: SampleTable, evaluated: pd.DataFrame,
+                       calibration: pd.DataFrame | None) -> tuple[pd.DataFrame, int]:
+        """The repair's validation samples and how many of them also calibrate: from
+        ``quantization.repair_split`` (null: the calibration split), never the evaluated
+        ones; the calibration samples are left out when at least 100 others remain."""
+        from medray.data.load import calibration_samples
+
+        q = cfg.quantization
+        pool = calibration_samples(table, q.repair_split or cfg.calibration.split, 10**12, cfg.data.seed, evaluated,
+                                   cfg.data.split)
+        if calibration is not None:
+            rest = pool[~pool["sample_id"].isin(set(calibration["sample_id"]))]
+            if len(rest) >= min(100, q.repair_samples or 10**12):
+                pool = rest
+        if q.repair_samples is not None and q.repair_samples < len(pool):
+            pool = pool.sample(n=q.repair_samples, random_state=cfg.data.seed).sort_values("sample_id")
+        pool = pool.reset_index(drop=True)
+        overlap = 0 if calibration is None else int(pool["sample_id"].isin(set(calibration["sample_id"])).sum())
+        return pool, overlap
+
+    def repair_validation(self, cfg: RunConfig, table: SampleTable, evaluated: pd.DataFrame, model: ModelSpec,
+                          calibration: pd.DataFrame | None = None) -> RepairValidation | None:
+        """The repair's validation samples, how to load and score them with the task's metric
+        (:class:`~medray.backends.onnx.repair.ValidationData`) and its limits; None = this
+        task cannot judge a repair."""
+        return None

@@ -14,6 +14,14 @@ from medray.errors import fail as _fail
 from medray.specs import RunName
 
 SWEEP_OBJECTIVES = ("throughput", "capacity", "latency", "latency_p95")
+# A sweep cell "int8+repair": INT8 with quantization.repair=true, its limits the constraints.
+REPAIR_CELL = "+repair"
+
+
+def cell_precision(value: str) -> tuple[str, bool]:
+    """``"int8+repair"`` → ``("int8", True)``; ``"fp16"`` → ``("fp16", False)``."""
+    base, plus, variant = str(value).partition("+")
+    return (base, True) if plus and f"+{variant}" == REPAIR_CELL else (str(value), False)
 SWEEP_SEARCHES = ("grid", "random", "optuna")
 SWEEP_SCHEDULERS = ("fifo", "asha")
 
@@ -91,8 +99,13 @@ class SweepConfig:
             if not precisions:
                 _fail(f"sweep.backends.{name}", precisions, "list at least one precision, e.g. [fp32]")
             for p in precisions:
-                if p not in PRECISIONS:
-                    _fail(f"sweep.backends.{name}", p, f"precisions are {', '.join(PRECISIONS)}")
+                base, repair = cell_precision(p)
+                if base not in PRECISIONS or (repair and base != "int8"):
+                    _fail(f"sweep.backends.{name}", p, f"precisions are {', '.join(PRECISIONS)}, and int8{REPAIR_CELL} "
+                          "(the INT8 repair)")
+                if repair and not config_class(name).REPAIR:
+                    _fail(f"sweep.backends.{name}", p, f"backend={name} cannot keep INT8 layers in float; use "
+                          f"int8{REPAIR_CELL} with " + "|".join(n for n in REGISTRY if config_class(n).REPAIR))
         for name, opts in self.backend_options.items():
             if name not in self.backends:
                 _fail("sweep.backend_options", name, f"options for a backend not in sweep.backends ({', '.join(self.backends)})")

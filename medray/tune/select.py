@@ -156,6 +156,7 @@ def select(trials: list[dict], constraints: Any, objective: str, task: str) -> d
 _GROUPS = ("data", "model", "ray", "task")
 _BARE = re.compile(r"^[A-Za-z_/.][A-Za-z0-9_./:+-]*$")
 _KEYWORDS = {"null", "true", "false", "nan", "inf", "-inf"}
+_REQUIRED = ("data.root", "model.target", "model.path", "model.checkpoint")
 
 
 def _fmt(v: Any) -> str:
@@ -258,6 +259,9 @@ def reproduce_command(target, output_dir: str, choices: dict[str, str] | None = 
         # Always spelled out: the default comes from $MEDRAY_CACHE, which another shell may lack.
         f"cache_dir={_fmt(want['cache_dir'])}",
     ]
+    # What a model source or dataset layout requires (model=python's target, imagefolder's
+    # root...): without it the groups alone do not validate, and nothing could be compared.
+    explicit += [f"{k}={_fmt(want[k])}" for k in _REQUIRED if want.get(k) is not None]
     overrides = groups + explicit
     note = None
     try:

@@ -14,7 +14,7 @@ from medray.config import ConfigError, EvalConfig
 from medray.specs import RunName
 from medray.tasks import task_class
 from medray.tune import space
-from medray.tune.config import SweepJobConfig
+from medray.tune.config import SweepJobConfig, cell_precision
 
 EXPERIMENT = "tune"  # output_dir/tune: the Tune experiment (trial dirs, checkpoints, state)
 PREDICTIONS = "predictions.parquet"  # in each trial's checkpoint
@@ -28,7 +28,8 @@ def trial_eval_config(cfg: SweepJobConfig, config: dict, with_baseline: bool = F
     streams, and ``data.limit = sweep.limit``; the same object the reproduce command
     must rebuild.
     """
-    name, precision = RunName.parse(config["run"], key="run")
+    name, cell = RunName.parse(config["run"], key="run")
+    precision, repair = cell_precision(cell)
     if name not in REGISTRY:
         raise ConfigError(f"run={config['run']!r}: available backends: {', '.join(sorted(REGISTRY))}")
     opts = dict(cfg.sweep.backend_options.get(name) or {})
@@ -47,8 +48,22 @@ def trial_eval_config(cfg: SweepJobConfig, config: dict, with_baseline: bool = F
         baseline=cfg.baseline if with_baseline else None,
         resume=False,
     )
+    if repair:
+        values["quantization"] = repair_quantization(cfg)
     values.update(task_class(cfg.task).trial_values(cfg, config))
     return EvalConfig(**values)
+
+
+def repair_quantization(cfg: SweepJobConfig):
+    """An ``int8+repair`` cell's quantization options: the repair, its limits the sweep's
+    constraints on the task's metrics (and subgroups), so the repaired model is chosen
+    under the constraints it is ranked by."""
+    task = task_class(cfg.task)
+    c = cfg.constraints
+    limits = {m.key: float(getattr(c, m.constraint)) for m in task.sweep_metrics
+              if m.constraint and getattr(c, m.constraint) is not None}
+    sub = c.max_subgroup_auc_drop if task.subgroup_delta else None
+    return replace(cfg.quantization, repair=True, max_drop=None, limits=limits, max_subgroup_drop=sub)
 
 
 def baseline_point(cfg: SweepJobConfig) -> dict:

@@ -331,3 +331,25 @@ def test_segmentation_subgroups_from_metadata(evaluated):
     assert all(x["delta_dice"] == pytest.approx(x["dice_mean"] - x["dice_baseline"]) for x in cand["subgroups"]["scanner"])
     assert "## Subgroups" in render_report(d2) and "| scanner | B | 2 |" in render_report(d2)
 
+
+
+def test_int8_repair_judges_segmentation_by_dice_on_labelled_validation_cases(tmp_path, unet_checkpoint):
+    """task=segmentation's side of the INT8 repair: the labelled cases of the repair split,
+    segmented with the run's sliding window, mean Dice; the reference is the fp32 graph's Dice,
+    which equals the PyTorch model's on the same cases (same masks)."""
+    from medray.backends.config import QuantizationConfig
+    from medray.models.loaders import load_torch_model
+
+    q = QuantizationConfig(repair=True, min_ratio=0.999, repair_split="train", repair_threads=1, repair_bench=False)
+    prep = prepare(seg_cfg(tmp_path, unet_checkpoint, precision="int8", baseline=None, quantization=q))
+    rep = prep.specs[0].artifact["repair"]
+    assert rep["gates"] == ["dice_mean >= 0.999 x fp32 (quantization.min_ratio)"]
+    assert rep["validation"]["splits"] == ["train"] and rep["layers"] > 0
+    task = prep.task
+    val = task.repair_validation(seg_cfg(tmp_path, unet_checkpoint, precision="int8", quantization=q), prep.table,
+                                 prep.samples, prep.specs[0].model).load()
+    model = load_torch_model(prep.specs[0].model)
+    with torch.inference_mode():
+        dice = val.score(lambda x: model(torch.from_numpy(x)).numpy())["dice_mean"]
+    assert dice == pytest.approx(rep["reference"]["dice_mean"], abs=1e-3)
+    assert rep["fallback"][-1]["passes"]  # some step passes, each reported

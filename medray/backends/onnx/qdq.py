@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from medray.backends.artifacts import ArtifactCache
 from medray.data.calibration import CalibrationSet
 from medray.models.export import INPUT_NAME
 
@@ -79,6 +81,84 @@ def chunk_stride(n_batches: int, cap: int = CALIB_CHUNK_BATCHES) -> int:
     return max(d for d in range(1, min(cap, n_batches) + 1) if n_batches % d == 0)
 
 
+@dataclass(frozen=True)
+class QdqSettings:
+    """How a Q/DQ graph is quantized: activation type, range calibration, weight scales.
+
+    ``symmetric``: TensorRT's form — zero points 0 for activations and weights, biases
+    left float (TensorRT takes no int32 DequantizeLinear and fuses the bias itself).
+    """
+
+    activation: str = "uint8"
+    method: str = "minmax"
+    per_channel: bool = True
+    symmetric: bool = False
+
+    def to_dict(self) -> dict:
+        return {"format": "QDQ", "activations": self.activation, "weights": "int8", "per_channel": self.per_channel,
+                "method": self.method, **({"symmetric": True, "bias": "float"} if self.symmetric else {})}
+
+
+def preprocess(src: str | Path, dst: str | Path) -> None:
+    """ORT's quantization pre-processing (shape inference, BatchNorm folded into Conv...)
+    as its quantization guide asks, so the Q/DQ pairs wrap the operators ORT will really
+    fuse.  Node names are kept: they are what the INT8 repair names."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # Symbolic shape inference is for transformers; ONNX's own is enough for CNNs.
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def preprocessed_artifact(cache: ArtifactCache, fp32: dict) -> dict:
+    """The pre-processed fp32 graph (cached): what Q/DQ graphs are quantized from, and the
+    float graph the repair's surgery takes kept layers' weights from."""
+    import onnxruntime as ort
+
+    parts = {"from": fp32["key"], "pre_process": "quant_pre_process", "skip_symbolic_shape": True,
+             "onnxruntime": ort.__version__}
+    return cache.get_or_build("onnx-pre", parts, "model.onnx", lambda path: preprocess(fp32["path"], path)).to_dict()
+
+
+def quantize_qdq(pre: str | Path, dst: str | Path, calib: CalibrationSet | None, settings: QdqSettings,
+                 exclude: list[str] | tuple[str, ...] = (), cache_path: str | Path | None = None) -> dict:
+    """Static Q/DQ INT8 of a pre-processed graph with ONNX Runtime's ``quantize_static``.
+
+    ``exclude`` → ``nodes_to_exclude``.  ``cache_path`` receives the calibration ranges, or
+    gives them when it exists (ORT trusts it by tensor name: key it by graph and data).
+    Returns the settings used.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if settings.method not in QUANT_METHODS:
+        raise ValueError(f"quant_method={settings.method!r}: use one of {', '.join(QUANT_METHODS)}")
+    extra: dict = {}
+    reader = None
+    if calib is not None:  # None: the ranges come from cache_path
+        reader = as_reader(calib, input_name(pre))
+        extra["CalibStridedMinMax"] = chunk_stride(len(reader))
+    elif not (cache_path and Path(cache_path).is_file()):
+        raise ValueError("quantize_qdq: no calibration samples and no calibration cache to take the ranges from")
+    if settings.symmetric:
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
+    log.info("static INT8 (%s activations%s, %s ranges%s)%s", settings.activation, ", symmetric" if settings.symmetric else "",
+             settings.method, f" over {len(calib)} samples in batches of <={CALIB_BATCH}" if calib is not None else
+             " from the calibration cache", f", {len(exclude)} layer(s) excluded" if exclude else "")
+    quantize_static(
+        str(pre),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8 if settings.activation == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=settings.per_channel,
+        nodes_to_exclude=list(exclude),
+        calibrate_method=getattr(CalibrationMethod, QUANT_METHODS[settings.method]),
+        extra_options=extra,
+        calibration_cache_path=str(cache_path) if cache_path else None,
+    )
+    return settings.to_dict()
+
+
 def quantize_int8(
     src: str | Path,
     dst: str | Path,
@@ -87,36 +167,9 @@ def quantize_int8(
     per_channel: bool = True,
     activation: str = "uint8",
 ) -> dict:
-    """Static QDQ INT8 (int8 weights, ``activation`` uint8 or int8) calibrated on ``calib``.
-
-    The fp32 model is first pre-processed (shape inference + ORT's graph optimisations:
-    BatchNorm folded into Conv, ...) as ORT's quantization guide asks, so the Q/DQ
-    pairs wrap the operators ORT will really fuse.  Returns the settings used.
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if method not in QUANT_METHODS:
-        raise ValueError(f"quant_method={method!r}: use one of {', '.join(QUANT_METHODS)}")
-    reader = as_reader(calib, input_name(src))
-    stride = chunk_stride(len(reader))
+    """Static QDQ INT8 (int8 weights, ``activation`` uint8 or int8) of the fp32 graph
+    ``src`` (pre-processed first), calibrated on ``calib``.  Returns the settings used."""
     with tempfile.TemporaryDirectory(prefix="medray-ortq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
-        # Symbolic shape inference is for transformers; ONNX's own is enough for CNNs.
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        log.info(
-            "ORT static INT8: %s calibration over %d samples (%d batches of <=%d, %d per pass)",
-            method, len(calib), len(reader), CALIB_BATCH, stride,
-        )
-        quantize_static(
-            str(pre),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            calibrate_method=getattr(CalibrationMethod, QUANT_METHODS[method]),
-            extra_options={"CalibStridedMinMax": stride},
-        )
-    return {"format": "QDQ", "activations": activation, "weights": "int8", "per_channel": per_channel, "method": method}
+        preprocess(src, pre)
+        return quantize_qdq(pre, dst, calib, QdqSettings(activation, method, per_channel))

@@ -14,6 +14,7 @@ from medray.backends.artifacts import ArtifactCache, int8_parts
 from medray.backends.base import Backend, BackendError
 from medray.backends.onnx.fp16 import fp16_artifact, reference
 from medray.backends.onnx.graph import onnx_artifact
+from medray.backends.onnx.repair import repair, wanted
 from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.onnxruntime")
@@ -81,6 +82,11 @@ class OnnxRuntimeBackend(Backend):
                     "effective_precision reports what runs.", spec.name,
                 )
             return fp16_artifact(spec, cache, fp32)
+        if spec.precision == "int8" and wanted(spec, context):
+            from medray.backends.onnxruntime.repair import OnnxRuntimeRepair
+
+            target = OnnxRuntimeRepair(cls, spec, cache, context, fp32)
+            return repair(spec, cache, fp32, context, target, spec.backend.SUPPORTED.get(spec.device, ()))
         if spec.precision == "int8":
             return int8_artifact(spec, cache, fp32, context)
         return fp32

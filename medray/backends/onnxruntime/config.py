@@ -35,6 +35,7 @@ class OnnxRuntimeConfig(BackendConfig):
     # it inserts casts and runs convolutions in fp32 (slower than fp32). The backend warns,
     # and effective_precision (read from ORT's optimised graph) then says "fp32".
     # int8 on cuda is not listed: the CUDA provider has no int8 convolutions (use trt).
+    REPAIR: ClassVar[bool] = True  # quantization.repair (medray/backends/onnx/repair.py)
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
         "cpu": ("fp32", "fp16", "int8"),
         "cuda": ("fp32", "fp16"),

@@ -22,198 +22,22 @@ together so OpenVINO's streams run them in parallel, and re-assembled in order.
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
-from medray.backends.artifacts import ArtifactCache, int8_parts
+from medray.backends.artifacts import ArtifactCache
 from medray.backends.base import Backend, BackendError
+from medray.backends.onnx.repair import repair, wanted
+from medray.backends.openvino.quantize import HINTS, int8_artifact, ir_artifact, runtime_precision
 from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.openvino")
 
 # The ONNX export the IR is converted from: the same cached file ORT uses by default.
 ONNX_OPSET = 17
-# medray precision → OpenVINO inference precision hint.  int8: the layers NNCF leaves in
-# float run in f32 (what its accuracy control measured), never a silent bf16.
-HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 # The CPU capability each precision needs (Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")).
 CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
-# runtimePrecision values → medray names.
-_PREC = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8", "i32": "int32", "i64": "int64"}
-# Runtime layer types that do the arithmetic.
-_COMPUTE = {"Convolution", "FullyConnected", "MatMul", "Deconvolution", "GroupConvolution"}
-QUANT_SIDECAR = "quantization.json"
-
-
-# --------------------------------------------------------------------------- artifacts
-
-
-def ir_artifact(spec: RunSpec, cache: ArtifactCache, onnx_art: dict) -> dict:
-    """fp32 OpenVINO IR (``model.xml`` + ``model.bin``) converted from the cached ONNX."""
-    import openvino as ov
-
-    parts = {"from": onnx_art["key"], "convert": "onnx->ir", "compress_to_fp16": False, "openvino": ov.__version__,
-             "device": spec.device}
-
-    def build(path: Path) -> None:
-        model = ov.Core().read_model(onnx_art["path"])
-        ov.save_model(model, str(path), compress_to_fp16=False)
-
-    return cache.get_or_build("ov-ir", parts, "model.xml", build).to_dict()
-
-
-def int8_artifact(spec: RunSpec, cache: ArtifactCache, ir: dict, context: dict) -> dict:
-    """NNCF-quantized IR; with ``quantization.max_drop`` NNCF's accuracy control keeps the
-    layers that cost most AUC in fp32 until the calibration-split macro-AUC drop is
-    within it."""
-    import nncf
-    import openvino as ov
-
-    from medray.data.calibration import calibration_source
-
-    calib = calibration_source(context, spec.name)
-    quant = context.get("quantization")
-    max_drop = getattr(quant, "max_drop", None)
-    cfg = spec.backend
-    parts = int8_parts(spec, ir["key"], calib.ids(), "nncf-ptq", preset=cfg.nncf_preset,
-                       fast_bias_correction=cfg.fast_bias_correction, max_drop=max_drop,
-                       accuracy_metric="auc_macro" if max_drop is not None else None, device=spec.device,
-                       openvino=ov.__version__, nncf=nncf.__version__)
-
-    def build(path: Path) -> None:
-        info = quantize_nncf(spec, ir["path"], path, calib, context.get("table"), max_drop)
-        (path.parent / QUANT_SIDECAR).write_text(json.dumps(info, indent=2, default=str))
-
-    art = cache.get_or_build("ov-int8", parts, "model.xml", build).to_dict()
-    sidecar = Path(art["path"]).parent / QUANT_SIDECAR
-    info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return {
-        **art,
-        "reference": {"path": ir["path"], "bytes": ir["bytes"], "precision": "fp32"},
-        "calibration": parts["calibration"],
-        "quantization": info,
-    }
-
-
-def quantize_nncf(spec: RunSpec, ir_path: str, out_path: Path, source, table, max_drop: float | None) -> dict:
-    """Run NNCF on the fp32 IR and save the int8 IR; returns what was done (for the report)."""
-    import nncf
-    import openvino as ov
-
-    from medray.metrics.scores import model_probabilities
-
-    cfg = spec.backend
-    m = spec.model
-    calib = source.load()
-    # One sample per item: NNCF's statistics (and fast bias correction) assume batch 1.
-    items = [calib.inputs[i : i + 1] for i in range(len(calib))]
-    preset = getattr(nncf.QuantizationPreset, cfg.nncf_preset.upper())
-    model = ov.Core().read_model(ir_path)
-    info: dict = {"tool": "nncf", "nncf": nncf.__version__, "preset": cfg.nncf_preset, "samples": len(items)}
-    if max_drop is None:
-        log.info("NNCF post-training quantization on %d calibration samples", len(items))
-        qmodel = nncf.quantize(
-            model,
-            nncf.Dataset(items),
-            preset=preset,
-            subset_size=len(items),
-            fast_bias_correction=cfg.fast_bias_correction,
-        )
-    else:
-        from medray.metrics.classification import classification_metrics
-
-        if table is None:
-            raise BackendError(f"{spec.name}: quantization.max_drop needs the dataset's labels (context['table'])")
-        calib_df = source.samples
-        by_id = calib_df.set_index(calib_df["sample_id"].astype(str))
-        labels = table.targets(by_id.loc[calib.sample_ids].reset_index(drop=True))
-        metrics: list[float] = []
-
-        def validate(compiled, data) -> float:
-            logits = np.concatenate([compiled(x)[0] for x, _ in data])
-            y = np.asarray([t for _, t in data])
-            probs = model_probabilities(logits, m)  # matched to the classes by name, as the actors do
-            auc = classification_metrics(y, probs, table.task, table.classes)["auc_macro"]
-            if auc is None:
-                raise BackendError(
-                    f"{spec.name}: quantization.max_drop: the calibration samples have a single outcome per "
-                    "class, macro-AUC is undefined; use more calibration.num_samples"
-                )
-            metrics.append(float(auc))
-            return float(auc)
-
-        pairs = list(zip(items, labels))
-        dataset = nncf.Dataset(pairs, lambda item: item[0])
-        log.info("NNCF accuracy-controlled quantization: max macro-AUC drop %.4f on %d samples", max_drop, len(pairs))
-        qmodel = nncf.quantize_with_accuracy_control(
-            model,
-            dataset,
-            dataset,
-            validate,
-            max_drop=max_drop,
-            drop_type=nncf.DropType.ABSOLUTE,
-            preset=preset,
-            subset_size=len(items),
-            fast_bias_correction=cfg.fast_bias_correction,
-        )
-        core = ov.Core()
-        final = validate(core.compile_model(qmodel, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}), pairs)
-        info.update(
-            {
-                "max_drop": max_drop,
-                "metric": "auc_macro",
-                "validation": "calibration split",
-                "fp32_metric": metrics[0],
-                "int8_metric": final,
-                "drop": metrics[0] - final,
-                "validations_run": len(metrics),
-            }
-        )
-    ov.save_model(qmodel, str(out_path), compress_to_fp16=False)
-    compiled = ov.Core().compile_model(qmodel, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    summary = runtime_precision(compiled)
-    info["kept_in_float"] = summary["float_compute_layers"]
-    info["compute_ops"] = summary["compute_ops"]
-    log.info(
-        "NNCF: %d compute layers int8, %d kept in float%s",
-        summary["compute_ops"].get("int8", 0),
-        len(info["kept_in_float"]),
-        f" ({', '.join(info['kept_in_float'][:5])}{'...' if len(info['kept_in_float']) > 5 else ''})"
-        if info["kept_in_float"]
-        else "",
-    )
-    return info
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-def runtime_precision(compiled) -> dict:
-    """What a compiled model executes, from its runtime model's per-layer rt_info."""
-    per_type: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    compute: collections.Counter = collections.Counter()
-    float_layers = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        kind = rt["layerType"].astype(str)
-        prec = _PREC.get(rt["runtimePrecision"].astype(str), rt["runtimePrecision"].astype(str))
-        if kind == "Const":
-            continue
-        per_type[kind][prec] += 1
-        if kind in _COMPUTE:
-            compute[prec] += 1
-            if prec in ("fp32", "bf16", "fp16"):
-                float_layers.append(op.get_friendly_name())
-    return {
-        "executed": compute.most_common(1)[0][0] if compute else "unknown",
-        "compute_ops": dict(compute),
-        "per_op_type": {k: dict(v) for k, v in sorted(per_type.items())},
-        "float_compute_layers": float_layers,
-    }
 
 
 class OpenVINOBackend(Backend):
@@ -239,6 +63,11 @@ class OpenVINOBackend(Backend):
 
         onnx_art = onnx_artifact(spec, cache, opset=ONNX_OPSET)
         ir = ir_artifact(spec, cache, onnx_art)
+        if spec.precision == "int8" and wanted(spec, context):
+            from medray.backends.openvino.repair import OpenVINORepair
+
+            target = OpenVINORepair(cls, spec, cache, context, ir)
+            return repair(spec, cache, onnx_art, context, target, spec.backend.SUPPORTED.get(spec.device, ()))
         if spec.precision == "int8":
             return int8_artifact(spec, cache, ir, context)
         return ir
@@ -250,14 +79,14 @@ class OpenVINOBackend(Backend):
         cfg = spec.backend
         core = ov.Core()
         caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        need = CAPABILITY.get(spec.precision)
+        need = CAPABILITY.get(self.executes)
         if need and need not in caps:
             raise BackendError(
                 f"{spec.name}: this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}) has no {need} support "
                 f"(OPTIMIZATION_CAPABILITIES={caps}); use precision=fp32 or int8, or a CPU with {need}"
             )
         config = {
-            "INFERENCE_PRECISION_HINT": HINTS[spec.precision],
+            "INFERENCE_PRECISION_HINT": HINTS[self.executes],
             "PERFORMANCE_HINT": cfg.performance_hint.upper(),
             "INFERENCE_NUM_THREADS": int(spec.threads),
             "ENABLE_CPU_PINNING": bool(cfg.cpu_pinning),
@@ -306,15 +135,16 @@ class OpenVINOBackend(Backend):
             "threads": int(c.get_property("INFERENCE_NUM_THREADS")),
             "execution_devices": list(c.get_property("EXECUTION_DEVICES")),
         }
-        if spec.precision == "int8":
+        want = self.executes  # an INT8 repair's fallback precision is reported (metrics.json, warnings)
+        if want == "int8":
             info["kept_in_float"] = summary["float_compute_layers"]
         # No silent fallback: the compute layers must run what was asked for (for int8:
         # most of them; NNCF may keep some in f32 on purpose, listed in kept_in_float).
         compute = summary["compute_ops"]
-        wrong = {p: n for p, n in compute.items() if p != spec.precision}
-        if summary["executed"] != spec.precision or (spec.precision != "int8" and wrong):
+        wrong = {p: n for p, n in compute.items() if p != want}
+        if summary["executed"] != want or (want != "int8" and wrong):
             raise BackendError(
-                f"{spec.name}: asked for {spec.precision} (hint {HINTS[spec.precision]}) but the compiled model "
-                f"executes its compute layers as {compute}; refusing to report it as {spec.precision}"
+                f"{spec.name}: asked for {want} (hint {HINTS[want]}) but the compiled model "
+                f"executes its compute layers as {compute}; refusing to report it as {want}"
             )
         return info

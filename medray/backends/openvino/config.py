@@ -37,6 +37,7 @@ class OpenVINOConfig(BackendConfig):
     fast_bias_correction: bool = True
 
     # fp16 needs a CPU whose OPTIMIZATION_CAPABILITIES list FP16 (checked when loading).
+    REPAIR: ClassVar[bool] = True  # quantization.repair (medray/backends/onnx/repair.py)
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {
         "cpu": ("fp32", "fp16", "bf16", "int8"),
     }

@@ -30,19 +30,19 @@ from typing import Any
 
 from medray.backends.artifacts import ArtifactCache, int8_parts
 from medray.backends.base import BackendError
+from medray.backends.onnx.qdq import QdqSettings
+from medray.backends.onnx.repair import repair, wanted
+from medray.backends.tensorrt.qdq_graph import CALIB_CACHE_FILE, CALIB_IDS_FILE, qdq_stats
 from medray.specs import RunSpec
 
 log = logging.getLogger("medray.backends.tensorrt")
 
 ENGINE_FILE = "model.engine"
-CALIB_CACHE_FILE = "calibration_cache.json"
-CALIB_IDS_FILE = "calibration.json"
 # Bumped when the way engines are built changes (invalidates cached engines).
 BUILDER_REVISION = 1
 # Compute capability from which each precision has fast hardware paths (tensor cores):
 # fp16 Volta 7.0, int8 Turing 7.5, tf32 Ampere 8.0.
 FAST_PRECISION_MIN_CC = {"fp16": (7, 0), "int8": (7, 5), "tf32": (8, 0)}
-_ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 class EngineMismatchError(BackendError):
@@ -135,13 +135,19 @@ def prepare_graph(spec: RunSpec, cache: ArtifactCache, context: dict) -> dict:
         from medray.backends.onnx.fp16 import fp16_artifact
 
         graph = fp16_artifact(spec, cache, fp32)
+    elif spec.precision == "int8" and wanted(spec, context):
+        from medray.backends.tensorrt.repair import TensorRTRepair
+
+        target = TensorRTRepair(prepare_graph, spec, cache, context)
+        graph = repair(spec, cache, fp32, context, target, spec.backend.SUPPORTED.get(spec.device, ()))
     elif spec.precision == "int8":
         graph = qdq_artifact(spec, cache, fp32, context)
     else:
         graph = fp32
+    precision = graph.get("executes", spec.precision)  # an INT8 repair's fallback: that precision's graph
     return {
         **graph,
-        "graph_precision": spec.precision if spec.precision != "tf32" else "fp32",
+        "graph_precision": precision if precision != "tf32" else "fp32",
         "engine_cache_dir": spec.backend.engine_cache_dir or str(cache.root.parent),
     }
 
@@ -174,75 +180,18 @@ def qdq_artifact(spec: RunSpec, cache: ArtifactCache, fp32: dict, context: dict)
 def quantize_qdq(src, dst, calib, method: str = "minmax", per_channel: bool = True, cache_path=None) -> dict:
     """fp32 ONNX → Q/DQ ONNX with symmetric int8 activations and weights (TensorRT's form).
 
-    Reuses ONNX Runtime's calibration reader of medray's ORT int8 path; the differences
-    are TensorRT's: zero points must be 0 (``ActivationSymmetric``) and biases stay float
-    (no int32 DequantizeLinear, which TensorRT does not take).  ``cache_path``
-    receives ORT's calibration ranges (reused if it exists).
+    The ONNX Runtime quantizer and calibration reader of medray's ORT int8 path, with
+    TensorRT's differences (:class:`~medray.backends.onnx.qdq.QdqSettings` ``symmetric``).
+    ``cache_path`` receives ORT's calibration ranges (reused if it exists).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from medray.backends.onnx.qdq import preprocess
+    from medray.backends.onnx.qdq import quantize_qdq as quantize
 
-    from medray.backends.onnx.qdq import as_reader, chunk_stride, input_name
-
-    if method not in _ORT_METHODS:
-        raise ValueError(f"quant_method={method!r}: use one of {', '.join(_ORT_METHODS)}")
-    reader = as_reader(calib, input_name(src))
     with tempfile.TemporaryDirectory(prefix="medray-trtq-") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        log.info("TensorRT int8: %s calibration over %d samples", method, len(calib))
-        quantize_static(
-            str(pre),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[method]),
-            extra_options={
-                "ActivationSymmetric": True,
-                "WeightSymmetric": True,
-                # TensorRT's Q/DQ are int8 (fp8/int4): biases stay float, TensorRT fuses them.
-                "QuantizeBias": False,
-                "CalibStridedMinMax": chunk_stride(len(reader)),
-            },
-            calibration_cache_path=str(cache_path) if cache_path else None,
-        )
+        preprocess(src, pre)
+        quantize(pre, dst, calib, QdqSettings("int8", method, per_channel, symmetric=True), cache_path=cache_path)
     return qdq_stats(dst)
-
-
-def qdq_stats(path) -> dict:
-    """Q/DQ node counts and zero points of a graph (TensorRT needs all zero points 0)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path), load_external_data=False)
-    ops = collections.Counter(n.op_type for n in model.graph.node)
-    inits = {t.name: t for t in model.graph.initializer}
-    zps, zp_types = [], set()
-    for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
-            t = inits[n.input[2]]
-            zp_types.add(onnx.TensorProto.DataType.Name(t.data_type))
-            zps.extend(numpy_helper.to_array(t).ravel().tolist())
-    quantized = [
-        n.op_type
-        for n in model.graph.node
-        if n.op_type in ("Conv", "Gemm", "MatMul") and any(i in _dq_outputs(model) for i in n.input[:2])
-    ]
-    return {
-        "quantize_linear": ops.get("QuantizeLinear", 0),
-        "dequantize_linear": ops.get("DequantizeLinear", 0),
-        "zero_point_types": sorted(zp_types),
-        "nonzero_zero_points": int(sum(1 for z in zps if z != 0)),
-        "quantized_compute_ops": dict(collections.Counter(quantized)),
-        "compute_ops": {k: ops[k] for k in ("Conv", "Gemm", "MatMul") if ops.get(k)},
-    }
-
-
-def _dq_outputs(model) -> set[str]:
-    return {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
 
 
 # --------------------------------------------------------------------------- engine (actor)

@@ -34,6 +34,7 @@ class TensorRTConfig(BackendConfig):
     # Engines are GPU-specific and built by the actors: null = <cache_dir> on each node.
     engine_cache_dir: str | None = None
 
+    REPAIR: ClassVar[bool] = True  # quantization.repair (medray/backends/onnx/repair.py)
     SUPPORTED: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "tf32", "fp16", "int8")}
     DEFAULT_DEVICE: ClassVar[str] = "cuda"
     LIBRARIES: ClassVar[dict[str, str]] = {

@@ -224,6 +224,12 @@ class ClassificationTask(Task):
 
         write(out, result, table, samples)
 
+    def repair_validation(self, cfg: RunConfig, table: SampleTable, evaluated: pd.DataFrame, model: ModelSpec,
+                          calibration: pd.DataFrame | None = None):
+        from medray.tasks.classification.repair import repair_validation
+
+        return repair_validation(self, cfg, table, evaluated, model, calibration)
+
     # -- sweep ------------------------------------------------------------------------
     def statistics(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, base: pd.DataFrame,
                    cand: pd.DataFrame) -> dict[str, Any]:

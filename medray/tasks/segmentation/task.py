@@ -75,9 +75,10 @@ class SegmentationTask(Task):
             fail("threshold.method", cfg.threshold.method, "a decision threshold is for task=classification; remove it")
         if cfg.tta != "none":
             fail("tta", cfg.tta, f"test-time augmentation is for task=classification; use tta=none with task={cls.name}")
-        if cfg.quantization.max_drop is not None:
+        if cfg.quantization.max_drop is not None and not cfg.quantization.repair:
             fail("quantization.max_drop", cfg.quantization.max_drop,
-                 "accuracy-controlled quantization measures macro-AUC (classification); remove it for task=segmentation")
+                 "accuracy-controlled quantization measures macro-AUC (classification); remove it for task=segmentation, "
+                 "or add quantization.repair=true (its limit is then the Dice drop)")
 
     @classmethod
     def backend_batch(cls, cfg: RunConfig) -> int:
@@ -188,6 +189,12 @@ class SegmentationTask(Task):
 
     def write_predictions(self, out: str, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> None:
         predictions.write(out, result, self.foreground(table))
+
+    def repair_validation(self, cfg: RunConfig, table: SampleTable, evaluated: pd.DataFrame, model: ModelSpec,
+                          calibration: pd.DataFrame | None = None):
+        from medray.tasks.segmentation.repair import repair_validation
+
+        return repair_validation(self, cfg, table, evaluated, model, calibration)
 
     # -- sweep ------------------------------------------------------------------------
     @classmethod
