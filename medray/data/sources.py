@@ -58,6 +58,9 @@ SOURCES: dict[str, Source] = {
     # imagesTs serve to calibrate a model evaluated on the labelled imagesTr.
     "msd": Source("medray.data.msd:load_msd_table", kind=VOLUME, generated=True,
                   calibration_splits=("calibration", "val", "test", "train")),
+    # nnU-Net's raw layout (DatasetXXX_Name); the training cases calibrate a model evaluated
+    # on imagesTs, imagesTs one evaluated on imagesTr.
+    "nnunet": Source("medray.data.nnunet:read_folder", kind=VOLUME, folder=True, calibration_splits=("train", "test")),
 }
 
 

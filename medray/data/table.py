@@ -40,6 +40,18 @@ class SampleTable:
     # Metadata columns of ``samples`` the report breaks results down by (report.subgroups);
     # a ``patient_id`` column, when present, makes the bootstrap resample patients.
     subgroup_columns: list[str] = field(default_factory=list)
+    # 3-D datasets: the image channels by name (modalities), the label values each class
+    # name covers when it is not just its index (nnU-Net's region-based labels: several
+    # values), and the label value that marks voxels left out of every metric.
+    channels: list[str] = field(default_factory=list)
+    values: dict[str, list[int]] | None = None
+    ignore_label: int | None = None
+
+    def label_values(self) -> dict[str, tuple[int, ...]]:
+        """``{class name: label values}``: its index, or the values it was declared with."""
+        if self.values is not None:
+            return {c: tuple(int(v) for v in self.values[c]) for c in self.classes}
+        return {c: (i,) for i, c in enumerate(self.classes)}
 
     @property
     def kind(self) -> str:

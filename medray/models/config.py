@@ -58,9 +58,24 @@ class ModelConfig:
     # Constructor arguments of non-timm architectures (arch=monai_unet: channels, strides,
     # num_res_units); empty = from the checkpoint's meta (medray checkpoints carry them).
     net: dict[str, Any] = field(default_factory=dict)
+    # model=nnunet: the folds evaluated ([0, 1, 2, 3, 4], [all]; null = every fold_<int>
+    # with model.checkpoint, else fold_all) and mirroring test-time augmentation over the
+    # model's inference_allowed_mirroring_axes (null = on where the model allows it).
+    folds: list[str] | None = None
+    mirroring: bool | None = None
 
     def __post_init__(self) -> None:
         src = source(self.source)
+        if src.library is not None:
+            import importlib.util
+
+            if importlib.util.find_spec(src.library[0]) is None:
+                _fail("model", self.source, f"model={self.source} needs {src.library[0]}, which is not installed: {src.library[1]}")
+        if src.folder:
+            self._check_folder()
+            return
+        if self.folds is not None:
+            _fail("model.folds", self.folds, f"folds are for a trained model folder (model=nnunet), not model={self.source}")
         if src.checkpoint_required and self.checkpoint is None and self.name != "demo":
             _fail("model.checkpoint", None, f"model={self.name} needs model.checkpoint=<path to its state dict>")
         if src.target and not self.target:
@@ -83,6 +98,25 @@ class ModelConfig:
                     "file not found; give the path of the trained state dict (.pt/.pth/.safetensors)",
                 )
             self.checkpoint = str(p.resolve())
+        self._check_common()
+
+    def _check_folder(self) -> None:
+        """model.path is a folder; model.checkpoint the file name inside each member's folder."""
+        if not self.path:
+            _fail("model.path", self.path, f"model={self.source} needs model.path=<the trained model folder>")
+        p = Path(self.path).expanduser()
+        if not p.is_dir():
+            _fail("model.path", self.path, f"not a directory; give the folder model={self.source} was trained into")
+        self.path = str(p.resolve())
+        if self.checkpoint is not None and (Path(self.checkpoint).name != self.checkpoint or not self.checkpoint):
+            _fail("model.checkpoint", self.checkpoint, "the checkpoint's file name in each fold_<f>/ folder, e.g. checkpoint_final.pth")
+        if self.folds is not None:
+            self.folds = [str(f) for f in self.folds]
+            if not self.folds:
+                _fail("model.folds", self.folds, "list the folds, e.g. [0, 1, 2, 3, 4] or [all], or null for all of them")
+        self._check_common()
+
+    def _check_common(self) -> None:
         if self.output not in ("logits", "probs"):
             _fail("model.output", self.output, "use logits (softmax/sigmoid applied) or probs (the model's own)")
         if self.in_chans not in (1, 3):

@@ -13,6 +13,9 @@ dataset before Ray starts (:mod:`medray.models.resolve`).
 * ``exported`` — ``model.path`` to a ``torch.export`` program (``.pt2``).
 * ``onnx`` — ``model.path`` to an ONNX file (external data beside it): no PyTorch model;
   the ONNX backends and TensorRT run the file itself.
+* ``nnunet`` — ``model.path`` to the folder ``nnUNetv2_train`` wrote (``model.folds``,
+  ``model.checkpoint`` = the file name in each ``fold_<f>/``): one member network per fold
+  (:mod:`medray.models.nnunet`), run by the recipe of the same name.
 
 Adding a source = its loader (and resolver, if it is not a plain classifier file), one
 row here and one ``conf/model/<name>.yaml`` (README: "Adding a model source").
@@ -42,12 +45,17 @@ class ModelSource:
     resolve: str = "medray.models.resolve:resolve_classifier"
     # model.path is the model file (its weights inside: no model.checkpoint).
     file: bool = False
+    # model.path is a trained model folder; model.checkpoint names the checkpoint file in
+    # it, model.folds its members (nnU-Net's fold_<f>/).
+    folder: bool = False
     # model.target names a callable that builds the module.
     target: bool = False
     # model.checkpoint is required (but for model=demo, which trains its own).
     checkpoint_required: bool = False
     # The dataset kinds (medray.data.sources) it serves.
     kinds: tuple[str, ...] = (IMAGE,)
+    # The library it needs beyond medray's own dependencies, and how to install it.
+    library: tuple[str, str] | None = None
 
     @property
     def torch_model(self) -> bool:
@@ -60,6 +68,9 @@ SOURCES: dict[str, ModelSource] = {
     "torchscript": ModelSource("medray.models.loaders:load_torchscript", file=True),
     "exported": ModelSource("medray.models.loaders:load_exported", file=True),
     "onnx": ModelSource(None, file=True),
+    # A folder nnUNetv2_train wrote (pip install -e ".[nnunet]"): one network per fold.
+    "nnunet": ModelSource("medray.models.nnunet.folder:load_fold", "medray.models.nnunet.resolve:resolve_nnunet",
+                          folder=True, kinds=(VOLUME,), library=("nnunetv2", 'pip install -e ".[nnunet]"')),
 }
 
 

@@ -75,7 +75,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
         context["calibration"] = task.calibration(cfg, table, calib, model)
     for spec in specs:
         with step(f"{spec.name}: prepare artifact", log):
-            spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
+            spec.artifact = get_backend(spec.backend.name).prepare_model(spec, cache, context)
     return Prepared(table, samples, specs, task)
 
 

@@ -98,10 +98,13 @@ def ship(spec: RunSpec, shipped: dict[str, Shipment] | None = None, put=None) ->
     # no artifact and loads the checkpoint): ship only what the actors open.
     if spec.model.checkpoint and not spec.artifact:
         wanted["checkpoint"] = spec.model.checkpoint
-    if spec.model.path and not spec.artifact:  # a TorchScript / torch.export file torch loads
-        wanted["model_path"] = spec.model.path
+    if spec.model.path and not spec.artifact and Path(spec.model.path).is_file():  # a TorchScript / torch.export file
+        wanted["model_path"] = spec.model.path  # (a model folder, e.g. nnU-Net's, is read where it is: a shared mount)
     if spec.artifact and spec.artifact.get("path") and spec.artifact.get("ship", True):
         wanted["artifact"] = spec.artifact["path"]
+    for i, art in enumerate((spec.artifact or {}).get("members") or []):  # one artifact per network of the model
+        if art.get("path") and art.get("ship", True):
+            wanted[f"artifact:{i}"] = art["path"]
     for what, path in wanted.items():
         if path not in shipped:
             t0 = time.perf_counter()
@@ -193,5 +196,8 @@ def materialise(spec: RunSpec, cache_dir: Path | None = None) -> RunSpec:
         model = replace(model, path=materialise_one(shipments["model_path"], cache_dir))
     if "artifact" in shipments:
         artifact = {**artifact, "path": materialise_one(shipments["artifact"], cache_dir)}
+    if artifact and artifact.get("members"):
+        artifact["members"] = [{**a, "path": materialise_one(shipments[f"artifact:{i}"], cache_dir)}
+                               if f"artifact:{i}" in shipments else a for i, a in enumerate(artifact["members"])]
     options = {k: v for k, v in spec.options.items() if k != OPTION}
     return replace(spec, model=model, artifact=artifact, options=options)
