@@ -88,6 +88,9 @@ def _artifact(a: dict | None, eff: dict | None = None) -> dict | None:
     for k in ("reference", "calibration", "quantization", "source_graph"):
         if a.get(k) is not None:
             out[k] = a[k]
+    if a.get("members"):  # a model of several networks (nnU-Net's folds): one artifact each
+        out["members"] = [{"path": m["path"], "bytes": m["bytes"], "build_s": m["build_s"], "cache_hit": m["cache_hit"]}
+                          for m in a["members"]]
     return out
 
 

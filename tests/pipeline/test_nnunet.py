@@ -48,6 +48,7 @@ def reference_masks(model: str, folds, images: list[list[str]], out: Path) -> Pa
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, perform_everything_on_device=False,
                            device=torch.device("cpu"), verbose=False, allow_tqdm=False)
     pred.initialize_from_trained_model_folder(model, use_folds=tuple(folds), checkpoint_name="checkpoint_final.pth")
+    out.mkdir(parents=True, exist_ok=True)
     names = [str(out / Path(files[0]).name.replace("_0000.nii.gz", "")) for files in images]
     pred.predict_from_files_sequential(images, names, save_probabilities=False, overwrite=True)
     return out
@@ -57,7 +58,7 @@ def read(path) -> tuple[np.ndarray, tuple]:
     import SimpleITK as sitk
 
     img = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(img), (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    return sitk.GetArrayFromImage(img), np.concatenate([img.GetSpacing(), img.GetOrigin(), img.GetDirection()])
 
 
 def assert_parity(ours: Path, ref: Path, images: list[list[str]], regions: list) -> None:
@@ -70,8 +71,8 @@ def assert_parity(ours: Path, ref: Path, images: list[list[str]], regions: list)
         mine, geo = read(ours / name)
         theirs, ref_geo = read(ref / name)
         _, in_geo = read(files[0])
-        assert mine.shape == theirs.shape and np.allclose(np.ravel(geo), np.ravel(in_geo), atol=1e-5)
-        assert np.allclose(np.ravel(ref_geo), np.ravel(in_geo), atol=1e-5)
+        assert mine.shape == theirs.shape and np.allclose(geo, in_geo, atol=1e-5)
+        assert np.allclose(ref_geo, in_geo, atol=1e-5)
         assert (mine == theirs).mean() >= 0.999, name
         dice, _ = dice_iou(overlap_counts(mine, theirs, regions))
         assert np.nan_to_num(dice, nan=1.0).min() >= 0.995, (name, dice)
