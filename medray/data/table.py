@@ -44,6 +44,8 @@ class SampleTable:
     # name covers when it is not just its index (nnU-Net's region-based labels: several
     # values), and the label value that marks voxels left out of every metric.
     channels: list[str] = field(default_factory=list)
+    # The layout that read it (data=<name>: medray.data.sources), for its registry rules.
+    layout: str = ""
     values: dict[str, list[int]] | None = None
     ignore_label: int | None = None
 

@@ -81,12 +81,7 @@ class ModelConfig:
         if src.target and not self.target:
             _fail("model.target", self.target, f"model={self.source} needs model.target=<module>:<callable> (or <file.py>:<callable>)")
         if src.file:
-            if not self.path:
-                _fail("model.path", self.path, f"model={self.source} needs model.path=<the model file>")
-            p = Path(self.path).expanduser()
-            if not p.is_file():
-                _fail("model.path", self.path, f"file not found; give the path of the {self.source} model file")
-            self.path = str(p.resolve())
+            self._resolve_path(folder=False)
             if self.checkpoint is not None:
                 _fail("model.checkpoint", self.checkpoint, f"model={self.source} carries its weights in model.path; remove model.checkpoint")
         if self.checkpoint is not None:
@@ -102,12 +97,7 @@ class ModelConfig:
 
     def _check_folder(self) -> None:
         """model.path is a folder; model.checkpoint the file name inside each member's folder."""
-        if not self.path:
-            _fail("model.path", self.path, f"model={self.source} needs model.path=<the trained model folder>")
-        p = Path(self.path).expanduser()
-        if not p.is_dir():
-            _fail("model.path", self.path, f"not a directory; give the folder model={self.source} was trained into")
-        self.path = str(p.resolve())
+        self._resolve_path(folder=True)
         if self.checkpoint is not None and (Path(self.checkpoint).name != self.checkpoint or not self.checkpoint):
             _fail("model.checkpoint", self.checkpoint, "the checkpoint's file name in each fold_<f>/ folder, e.g. checkpoint_final.pth")
         if self.folds is not None:
@@ -115,6 +105,17 @@ class ModelConfig:
             if not self.folds:
                 _fail("model.folds", self.folds, "list the folds, e.g. [0, 1, 2, 3, 4] or [all], or null for all of them")
         self._check_common()
+
+    def _resolve_path(self, folder: bool) -> None:
+        """model.path made absolute: an existing model file, or (``folder``) a trained model folder."""
+        what = "the trained model folder" if folder else "the model file"
+        if not self.path:
+            _fail("model.path", self.path, f"model={self.source} needs model.path=<{what}>")
+        p = Path(self.path).expanduser()
+        if not (p.is_dir() if folder else p.is_file()):
+            _fail("model.path", self.path, f"{'not a directory' if folder else 'file not found'}; give the path of "
+                  f"{what} (model={self.source})")
+        self.path = str(p.resolve())
 
     def _check_common(self) -> None:
         if self.output not in ("logits", "probs"):

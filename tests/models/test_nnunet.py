@@ -112,3 +112,22 @@ def test_logits_and_mask_are_nnunet_predictors_bit_for_bit(tiny_nnunet):
     ref_seg = convert_predicted_logits_to_segmentation_with_correct_shape(
         torch.from_numpy(ref), pred.plans_manager, pred.configuration_manager, pred.label_manager, props, False, 1)
     np.testing.assert_array_equal(seg, ref_seg)
+
+
+def test_resampling_one_channel_and_slice_at_a_time_is_nnunets(tiny_nnunet):
+    """medray's bounded-memory way back (one channel, one slice at a time) gives the values of
+    the plans' resampling function on the whole volume: anisotropic (separate z, up and down)
+    and isotropic (nnU-Net's own function per channel)."""
+    from medray.models.nnunet.folder import managers
+    from medray.models.nnunet.inference import resample_channel
+
+    cm = managers(str(Path(tiny_nnunet["A"]).resolve()), "3d_fullres")[1]
+    x = np.random.default_rng(0).standard_normal((3, 13, 30, 28)).astype(np.float16)
+    for current, target, new in (([2.75, 0.8, 0.8], [3.0, 0.85, 0.75], (12, 28, 30)),
+                                 ([2.75, 0.8, 0.8], [2.0, 0.8, 0.8], (18, 30, 28)),
+                                 ([1.0, 1.0, 1.0], [1.2, 0.9, 1.0], (11, 33, 28))):
+        ref = cm.resampling_fn_probabilities(x, new, current, target)
+        out = np.zeros((3, *new), np.float16)
+        for c in range(3):
+            resample_channel(cm, x[c], new, current, target, out[c])
+        np.testing.assert_array_equal(out, ref)

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 from helpers import REPO
 
-from medray.backends.torch.config import TorchConfig
 from medray.config import EvalConfig, RayConfig
 from medray.data.config import DataConfig
 from medray.models.config import ModelConfig

@@ -138,36 +138,80 @@ def predict_logits(data: np.ndarray, calls: Sequence[NetCall], win: Window) -> n
     return pred.numpy()
 
 
-def to_segmentation(folder: str, configuration: str, logits: np.ndarray, props: dict) -> np.ndarray:
+def to_segmentation(folder: str, configuration: str, logits: np.ndarray, props: dict, slab: int = 8) -> np.ndarray:
     """Logits → the label map in the reader's array order of the original image:
     ``convert_predicted_logits_to_segmentation_with_correct_shape`` (resample to the shape
-    before resampling, argmax or the regions, crop and transpose reverted), resampling
-    one channel at a time into a float16 volume (nnU-Net's resampling treats channels
-    independently: identical values, the float64 copies of one channel at a time)."""
+    before resampling, argmax or the regions, crop and transpose reverted) with bounded
+    memory: nnU-Net resamples each channel on its own and its argmax / region thresholds are
+    per voxel, so it is done one channel (:func:`resample_channel`) and one slab of ``slab``
+    slices at a time, into a float16 volume — the same values, without the float64 copies
+    and coordinate maps of every channel at once (a 512×512×300 CT with 4 labels: about
+    10 GB at nnU-Net's peak)."""
     import torch
     from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
     from medray.models.nnunet.folder import managers
 
     pm, cm, lm, _ = managers(folder, configuration)
-    before = props["shape_after_cropping_and_before_resampling"]
+    before = tuple(int(v) for v in props["shape_after_cropping_and_before_resampling"])
     spacing_t = [props["spacing"][i] for i in pm.transpose_forward]
     current = cm.spacing if len(cm.spacing) == len(before) else [spacing_t[0], *cm.spacing]
-    if tuple(logits.shape[1:]) == tuple(before):  # nnU-Net's resampling returns its input then
+    if tuple(logits.shape[1:]) == before:  # nnU-Net's resampling returns its input then
         resampled = logits
     else:
         resampled = np.zeros((logits.shape[0], *before), dtype=logits.dtype)
         for c in range(logits.shape[0]):
-            resampled[c] = cm.resampling_fn_probabilities(logits[c:c + 1], before, current, spacing_t)[0]
-    seg = lm.convert_logits_to_segmentation(resampled)
+            resample_channel(cm, logits[c], before, current, spacing_t, resampled[c])
+    dtype = np.uint8 if len(lm.foreground_labels) < 255 else np.uint16
+    seg = np.zeros(before, dtype=dtype)
+    for a in range(0, before[0], slab):
+        part = lm.convert_logits_to_segmentation(resampled[:, a:a + slab])
+        seg[a:a + slab] = part.cpu().numpy() if isinstance(part, torch.Tensor) else part
     del resampled
-    if isinstance(seg, torch.Tensor):
-        seg = seg.cpu().numpy()
-    full = np.zeros(props["shape_before_cropping"], dtype=np.uint8 if len(lm.foreground_labels) < 255 else np.uint16)
+    full = np.zeros(props["shape_before_cropping"], dtype=dtype)
     full = insert_crop_into_image(full, seg, props["bbox_used_for_cropping"])
     if isinstance(full, torch.Tensor):
         full = full.cpu().numpy()
     return np.ascontiguousarray(full.transpose(pm.transpose_backward))
+
+
+def resample_channel(cm, x: np.ndarray, new_shape: tuple, current, target, out: np.ndarray) -> None:
+    """One channel of ``cm.resampling_fn_probabilities`` into ``out``.  nnU-Net's default
+    (``resample_data_or_seg_to_shape``, order_z 0) on anisotropic data resizes each slice in
+    plane, then picks the nearest slice along the low-resolution axis through a float64
+    coordinate map of the whole volume; here the slices are resized as it resizes them and
+    each output slice takes the one its ``map_coordinates`` rounding picks — the same
+    values, one slice in memory.  Any other resampling: nnU-Net's function on the channel."""
+    from nnunetv2.configuration import ANISO_THRESHOLD
+    from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+    from scipy.ndimage import map_coordinates
+    from skimage.transform import resize
+
+    kw = dict(cm.configuration.get("resampling_fn_probabilities_kwargs") or {})
+    default = cm.configuration.get("resampling_fn_probabilities") == "resample_data_or_seg_to_shape"
+    axis = None
+    if default and not kw.get("is_seg", False) and kw.get("order_z", 0) == 0:
+        sep, axis = determine_do_sep_z_and_axis(kw.get("force_separate_z", False), current, target,
+                                                kw.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD))
+        axis = axis if sep else None
+    if axis is None or x.ndim != 3:
+        out[...] = cm.resampling_fn_probabilities(x[None], new_shape, current, target)[0]
+        return
+    plane = [int(n) for i, n in enumerate(new_shape) if i != axis]
+    n_old, n_new = x.shape[axis], int(new_shape[axis])
+    if n_old == n_new:
+        pick = np.arange(n_new)
+    else:  # nnU-Net's coordinates along the axis (align_corners=False) and its order-0 rounding
+        coords = float(n_old) / n_new * (np.arange(n_new) + 0.5) - 0.5
+        pick = map_coordinates(np.arange(n_old, dtype=np.float64), coords[None], order=0, mode="nearest").astype(int)
+    done: dict[int, np.ndarray] = {}
+    for j, i in enumerate(pick):
+        if i not in done:
+            done = {i: resize(np.take(x, i, axis=axis).astype(float), plane, kw.get("order", 3), mode="edge",
+                              anti_aliasing=False)}
+        idx = [slice(None)] * 3
+        idx[axis] = j
+        out[tuple(idx)] = done[i]
 
 
 def patches(data: np.ndarray, patch: Sequence[int], step: float = 1.0) -> list[np.ndarray]:

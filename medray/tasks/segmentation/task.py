@@ -66,7 +66,8 @@ class SegmentationTask(Task):
     unit: ClassVar[str] = "case"
     rate_unit: ClassVar[str] = "cases/s"
     data_description: ClassVar[str] = "3D volumes with voxel labels"
-    data_hint: ClassVar[str] = " (data.root=<MSD task folder>, or unset for the synthetic phantoms)"
+    data_hint: ClassVar[str] = (" (data.root=<MSD task folder>, or unset for the synthetic phantoms; data=nnunet "
+                                 "data.root=<nnU-Net raw DatasetXXX folder>)")
     data_kinds: ClassVar[tuple[str, ...]] = (VOLUME,)
     identity_columns: ClassVar[tuple[str, ...]] = ("dice", "mask_sha256")
     cache_by_default: ClassVar[bool] = False  # a preprocessed float volume is tens of MB
