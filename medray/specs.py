@@ -79,6 +79,9 @@ class ModelSpec:
     # from this spec (``name``, ``checkpoint``, ``checkpoint_sha256``...).  Each member is
     # its own backend session and artifact (:meth:`member`); empty = one network.
     members: list[dict] = field(default_factory=list)
+    # The metrics the model was published with: ``{metric: {"value", "from"}}`` (model.expected,
+    # a bundle's eval_metrics); the report says whether the baseline reproduces them.
+    expected: dict = field(default_factory=dict)
 
     def member(self, i: int) -> ModelSpec:
         """The spec of member ``i``: one network (no members of its own)."""

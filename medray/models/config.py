@@ -8,6 +8,7 @@ sliding-window ROI), gathered by the task.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,13 @@ class ModelConfig:
     # model's inference_allowed_mirroring_axes (null = on where the model allows it).
     folds: list[str] | None = None
     mirroring: bool | None = None
+    # model=bundle: pt (models/model.pt through the bundle's CheckpointLoader, default) or ts
+    # (models/model.ts, the TorchScript export).
+    weights: str | None = None
+    # The metrics the model was published with (e.g. {dice_mean: 0.961} or {auc_macro: 0.843};
+    # a bundle's metadata.json eval_metrics are read too): the report says first whether the
+    # baseline reproduces them (within the bootstrap CI of its metric on the evaluated set).
+    expected: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         src = source(self.source)
@@ -71,6 +79,7 @@ class ModelConfig:
 
             if importlib.util.find_spec(src.library[0]) is None:
                 _fail("model", self.source, f"model={self.source} needs {src.library[0]}, which is not installed: {src.library[1]}")
+        self._check_published(src)
         if src.folder:
             self._check_folder()
             return
@@ -94,6 +103,27 @@ class ModelConfig:
                 )
             self.checkpoint = str(p.resolve())
         self._check_common()
+
+    def _check_published(self, src) -> None:
+        """What a model as published declares: its code (trusted or refused), its weights file,
+        its published metrics."""
+        if src.runs_code and not self.trust_checkpoint:
+            _fail("model.trust_checkpoint", False, f"reading a model={self.source} runs its code (a MONAI bundle's $ "
+                  "expressions and _target_ imports), like unpickling a checkpoint; set model.trust_checkpoint=true "
+                  "if you trust its origin")
+        if self.weights is not None and self.weights not in src.weights:
+            _fail("model.weights", self.weights, f"use one of {', '.join(src.weights)}" if src.weights
+                  else f"model={self.source} has one weights file; remove model.weights")
+        if src.weights and (self.checkpoint is not None or self.folds is not None):
+            key = "model.checkpoint" if self.checkpoint is not None else "model.folds"
+            _fail(key, self.checkpoint if self.folds is None else self.folds, f"model={self.source} loads the weights its "
+                  "CheckpointLoader names (models/model.pt), or models/model.ts with model.weights=ts; remove it")
+        bad = {k: v for k, v in (self.expected or {}).items() if not isinstance(v, (int, float)) or isinstance(v, bool)
+               or not math.isfinite(v)}
+        if bad:
+            _fail("model.expected", dict(self.expected), f"give the published value of each metric as a number "
+                  f"(e.g. {{dice_mean: 0.961}} or {{auc_macro: 0.843}}); not numbers: {bad}")
+        self.expected = {str(k): float(v) for k, v in (self.expected or {}).items()}
 
     def _check_folder(self) -> None:
         """model.path is a folder; model.checkpoint the file name inside each member's folder."""

@@ -41,6 +41,18 @@ def to_original(mask: np.ndarray, model_affine: np.ndarray, affine: np.ndarray, 
                             mode="constant", cval=0, prefilter=False).astype(mask.dtype, copy=False)
 
 
+def tiles(image: np.ndarray, roi: Sequence[int]):
+    """``("z,y,x", window)`` of ``image`` ``(C, *shape)`` tiled by ``roi`` without overlap (the
+    volume zero-padded up to the ROI first, as the sliding window pads it)."""
+    pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(image.shape[1:], roi)]
+    image = np.pad(image, pad) if any(p[1] for p in pad) else image
+    starts = [range(0, max(1, s - r + 1), r) for s, r in zip(image.shape[1:], roi)]
+    for z in starts[0]:
+        for y in starts[1]:
+            for x in starts[2]:
+                yield f"{z},{y},{x}", image[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]]
+
+
 class MonaiRecipe(VolumeRecipe):
     """MONAI transforms + ``sliding_window_inference`` (see the module docstring)."""
 
@@ -117,14 +129,9 @@ class MonaiRecipe(VolumeRecipe):
                 image = load_case(str(path), None, model.preprocess)["image"]
             except VolumeError as e:
                 raise CalibrationError(f"calibration case {sid} cannot be read: {e}") from e
-            pad = [(0, 0)] + [(0, max(0, r - s)) for s, r in zip(image.shape[1:], roi)]
-            image = np.pad(image, pad) if any(p[1] for p in pad) else image
-            starts = [range(0, max(1, s - r + 1), r) for s, r in zip(image.shape[1:], roi)]
-            for z in starts[0]:
-                for y in starts[1]:
-                    for x in starts[2]:
-                        windows.append(image[:, z:z + roi[0], y:y + roi[1], x:x + roi[2]])
-                        ids.append(f"{sid}@{z},{y},{x}")
+            for where, w in tiles(image, roi):
+                windows.append(w)
+                ids.append(f"{sid}@{where}")
         windows, ids = draw(windows, ids, max_windows, seed)
         return CalibrationSet(np.ascontiguousarray(np.stack(windows), dtype=np.float32), ids)
 

@@ -43,6 +43,7 @@ NetCall = Callable[[np.ndarray], np.ndarray]
 RECIPES: dict[str, str] = {
     "monai": "medray.models.monai_window:MonaiRecipe",
     "nnunet": "medray.models.nnunet.recipe:NnUNetRecipe",
+    "bundle": "medray.models.bundle.recipe:BundleRecipe",
 }
 # Where masks and 3-D metrics are given: the input file's own voxel grid (shape and
 # affine), or the grid the network saw (reoriented / resampled).

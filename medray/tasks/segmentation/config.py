@@ -29,7 +29,9 @@ class SlidingWindowConfig:
     # Blending of overlapping windows: constant (mean) or gaussian (centre-weighted);
     # null = the model's (MONAI UNets constant, nnU-Net gaussian).
     mode: str | None = None
-    sigma_scale: float = 0.125
+    # The Gaussian's sigma as a fraction of the window; null = the model's (0.125, MONAI's
+    # and nnU-Net's default; a MONAI bundle's inferer may set its own).
+    sigma_scale: float | None = None
     # Where masks and 3-D metrics are given: original (the input file's grid and affine) or
     # model (the grid the network saw; MONAI models only); null = original.
     space: str | None = None
@@ -45,7 +47,7 @@ class SlidingWindowConfig:
             _fail("sliding_window.sw_batch_size", self.sw_batch_size, "use a positive number of windows per backend call")
         if self.mode is not None and self.mode not in BLEND_MODES:
             _fail("sliding_window.mode", self.mode, f"use one of {', '.join(BLEND_MODES)}")
-        if not self.sigma_scale > 0:
-            _fail("sliding_window.sigma_scale", self.sigma_scale, "use a positive fraction of the window (0.125 is MONAI's default)")
+        if self.sigma_scale is not None and not self.sigma_scale > 0:
+            _fail("sliding_window.sigma_scale", self.sigma_scale, "use a positive fraction of the window (0.125 is MONAI's default), or null (the model's)")
         if self.space is not None and self.space not in SPACES:
             _fail("sliding_window.space", self.space, f"use one of {', '.join(SPACES)}")

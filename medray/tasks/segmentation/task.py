@@ -129,6 +129,10 @@ class SegmentationTask(Task):
         spec = resolve_model(ModelRequest(cfg.model, cfg.preprocess, cfg.cache_dir, cfg.data.volume,
                                           cfg.sliding_window.roi_size), table)
         self.settings = recipe_of(spec).settings(spec, self.sliding)
+        if not self.classes:  # a dataset that left its label names to the model (data=datalist)
+            values = table.label_values()
+            self.classes = list(table.classes[1:])
+            self.regions = [values[c] for c in self.classes]
         return spec
 
     def actor_batch(self, spec: RunSpec, block: int) -> int:
