@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from medray.data.policy import check_accounting
 from medray.metrics.performance import latency_summary, speedup
+from medray.report.expected import expected_section, expected_warnings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,6 +123,7 @@ def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, res
             for key, factor in (("throughput_sps", "throughput_factor"), ("inference_sps", "capacity_factor")):
                 entry["speedup"][factor] = entry[key] / b[key] if entry.get(key) and b.get(key) else None
     skipped = next((r.skipped for r in results if r.skipped is not None), None)
+    expected = expected_section(results, runs, table, samples, task)
     doc = {
         "task": task.name,
         "dataset": {
@@ -136,7 +138,9 @@ def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, res
         },
         "model": model_section(results[0].spec.model) if results else None,
         "runs": runs,
-        "warnings": warnings_of(runs),
+        # The published metrics first (model.expected): reproduced by the baseline or not.
+        "expected": expected,
+        "warnings": expected_warnings(expected) + warnings_of(runs),
         # Samples that could not be read (data.on_error=skip), the same for every run.
         "skipped": [] if skipped is None else [
             {"sample_id": str(i), "reason": str(w)} for i, w in zip(skipped["sample_id"], skipped["reason"])

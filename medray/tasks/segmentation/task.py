@@ -76,6 +76,7 @@ class SegmentationTask(Task):
     cost_probe: ClassVar[bool] = False
     # Dice (absolute drop: constraints.max_dice_drop) and Dice relative to the baseline's
     # (MLPerf 3D-UNet's 99.9 % rule: constraints.max_relative_dice_drop=0.001).
+    expected_metrics: ClassVar[tuple[str, ...]] = ("dice_mean",)
     sweep_metrics: ClassVar[tuple[SweepMetric, ...]] = (
         SweepMetric("dice_mean", "Dice", "max_dice_drop"),
         SweepMetric("dice_relative", "Dice / baseline's", "max_relative_dice_drop"),
@@ -200,6 +201,17 @@ class SegmentationTask(Task):
 
     def run_metrics(self, result: RunResult, table: SampleTable, samples: pd.DataFrame) -> dict[str, Any]:
         return document.run_metrics(result, self.labels(table)[0], self.surface_tolerance_mm)
+
+    def metric_ci(self, result: RunResult, table: SampleTable, samples: pd.DataFrame, entry: dict, metric: str,
+                  n_boot: int, confidence: float) -> dict[str, Any]:
+        """Mean Dice (each labelled case's mean, then over cases) with a bootstrap CI over cases."""
+        from medray.metrics.segmentation import case_mean
+        from medray.metrics.statistics import Comparison, metric_ci
+
+        df = result.predictions
+        df = df[df["has_label"].astype(bool)] if len(df) else df
+        v = np.array([case_mean(d) for d in df["dice"]], dtype=np.float64) if len(df) else np.zeros(0)
+        return metric_ci(np.zeros(len(v)), v, self.name, "mean", Comparison(n_boot=n_boot, confidence=confidence))
 
     def compare(self, base: RunResult, cand: RunResult, table: SampleTable, samples: pd.DataFrame,
                 base_entry: dict, cand_entry: dict) -> dict[str, Any]:
