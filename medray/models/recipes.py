@@ -100,6 +100,10 @@ class VolumeRecipe(ABC):
         """A mask as a file of the input's format with its geometry (``path`` ends with
         :attr:`mask_suffix`)."""
 
+    def open(self, model: ModelSpec, settings: dict) -> None:
+        """Actor: one-time set-up before the first case (none by default)."""
+        return None
+
     def view(self, model: ModelSpec, settings: dict, case: dict) -> tuple[np.ndarray, np.ndarray | None, tuple]:
         """Plots: the case's first channel and label in the masks' geometry, and the axis
         order that makes them (x, y, z)."""

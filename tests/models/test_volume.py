@@ -20,7 +20,8 @@ from medray.models.volume import resolve_volume_model
 from medray.tasks.segmentation.config import SlidingWindowConfig
 
 TARGET = "monai.networks.nets:SegResNet"
-KWARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 4, "blocks_down": [1, 1],
+KWARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 4, "norm": ["GROUP", {"num_groups": 2}],
+          "blocks_down": [1, 1],
           "blocks_up": [1]}
 ROI = [16, 16, 16]
 

@@ -147,6 +147,11 @@ class BundleRecipe(MonaiRecipe):
         return {"image": image, "label": label, "geometry": pickle.dumps(geometry), "orig_shape": orig_shape,
                 "orig_spacing": orig_spacing, "spacing": spacing, "mask_spacing": orig_spacing if original else spacing}
 
+    def open(self, model: ModelSpec, settings: dict) -> None:
+        """Parse the bundle and build its inferer and postprocessing (imports included) once."""
+        self.inferer(model, settings, 1)
+        self.postprocessing(model, settings)
+
     def inferer(self, model: ModelSpec, settings: dict, windows_per_call: int):
         """A fresh inferer of the bundle's class with its settings (``sliding_window.*`` and the
         ROI overriding), windows assembled where the volume is (the CPU)."""

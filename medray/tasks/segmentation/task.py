@@ -177,8 +177,13 @@ class SegmentationTask(Task):
     def open(self, spec: RunSpec) -> None:
         import torch
 
+        from medray.models.recipes import recipe_of
+
         # The windows' slicing and blending run in torch in this process.
         torch.set_num_threads(max(1, spec.threads))
+        # One-time set-up (a bundle's configs parsed, its transforms built) belongs to start-up,
+        # not to the first case's segmentation time.
+        recipe_of(spec.model).open(spec.model, self.settings_for(spec.model))
 
     def segment(self, backend: Backend, spec: RunSpec, image: np.ndarray, geometry: bytes) -> tuple[np.ndarray, dict]:
         """``image`` (the network's input volume) → the label map and its timings."""
