@@ -180,6 +180,7 @@ class EvalConfig:
             _fail("tta", self.tta, f"use one of {', '.join(TTA_MODES)}")
         task.check_config(self)
         task.check_repair(self)
+        task.check_expected(self)
         if self.baseline is not None:
             name, precision = RunName.parse(self.baseline)
             if precision not in PRECISIONS:

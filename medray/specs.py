@@ -85,6 +85,26 @@ class ModelSpec:
     # torchxrayvision's operating thresholds per output (None where a label has none):
     # op_norm is applied to the backend's logits, so 0.5 is each label's operating point.
     op_threshs: list[float | None] | None = None
+    # 3-D models: the recipe that reads a case, runs the windows around the backend and
+    # goes back to the original geometry (medray.models.recipes.RECIPES).
+    recipe: str | None = None
+    # A model of several networks (nnU-Net's folds): per member, the fields that differ
+    # from this spec (``name``, ``checkpoint``, ``checkpoint_sha256``...).  Each member is
+    # its own backend session and artifact (:meth:`member`); empty = one network.
+    members: list[dict] = field(default_factory=list)
+    # The metrics the model was published with: ``{metric: {"value", "from"}}`` (model.expected,
+    # a bundle's eval_metrics); the report says whether the baseline reproduces them.
+    expected: dict = field(default_factory=dict)
+
+    def member(self, i: int) -> ModelSpec:
+        """The spec of member ``i``: one network (no members of its own)."""
+        from dataclasses import replace
+
+        fields = {k: v for k, v in self.members[i].items() if k != "name"}
+        return replace(self, members=[], **fields)
+
+    def member_names(self) -> list[str]:
+        return [str(m.get("name", i)) for i, m in enumerate(self.members)]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -116,6 +136,14 @@ class RunSpec:
     # Test-time augmentation (medray.data.tta): the Predictor runs every view through
     # the backend and averages probabilities; latency covers all the views.
     tta: str = "none"
+
+    def member(self, i: int) -> RunSpec:
+        """The run of model member ``i`` (its own network, artifact and session)."""
+        from dataclasses import replace
+
+        arts = (self.artifact or {}).get("members") or [None] * len(self.model.members)
+        return replace(self, name=f"{self.name}[{self.model.member_names()[i]}]", model=self.model.member(i),
+                       artifact=arts[i])
 
 
 def input_shape(prep: dict, in_chans: int) -> tuple[int, int, int]:

@@ -78,3 +78,16 @@ def unet_checkpoint(tmp_path_factory) -> Path:
     save_checkpoint(build_unet(3, 1, **UNET_NET), path, {"arch": "monai_unet", "net": UNET_NET, "roi_size": UNET_ROI,
                                                           "in_chans": 1, "classes": ["background", "organ", "lesion"]})
     return path
+
+
+NNUNET_INSTALL = 'the nnU-Net tests need the nnunet extra: pip install -e ".[nnunet]"'
+
+
+@pytest.fixture(scope="session")
+def tiny_nnunet() -> dict:
+    """Two tiny nnU-Net v2 models trained with nnU-Net's own tools (tests/nnunet_tiny.py),
+    cached in the tests' medray cache: {'A': model folder, 'A_raw': raw dataset, ...}."""
+    pytest.importorskip("nnunetv2", reason=NNUNET_INSTALL)
+    import nnunet_tiny
+
+    return nnunet_tiny.build(Path(os.environ["MEDRAY_CACHE"]) / "nnunet-tiny")

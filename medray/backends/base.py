@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from medray.io import cache_key
 from medray.specs import ModelSpec, RunSpec  # noqa: F401  (re-exported for backends)
 
 if TYPE_CHECKING:
@@ -48,6 +49,23 @@ def is_out_of_memory(e: BaseException) -> bool:
     return any(t in text for t in _OOM_TEXT)
 
 
+def members_artifact(arts: list[dict | None]) -> dict | None:
+    """One artifact record for the per-member artifacts of a model of several networks:
+    the members' records, their total size and build time, and the first member's other
+    keys (calibration, reference: the same for every member)."""
+    if all(a is None for a in arts):
+        return None
+    if any(a is None for a in arts):
+        raise BackendError("some members of the model have an artifact and others not")
+    out = {k: v for k, v in arts[0].items() if k not in ("members",)}
+    out.update(members=arts, bytes=sum(a["bytes"] for a in arts), build_s=sum(a["build_s"] for a in arts),
+               cache_hit=all(a["cache_hit"] for a in arts), key=cache_key([a.get("key") for a in arts]))
+    ref = [a.get("reference") for a in arts]
+    if all(ref):
+        out["reference"] = {**ref[0], "bytes": sum(r["bytes"] for r in ref)}
+    return out
+
+
 class Backend(ABC):
     """Template method: ``load`` → ``infer`` (timed) → ``close``.
 
@@ -64,6 +82,8 @@ class Backend(ABC):
         self.inputs = InputBuffers()
         self.last_ms: float = 0.0
         self.effective_precision: dict[str, Any] = {}
+        # One loaded backend per member of a model of several networks (ModelSpec.members).
+        self.members: list[Backend] = []
         self._loaded = False
 
     # -- node checks (the doctor) ---------------------------------------------------------
@@ -80,6 +100,15 @@ class Backend(ABC):
         """Build (or fetch from the cache) what the actors will load; None if nothing."""
         return None
 
+    @classmethod
+    def prepare_model(cls, spec: RunSpec, cache: ArtifactCache, context: dict) -> dict | None:
+        """:meth:`prepare` of the spec's model: one artifact per member for a model of
+        several networks (nnU-Net's folds), gathered under ``members``."""
+        if not spec.model.members:
+            return cls.prepare(spec, cache, context)
+        arts = [cls.prepare(spec.member(i), cache, context) for i in range(len(spec.model.members))]
+        return members_artifact(arts)
+
     # -- actor side -------------------------------------------------------------------
     @property
     def executes(self) -> str:
@@ -87,9 +116,20 @@ class Backend(ABC):
         to when no INT8 layer set passed its gate (``artifact["executes"]``, reported)."""
         return (self.spec.artifact or {}).get("executes") or self.spec.precision
 
+    def member(self, i: int) -> Backend:
+        """The session of model member ``i`` (itself for a model of one network)."""
+        return self.members[i] if self.members else self
+
     def load(self) -> Backend:
-        """Load the session, record the precision really executed, run warm-up batches."""
+        """Load the session, record the precision really executed, run warm-up batches
+        (a model of several networks: one loaded session per member)."""
         spec = self.spec
+        if spec.model.members:
+            for i in range(len(spec.model.members)):
+                self.members.append(type(self)(spec.member(i)).load())
+            self.effective_precision = {**self.members[0].effective_precision, "members": spec.model.member_names()}
+            self._loaded = True
+            return self
         t0 = time.perf_counter()
         self._check_checkpoint()
         if spec.options.get("fail_load"):  # test hook: a session that cannot start on the node
@@ -112,6 +152,8 @@ class Backend(ABC):
         """
         if not self._loaded:
             raise BackendError(f"{self.spec.name}: infer() before load()")
+        if self.members:
+            raise BackendError(f"{self.spec.name}: a model of {len(self.members)} networks; infer on member(i)")
         if x.ndim != 1 + len(self.spec.model.input_shape) or tuple(x.shape[1:]) != self.spec.model.input_shape:
             raise BackendError(
                 f"{self.spec.name}: input shape {tuple(x.shape)} does not match the model's "
@@ -172,7 +214,12 @@ class Backend(ABC):
         """Release the session (idempotent)."""
         if self._loaded:
             self._loaded = False
-            self._close()
+            if self.members:
+                for m in self.members:
+                    m.close()
+                self.members = []
+            else:
+                self._close()
 
     def __enter__(self) -> Backend:
         return self.load()

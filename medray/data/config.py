@@ -81,8 +81,11 @@ class DataConfig:
     # label): fail = stop with its path and reason; skip = evaluate the rest and list it.
     on_error: str = "fail"
     # imagefolder: class names in model-output order (null = sorted folder names);
-    # chestxray14: the labels evaluated, in model-output order (null = the 14 in CheXNet order).
+    # chestxray14: the labels evaluated, in model-output order (null = the 14 in CheXNet order);
+    # datalist: the names of label values 0..K-1, background first (null = the model's).
     classes: list[str] | None = None
+    # datalist: the MONAI datalist JSON (absolute, or relative to data.root).
+    datalist: str | None = None
     # Two-class datasets: the class whose sensitivity / specificity / PPV / F1 are reported
     # (null = the dataset's declared one, else the class that is not NORMAL/negative/benign...).
     positive_class: str | None = None
@@ -104,6 +107,9 @@ class DataConfig:
             dup = sorted({c for c in self.classes if list(self.classes).count(c) > 1})
             if not self.classes or dup:
                 _fail("data.classes", self.classes, f"give each class name once ({'duplicates: ' + ', '.join(dup) if dup else 'empty list'})")
+        if self.datalist is not None and not src.datalist:
+            _fail("data.datalist", self.datalist, f"data={self.name} lists its own cases; a datalist file is for "
+                  f"data={'|'.join(n for n, r in SOURCES.items() if r.datalist)} (remove data.datalist)")
         if self.check_patient_overlap and not src.patient_ids:
             _fail(
                 "data.check_patient_overlap",

@@ -20,6 +20,7 @@ def load_table(data: DataConfig, root: str) -> SampleTable:
     """Read (generating it first, for the synthetic sets) the dataset of ``data``; a binary
     one gets its positive class (:func:`medray.data.table.positive_class`)."""
     table = source(data.name).read(data, root)
+    table.layout = data.name
     if data.metadata is not None:
         join_metadata(table, data.metadata)
     if table.task == "multiclass" and len(table.classes) == 2:
@@ -79,7 +80,8 @@ def resolve_calibration_split(table: SampleTable, requested: str | None, evaluat
     if requested is not None:
         return requested
     have = set(table.samples["split"].unique())
-    for split in source(table.name).calibration_splits if table.name in SOURCES else ("calibration",):
+    layout = table.layout if table.layout in SOURCES else table.name
+    for split in source(layout).calibration_splits if layout in SOURCES else ("calibration",):
         if split != evaluated_split and split in have:
             return split
     others = sorted(have - {evaluated_split})

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from medray.data.table import SampleTable
+from medray.data.volumes import SKIP_HINT, VolumeError, check_headers  # noqa: F401  (re-exported: the 3-D layouts' screen)
 from medray.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("medray.data")
 
 SPLIT_KEYS = {"training": "train", "validation": "val", "calibration": "calibration", "test": "test"}
-SKIP_HINT = "set data.on_error=skip to evaluate the other cases and list this one as skipped"
-
-
-class VolumeError(ValueError):
-    """A volume or label file cannot be used; the message names the file."""
 
 
 # --------------------------------------------------------------------------- table
@@ -131,7 +127,8 @@ def read_msd(root: str | Path) -> SampleTable:
         raise ConfigError(f"{root / 'dataset.json'}: lists the same image more than once: {sorted(df.loc[df['sample_id'].duplicated(), 'path'])[:3]}")
     df["target"] = df["label_path"]
     notes = [f"modality: {', '.join(modalities(meta))}"]
-    return SampleTable(str(meta.get("name") or root.name), "segmentation", classes, str(root), df, notes)
+    return SampleTable(str(meta.get("name") or root.name), "segmentation", classes, str(root), df, notes,
+                       channels=modalities(meta))
 
 
 def load_msd_table(data: DataConfig, root: str | Path) -> SampleTable:
@@ -245,65 +242,32 @@ def load_case(image_path: str, label_path: str | None, prep: Preprocessing | dic
         x = NormalizeIntensity(nonzero=True, channel_wise=True)(x)
     image = np.ascontiguousarray(np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float32))
     out = {"image": image, "label": None, "orig_shape": orig_shape, "orig_spacing": orig_spacing,
-           "spacing": [float(v) for v in _spacing(data["image"].affine)]}
+           "spacing": [float(v) for v in _spacing(data["image"].affine)],
+           # The file's voxel grid and the network's: the way back to the original geometry.
+           "affine": _matrix(img.affine), "model_affine": _matrix(data["image"].affine), "label_original": None}
     if label_path:
-        raw = np.asarray(data["label"].detach().cpu())[0]
-        label = np.rint(raw)
-        if label.min() < 0 or (num_classes is not None and label.max() >= num_classes):
-            found = np.unique(label).astype(int).tolist()
-            raise VolumeError(
-                f"{label_path}: label values {found[:10]} outside 0..{(num_classes or 0) - 1} (the labels of dataset.json)"
-            )
-        out["label"] = np.ascontiguousarray(label.astype(np.uint8))
+        out["label"] = _label_values(np.asarray(data["label"].detach().cpu())[0], label_path, num_classes)
+        out["label_original"] = _label_values(np.asarray(lab.detach().cpu())[0], label_path, num_classes)
     if not np.isfinite(image).all():
         raise VolumeError(f"{image_path}: the volume contains NaN or infinite values after preprocessing")
     return out
 
 
+def _label_values(raw: np.ndarray, label_path: str, num_classes: int | None) -> np.ndarray:
+    """A label volume as uint8 label values, checked against the dataset's labels."""
+    label = np.rint(raw)
+    if label.min() < 0 or (num_classes is not None and label.max() >= num_classes):
+        found = np.unique(label).astype(int).tolist()
+        raise VolumeError(
+            f"{label_path}: label values {found[:10]} outside 0..{(num_classes or 0) - 1} (the labels of dataset.json)"
+        )
+    return np.ascontiguousarray(label.astype(np.uint8))
+
+
+def _matrix(affine) -> np.ndarray:
+    return np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
+
+
 def _spacing(affine) -> np.ndarray:
     a = np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
     return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
-
-
-def check_headers(samples: pd.DataFrame, on_error: str = "fail") -> pd.DataFrame:
-    """Driver-side screening from the NIfTI headers only (no voxel data read).
-
-    Unreadable headers and image/label shape mismatches are found before Ray starts:
-    with ``on_error=fail`` the first one raises :class:`VolumeError` naming the file;
-    with ``skip`` the case gets a ``problem`` and is listed as skipped.
-    """
-    import nibabel as nib
-
-    samples = samples.copy()
-    if "problem" not in samples.columns:
-        samples["problem"] = ""
-    problems = []
-    for img, lab, problem in zip(samples["path"], samples["label_path"], samples["problem"]):
-        if not problem:
-            try:
-                ishape = _header_shape(nib, img)
-                if lab:
-                    lshape = _header_shape(nib, lab)
-                    if lshape[:3] != ishape[:3] or len(lshape) > 3 and any(v != 1 for v in lshape[3:]):
-                        problem = f"{lab}: label shape {list(lshape)} does not match the shape {list(ishape)} of its image {img}"
-            except VolumeError as e:
-                problem = str(e)
-        problems.append(problem)
-    samples["problem"] = problems
-    bad = samples[samples["problem"] != ""]
-    if len(bad) and on_error != "skip":
-        more = f" (and {len(bad) - 1} more bad cases)" if len(bad) > 1 else ""
-        raise VolumeError(f"{bad['problem'].iat[0]}{more}; {SKIP_HINT}")
-    if len(bad):
-        log.warning("data.on_error=skip: %d cases skipped (e.g. %s)", len(bad), bad["problem"].iat[0])
-    return samples
-
-
-def _header_shape(nib, path: str) -> tuple[int, ...]:
-    try:
-        img = nib.load(path)
-    except Exception as e:
-        raise VolumeError(f"{path}: cannot be read as a NIfTI volume ({type(e).__name__}: {e})") from None
-    if len(img.shape) not in (3, 4):
-        raise VolumeError(f"{path}: expected a 3D volume (or 4D with channels last), got shape {list(img.shape)}")
-    return tuple(int(v) for v in img.shape)

@@ -39,6 +39,8 @@ class Source:
     calibration_splits: tuple[str, ...] = ("calibration",)
     # generator arguments (data.n_train ...) apply.
     generated: bool = False
+    # data.datalist names the file listing its cases.
+    datalist: bool = False
 
     def read(self, data, root: str):
         module, _, name = self.reader.partition(":")
@@ -58,6 +60,13 @@ SOURCES: dict[str, Source] = {
     # imagesTs serve to calibrate a model evaluated on the labelled imagesTr.
     "msd": Source("medray.data.msd:load_msd_table", kind=VOLUME, generated=True,
                   calibration_splits=("calibration", "val", "test", "train")),
+    # nnU-Net's raw layout (DatasetXXX_Name); the training cases calibrate a model evaluated
+    # on imagesTs, imagesTs one evaluated on imagesTr.
+    "nnunet": Source("medray.data.nnunet:read_folder", kind=VOLUME, folder=True, calibration_splits=("train", "test")),
+    # A MONAI datalist JSON (load_decathlon_datalist): its lists are the splits; bundles are
+    # evaluated on "validation" and calibrated on "training".
+    "datalist": Source("medray.data.datalist:read_datalist", kind=VOLUME, folder=True, classes=True, datalist=True,
+                       calibration_splits=("training", "train", "calibration", "test", "validation")),
 }
 
 

@@ -57,6 +57,20 @@ class SampleTable:
         cols = keep if self.label_columns is None else [self.label_columns[i] for i in keep]
         return replace(self, classes=[self.classes[i] for i in keep], label_columns=cols,
                        not_scored=[*self.not_scored, *names])
+    # 3-D datasets: the image channels by name (modalities), the label values each class
+    # name covers when it is not just its index (nnU-Net's region-based labels: several
+    # values), and the label value that marks voxels left out of every metric.
+    channels: list[str] = field(default_factory=list)
+    # The layout that read it (data=<name>: medray.data.sources), for its registry rules.
+    layout: str = ""
+    values: dict[str, list[int]] | None = None
+    ignore_label: int | None = None
+
+    def label_values(self) -> dict[str, tuple[int, ...]]:
+        """``{class name: label values}``: its index, or the values it was declared with."""
+        if self.values is not None:
+            return {c: tuple(int(v) for v in self.values[c]) for c in self.classes}
+        return {c: (i,) for i, c in enumerate(self.classes)}
 
     @property
     def kind(self) -> str:

@@ -1,4 +1,6 @@
-"""Segmentation metrics: Dice per case and per class (MONAI's DiceMetric), and summaries.
+"""Segmentation metrics: TP/FP/FN/TN, Dice and IoU per case and label or region (nnU-Net's
+``compute_metrics_on_folder`` numbers, :func:`overlap_counts`), Dice per class of two masks
+(MONAI's DiceMetric, the candidate vs the baseline), HD95 and surface Dice, and summaries.
 
 Masks are integer label maps (0 = background).  Per-case Dice is computed by MONAI's
 ``DiceMetric(include_background=False, num_classes=K)`` on the label maps directly (it
@@ -35,6 +37,60 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, ignor
     return metric(p, t)[0].double().numpy()
 
 
+def overlap_counts(pred: np.ndarray, ref: np.ndarray, regions: list[tuple[int, ...]], ignore_label: int | None = None
+                   ) -> np.ndarray:
+    """TP, FP, FN, TN voxels of each label or region (a region: the union of its label
+    values) of one case: int64 ``(R, 4)`` — nnU-Net's ``compute_tp_fp_fn_tn`` on
+    ``region_or_label_to_mask`` masks, voxels of ``ignore_label`` in ``ref`` left out."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"mask shapes differ: prediction {pred.shape}, reference {ref.shape}")
+    keep = None if ignore_label is None else ref != ignore_label
+    out = np.zeros((len(regions), 4), dtype=np.int64)
+    for j, values in enumerate(regions):
+        p, r = np.isin(pred, values), np.isin(ref, values)
+        if keep is not None:
+            p &= keep
+            r &= keep
+        tp = int(np.count_nonzero(p & r))
+        fp, fn = int(np.count_nonzero(p)) - tp, int(np.count_nonzero(r)) - tp
+        n = int(keep.sum()) if keep is not None else pred.size
+        out[j] = (tp, fp, fn, n - tp - fp - fn)
+    return out
+
+
+def dice_iou(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU from ``(..., 4)`` TP/FP/FN/TN counts, as nnU-Net computes them: NaN
+    where the label is in neither mask (TP + FP + FN = 0), 0 where only one has it."""
+    c = np.asarray(counts, dtype=np.float64)
+    tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
+    with np.errstate(all="ignore"):
+        none = tp + fp + fn == 0
+        dice = np.where(none, np.nan, 2 * tp / (2 * tp + fp + fn))
+        iou = np.where(none, np.nan, tp / (tp + fp + fn))
+    return dice, iou
+
+
+def label_summary(counts: np.ndarray, classes: list[str]) -> dict:
+    """nnU-Net's ``mean`` (per label or region, over cases, NaN skipped) and
+    ``foreground_mean`` (the mean of those) of Dice, IoU, TP, FP, FN, TN, n_pred, n_ref."""
+    c = np.asarray(counts, dtype=np.float64).reshape(-1, len(classes), 4)
+    dice, iou = dice_iou(c)
+    per = {"Dice": dice, "IoU": iou, "TP": c[..., 0], "FP": c[..., 1], "FN": c[..., 2], "TN": c[..., 3],
+           "n_pred": c[..., 0] + c[..., 1], "n_ref": c[..., 0] + c[..., 2]}
+    mean = {}
+    for j, name in enumerate(classes):
+        mean[name] = {k: _nanmean(v[:, j]) for k, v in per.items()}
+    fg = {k: _nanmean(np.array([mean[n][k] if mean[n][k] is not None else np.nan for n in classes])) for k in per}
+    return {"mean": mean, "foreground_mean": fg}
+
+
+def _nanmean(v: np.ndarray) -> float | None:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else None
+
+
 def surface_distances(pred: np.ndarray, target: np.ndarray, num_classes: int, spacing, tolerance_mm: float
                       ) -> tuple[np.ndarray, np.ndarray]:
     """HD95 (mm) and normalised surface Dice at ``tolerance_mm`` of each foreground class of
@@ -45,28 +101,38 @@ def surface_distances(pred: np.ndarray, target: np.ndarray, num_classes: int, sp
     reference but not predicted: HD95 is infinite (left out of the mean and counted in
     ``hd95_missed`` by :func:`surface_summary`), surface Dice 0.
     """
+    return region_surface_distances(pred, target, [(c,) for c in range(1, num_classes)], spacing, tolerance_mm)
+
+
+def region_surface_distances(pred: np.ndarray, target: np.ndarray, regions: list[tuple[int, ...]], spacing,
+                             tolerance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`surface_distances` of labels or regions (a region: the union of its label
+    values), one at a time (two binary volumes in memory, not K one-hot ones)."""
+    import warnings
+
     import torch
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
     pred, target = np.asarray(pred), np.asarray(target)
     if pred.shape != target.shape:
         raise ValueError(f"mask shapes differ: prediction {pred.shape}, reference {target.shape}")
-    k = num_classes
-    p = torch.from_numpy(np.stack([pred == c for c in range(k)])[None].astype(np.float32))
-    t = torch.from_numpy(np.stack([target == c for c in range(k)])[None].astype(np.float32))
     sp = [float(v) for v in spacing]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():  # MONAI warns on empty classes: they are NaN by definition here
+    hd, nsd = np.full(len(regions), np.nan), np.full(len(regions), np.nan)
+    for j, values in enumerate(regions):
+        t = np.isin(target, values)
+        if not t.any():
+            continue  # absent from the reference: NaN, as Dice with ignore_empty
+        p = np.isin(pred, values)
+        if not p.any():
+            hd[j], nsd[j] = np.inf, 0.0
+            continue
+        pt = torch.from_numpy(p[None, None].astype(np.float32))
+        tt = torch.from_numpy(t[None, None].astype(np.float32))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hd = compute_hausdorff_distance(p, t, include_background=False, percentile=95, spacing=sp)[0].double().numpy()
-            nsd = compute_surface_dice(p, t, class_thresholds=[tolerance_mm] * (k - 1), include_background=False,
-                                       spacing=sp)[0].double().numpy()
-    present = np.array([(target == c).any() for c in range(1, k)])
-    predicted = np.array([(pred == c).any() for c in range(1, k)])
-    hd = np.where(present, np.where(predicted, hd, np.inf), np.nan)
-    nsd = np.where(present, nsd, np.nan)
+            hd[j] = float(compute_hausdorff_distance(pt, tt, include_background=True, percentile=95, spacing=sp)[0, 0])
+            nsd[j] = float(compute_surface_dice(pt, tt, class_thresholds=[tolerance_mm], include_background=True,
+                                                spacing=sp)[0, 0])
     return hd, nsd
 
 

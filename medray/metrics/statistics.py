@@ -148,6 +148,17 @@ def balanced_accuracy(y: np.ndarray, probs: np.ndarray, task: str, threshold: fl
     return float(np.mean((sens + spec) / 2))
 
 
+def accuracy(y: np.ndarray, probs: np.ndarray, task: str, threshold: float = 0.5, positive: int = 1) -> float:
+    """Top-1 (binary: the positive class's probability ``>= threshold``) or, multilabel, exact
+    match at ``threshold`` — :func:`medray.metrics.classification.classification_metrics`'s."""
+    from medray.metrics.classification import binary_decisions
+
+    probs = np.asarray(probs, dtype=np.float64)
+    if task == "multiclass":
+        return float(np.mean(binary_decisions(probs, threshold, positive) == np.asarray(y)))
+    return float(np.mean(np.all((probs >= threshold) == np.asarray(y).astype(bool), axis=1)))
+
+
 def _nanmean(v: np.ndarray) -> float:
     v = np.asarray(v, dtype=np.float64)
     v = v[~np.isnan(v)]
@@ -159,11 +170,13 @@ def _metric_fn(metric: str, task: str, threshold: float = 0.5, positive: int = 1
         return lambda y, p: auc_macro(y, p, task)
     if metric == "balanced_accuracy":
         return lambda y, p: balanced_accuracy(y, p, task, threshold, positive)
+    if metric == "accuracy":
+        return lambda y, p: accuracy(y, p, task, threshold, positive)
     if metric == "mean":
         # Per-case values already (Dice): their mean over the cases where it is defined
         # (a case with an empty ground truth has no Dice: NaN, as MONAI's ignore_empty).
         return lambda y, p: _nanmean(p)
-    raise ValueError(f"unknown metric {metric!r}; use auc_macro, balanced_accuracy or mean")
+    raise ValueError(f"unknown metric {metric!r}; use auc_macro, balanced_accuracy, accuracy or mean")
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -213,6 +226,16 @@ def bootstrap_ci(y, values, fn: Callable, n_boot: int = 2000, confidence: float 
         "n_boot": n_boot,
         "n_undefined": int((~ok).sum()),
     }
+
+
+def metric_ci(y, values, task: str, metric: str, how: Comparison) -> dict:
+    """``metric`` of one run (probabilities, or per-case values with ``metric="mean"``) with
+    its percentile bootstrap CI (rows, or ``how.clusters``), ``n`` and ``resampling``."""
+    fn = _metric_fn(metric, task, how.threshold, how.positive)
+    n = int(len(np.asarray(values)))
+    out = (bootstrap_ci(y, values, fn, how.n_boot, how.confidence, how.seed, how.clusters) if n else
+           {"estimate": math.nan, "ci": [math.nan, math.nan], "n_boot": how.n_boot, "n_undefined": how.n_boot})
+    return {**out, "n": n, "resampling": "patients (clusters)" if how.clusters is not None else "samples"}
 
 
 def paired_bootstrap(y, values_a, values_b, fn: Callable, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,

@@ -94,8 +94,28 @@ def resolve_model(cfg: ModelRequest, table: SampleTable) -> ModelSpec:
     elif m.name == "demo" and m.checkpoint is None:
         target = DEMOS[table.kind]
     else:
-        target = row.resolve
-    return call(target, cfg, table)
+        target = row.resolve if table.kind == IMAGE or row.resolve_volume is None else row.resolve_volume
+    spec = call(target, cfg, table)
+    spec.expected = {**spec.expected, **{k: {"value": v, "from": "model.expected"} for k, v in m.expected.items()}}
+    return spec
+
+
+def take_label_names(table: SampleTable, k: int, names: list[str] | None, where: str) -> None:
+    """The dataset's labels are the model's ``k`` output channels.  A dataset that leaves
+    their names to the model (``data=datalist`` without ``data.classes``) takes ``names``
+    (a bundle's metadata.json), else ``background, label_1, ...``."""
+    if not table.classes:
+        table.classes = list(names) if names else ["background", *(f"label_{i}" for i in range(1, k))]
+        table.notes.append(f"label names from the model: {table.classes}")
+        log.info("dataset %s: label names from the model (%s): %s", table.name, where, table.classes)
+        return
+    if len(table.classes) != k:
+        raise ConfigError(f"{where}: the model has {k} output channels but dataset {table.name} has {len(table.classes)} "
+                          f"labels {list(table.classes)}; evaluate it on data labelled as it was trained (data.classes "
+                          "names a datalist's label values)")
+    if names and list(names) != list(table.classes):
+        log.warning("%s: the model names its outputs %s, dataset %s its labels %s (compared by label value)", where,
+                    names, table.name, list(table.classes))
 
 
 def _sources_of(kind: str) -> list[str]:

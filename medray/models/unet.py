@@ -213,14 +213,17 @@ def resolve_segmentation_model(cfg: ModelRequest, table: SampleTable) -> ModelSp
     ``model.net`` or its meta, and is checked against the dataset's labels.
     """
     from medray.data.config import VolumeConfig
-    from medray.data.msd import modalities, read_dataset_json, resolve_preprocessing
+    from medray.data.msd import resolve_preprocessing
     from medray.errors import ConfigError
     from medray.io import file_sha256
     from medray.models.factory import CheckpointError, read_checkpoint
     from medray.models.resolve import check_class_count
     from medray.specs import ModelSpec
 
-    prep = resolve_preprocessing(cfg.volume or VolumeConfig(), modalities(read_dataset_json(table.root)))
+    if table.values is not None and any(len(v) > 1 for v in table.values.values()):
+        raise ConfigError(f"dataset {table.name} has region-based labels {table.values}; a MONAI UNet predicts one "
+                          "label per voxel (argmax): evaluate it on label-per-class data, or an nnU-Net model (model=nnunet)")
+    prep = resolve_preprocessing(cfg.volume or VolumeConfig(), list(table.channels) or ["unknown"])
     m = cfg.model
     k = check_class_count(m, table)
     checkpoint = m.checkpoint
@@ -303,6 +306,7 @@ def resolve_segmentation_model(cfg: ModelRequest, table: SampleTable) -> ModelSp
         spatial=tuple(roi),
         net=net,
         preprocess=prep.to_dict(),
+        recipe="monai",
     )
 
 

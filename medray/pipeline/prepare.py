@@ -116,7 +116,7 @@ def prepare(cfg: EvalConfig) -> Prepared:
                 fail("quantization.repair", True, f"task={task.name} has no validation metric to judge a repair; remove it")
     for spec in specs:
         with step(f"{spec.name}: prepare artifact", log):
-            spec.artifact = get_backend(spec.backend.name).prepare(spec, cache, context)
+            spec.artifact = get_backend(spec.backend.name).prepare_model(spec, cache, context)
     return Prepared(table, samples, specs, task)
 
 

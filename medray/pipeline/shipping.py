@@ -102,10 +102,13 @@ def ship(spec: RunSpec, shipped: dict[str, Shipment] | None = None, put=None) ->
     # no artifact and loads the checkpoint): ship only what the actors open.
     if spec.model.checkpoint and not spec.artifact:
         wanted["checkpoint"] = spec.model.checkpoint
-    if spec.model.path and not spec.artifact:  # a TorchScript / torch.export file or a model folder torch loads
+    if spec.model.path and not spec.artifact and _shipped_path(spec):
         wanted["model_path"] = spec.model.path
     if spec.artifact and spec.artifact.get("path") and spec.artifact.get("ship", True):
         wanted["artifact"] = spec.artifact["path"]
+    for i, art in enumerate((spec.artifact or {}).get("members") or []):  # one artifact per network of the model
+        if art.get("path") and art.get("ship", True):
+            wanted[f"artifact:{i}"] = art["path"]
     for what, path in wanted.items():
         if path not in shipped:
             t0 = time.perf_counter()
@@ -116,6 +119,16 @@ def ship(spec: RunSpec, shipped: dict[str, Shipment] | None = None, put=None) ->
     if not out:
         return spec
     return replace(spec, options={**spec.options, OPTION: out})
+
+
+def _shipped_path(spec: RunSpec) -> bool:
+    """A model file, or a classifier's folder torch loads (Hugging Face), is shipped; a 3-D
+    model folder (nnU-Net, a MONAI bundle) is read in the read tasks too, so it is read where
+    it is: a mount every node sees."""
+    from medray.data.sources import IMAGE
+    from medray.models.sources import source
+
+    return Path(spec.model.path).is_file() or IMAGE in source(spec.model.source).kinds
 
 
 def should_ship(setting: bool | None, address: str | None, alive_nodes: int) -> bool:
@@ -199,5 +212,8 @@ def materialise(spec: RunSpec, cache_dir: Path | None = None) -> RunSpec:
         model = replace(model, path=materialise_one(shipments["model_path"], cache_dir))
     if "artifact" in shipments:
         artifact = {**artifact, "path": materialise_one(shipments["artifact"], cache_dir)}
+    if artifact and artifact.get("members"):
+        artifact["members"] = [{**a, "path": materialise_one(shipments[f"artifact:{i}"], cache_dir)}
+                               if f"artifact:{i}" in shipments else a for i, a in enumerate(artifact["members"])]
     options = {k: v for k, v in spec.options.items() if k != OPTION}
     return replace(spec, model=model, artifact=artifact, options=options)

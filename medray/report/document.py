@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from medray.data.policy import check_accounting
 from medray.metrics.performance import latency_summary, speedup
+from medray.report.expected import expected_section, expected_warnings
 from medray.report.repair import validation_vs_test
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ def _artifact(a: dict | None, eff: dict | None = None) -> dict | None:
     for k in ("reference", "calibration", "quantization", "source_graph", "repair", "executes"):
         if a.get(k) is not None:
             out[k] = a[k]
+    if a.get("members"):  # a model of several networks (nnU-Net's folds): one artifact each
+        out["members"] = [{"path": m["path"], "bytes": m["bytes"], "build_s": m["build_s"], "cache_hit": m["cache_hit"]}
+                          for m in a["members"]]
     return out
 
 
@@ -126,6 +130,7 @@ def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, res
         if check is not None:
             entry["repair_check"] = check
     skipped = next((r.skipped for r in results if r.skipped is not None), None)
+    expected = expected_section(results, runs, table, samples, task)
     doc = {
         "task": task.name,
         "dataset": {
@@ -140,7 +145,9 @@ def build_metrics(cfg: RunConfig, table: SampleTable, samples: pd.DataFrame, res
         },
         "model": model_section(results[0].spec.model) if results else None,
         "runs": runs,
-        "warnings": warnings_of(runs),
+        # The published metrics first (model.expected): reproduced by the baseline or not.
+        "expected": expected,
+        "warnings": expected_warnings(expected) + warnings_of(runs),
         # Samples that could not be read (data.on_error=skip), the same for every run.
         "skipped": [] if skipped is None else [
             {"sample_id": str(i), "reason": str(w)} for i, w in zip(skipped["sample_id"], skipped["reason"])

@@ -9,6 +9,7 @@ the same for every task.
 from __future__ import annotations
 
 from medray.format import cell
+from medray.report.expected import render_expected
 from medray.report.repair import section as repair_section
 
 
@@ -18,6 +19,7 @@ def render_report(doc: dict, task=None) -> str:
 
     task = task or task_of_document(doc)
     lines = task.render(doc)
+    lines[1:1] = render_expected(doc.get("expected"))  # the first section, right under the title
     lines += model_lines(doc.get("model"))
     lines += runs_table(doc, task)
     for r in doc["runs"]:

@@ -89,6 +89,8 @@ class Task(ABC):
     # Sweep: the key of a candidate's worst_subgroup change that
     # constraints.max_subgroup_auc_drop bounds (None = no subgroup constraint).
     subgroup_delta: ClassVar[str | None] = None
+    # The metrics a published value (model.expected) is checked on (:meth:`metric_ci`).
+    expected_metrics: ClassVar[tuple[str, ...]] = ()
 
     # -- config, before anything runs ---------------------------------------------------
     @classmethod
@@ -100,6 +102,16 @@ class Task(ABC):
     def check_config(cls, cfg: RunConfig) -> None:
         """The task's own rules on the composed config (ConfigError naming the key)."""
         return None
+
+    @classmethod
+    def check_expected(cls, cfg: RunConfig) -> None:
+        """``model.expected`` names metrics this task checks a published value on."""
+        unknown = sorted(set(cfg.model.expected) - set(cls.expected_metrics))
+        if unknown:
+            from medray.errors import fail
+
+            fail("model.expected", dict(cfg.model.expected), f"task={cls.name} checks a published "
+                 f"{' / '.join(cls.expected_metrics) or 'metric on none'}; not {', '.join(unknown)}")
 
     @classmethod
     def backend_batch(cls, cfg: RunConfig) -> int:
@@ -193,6 +205,12 @@ class Task(ABC):
         ``validation``: the baseline's run on the validation split, when the task asked for
         one (:meth:`validation_samples`)."""
         return None
+
+    def metric_ci(self, result: RunResult, table: SampleTable, samples: pd.DataFrame, entry: dict, metric: str,
+                  n_boot: int, confidence: float) -> dict[str, Any]:
+        """The run's ``metric`` (one of :attr:`expected_metrics`) on its samples with its
+        percentile bootstrap CI: ``estimate``, ``ci``, ``n``, ``resampling``."""
+        raise NotImplementedError(f"task {self.name} checks no published metric")
 
     @abstractmethod
     def render(self, doc: dict) -> list[str]:

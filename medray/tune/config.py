@@ -42,6 +42,8 @@ class SweepConfig:
     # task=segmentation only: sliding_window.overlap / sliding_window.sw_batch_size values.
     overlap: list[float] = field(default_factory=list)
     sw_batch_size: list[int] = field(default_factory=list)
+    # task=segmentation, model=nnunet: model.mirroring values (e.g. [true, false]).
+    mirroring: list[bool] = field(default_factory=list)
     # Every trial and the baseline evaluate the same random subset of this many samples
     # (null = data.limit, i.e. the whole split unless that is set).
     limit: int | None = 256
@@ -137,6 +139,9 @@ class ConstraintsConfig:
     # Top-1 (multilabel: per-label decision) agreement with the baseline.
     min_agreement: float | None = 0.99
     max_dice_drop: float | None = 0.01
+    # Mean Dice relative to the baseline's: 0.001 = MLPerf 3D-UNet's 99.9 % rule (the
+    # candidate's mean Dice at least 99.9 % of the fp32 baseline's); null = no limit.
+    max_relative_dice_drop: float | None = None
     # The largest AUC drop allowed in any subgroup of report.subgroups (null = no limit).
     max_subgroup_auc_drop: float | None = None
     # Samples with NaN/inf outputs a recommended configuration may have (scored as wrong
@@ -146,7 +151,7 @@ class ConstraintsConfig:
     def __post_init__(self) -> None:
         if self.max_nonfinite is not None and self.max_nonfinite < 0:
             _fail("constraints.max_nonfinite", self.max_nonfinite, "use 0 (no NaN/inf output allowed), a count, or null")
-        for key in ("max_auc_drop", "max_bacc_drop", "max_dice_drop", "max_subgroup_auc_drop"):
+        for key in ("max_auc_drop", "max_bacc_drop", "max_dice_drop", "max_relative_dice_drop", "max_subgroup_auc_drop"):
             v = getattr(self, key)
             if v is not None and not 0 <= v <= 1:
                 _fail(f"constraints.{key}", v, "use a fraction in [0, 1] (0.005 = half a point), or null for no limit")

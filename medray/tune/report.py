@@ -267,7 +267,7 @@ def finish(shared, out: Path, records: list[dict], interrupted: bool, wall_s: fl
         rec = dict(rec)
         point = {"run": str(RunName(rec["backend"], rec["precision"])), "batch_size": rec["batch_size"],
                  "streams": rec["streams"]}
-        point.update({k: rec[k] for k in ("overlap", "sw_batch_size") if k in rec})
+        point.update({k: rec[k] for k in ("overlap", "sw_batch_size", "mirroring") if k in rec})
         target = trial_eval_config(cfg, point, with_baseline=True)
         rec["reproduce"] = select.reproduce_command(target, str(out / "reproduce"), choices)
         try:

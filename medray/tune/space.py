@@ -41,8 +41,9 @@ def axes(cfg: SweepJobConfig) -> dict[str, list]:
     sw = cfg.sweep
     out: dict[str, list] = {"run": sw.pairs(), "batch_size": list(sw.batch_sizes), "streams": list(sw.streams)}
     extra = task_class(cfg.task).sweep_axes(cfg)
-    if (sw.overlap or sw.sw_batch_size) and not extra:
-        log.warning("sweep.overlap / sweep.sw_batch_size are sliding-window axes; ignored for task=%s", cfg.task)
+    if (sw.overlap or sw.sw_batch_size or sw.mirroring) and not extra:
+        log.warning("sweep.overlap / sweep.sw_batch_size / sweep.mirroring are sliding-window axes; ignored for task=%s",
+                    cfg.task)
     out.update(extra)
     return out
 
@@ -60,6 +61,8 @@ def trial_label(config: dict) -> str:
         label += f"-o{config['overlap']:g}"
     if "sw_batch_size" in config:
         label += f"-w{config['sw_batch_size']}"
+    if "mirroring" in config:
+        label += "-mirror" if config["mirroring"] else "-nomirror"
     return label
 
 

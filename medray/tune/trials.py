@@ -74,7 +74,7 @@ def baseline_point(cfg: SweepJobConfig) -> dict:
 def trial_record(config: dict) -> dict:
     backend, precision = RunName.parse(config["run"], key="run")
     rec = {"label": space.trial_label(config), "backend": backend, "precision": precision}
-    rec.update({k: config[k] for k in ("batch_size", "streams", "overlap", "sw_batch_size") if k in config})
+    rec.update({k: config[k] for k in ("batch_size", "streams", "overlap", "sw_batch_size", "mirroring") if k in config})
     return rec
 
 

@@ -149,3 +149,29 @@ def test_surface_dice_mean_averages_like_dice_mean_and_names_its_definition():
     assert s["surface_dice_mean"] == pytest.approx(dice_summary(nsd, ["a", "b"])["dice_mean"])
     assert s["surface_dice_per_class"] == {"a": pytest.approx(0.8), "b": pytest.approx(0.35)}
     assert "voxel counts, not area-weighted" in s["surface_dice_definition"]
+
+
+def test_overlap_counts_are_nnunets_on_labels_regions_and_an_ignore_label():
+    """TP/FP/FN/TN, Dice and IoU equal nnunetv2's compute_tp_fp_fn_tn on its region masks
+    (labels, regions, the ignore label), and the label summary its means."""
+    nn = pytest.importorskip("nnunetv2.evaluation.evaluate_predictions", reason='pip install -e ".[nnunet]"')
+    from medray.metrics.segmentation import dice_iou, label_summary, overlap_counts
+
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 4, (12, 10, 8)).astype(np.uint8)
+    pred = np.where(rng.random(ref.shape) < 0.8, ref, rng.integers(0, 3, ref.shape)).astype(np.uint8)
+    regions = [(1,), (2,), (1, 2), (3,)]
+    for ignore in (None, 3):
+        got = overlap_counts(pred, ref, regions[:3] if ignore else regions, ignore)
+        for j, r in enumerate(regions[:3] if ignore else regions):
+            mask_ignore = None if ignore is None else ref == ignore
+            tp, fp, fn, tn = nn.compute_tp_fp_fn_tn(nn.region_or_label_to_mask(ref, r if len(r) > 1 else r[0]),
+                                                    nn.region_or_label_to_mask(pred, r if len(r) > 1 else r[0]), mask_ignore)
+            assert got[j].tolist() == [tp, fp, fn, tn]
+    counts = np.stack([overlap_counts(pred, ref, regions), overlap_counts(pred * 0, ref * 0, regions)])
+    dice, iou = dice_iou(counts)
+    assert np.isnan(dice[1]).all() and np.isnan(iou[1]).all()  # in neither mask: NaN, as nnU-Net
+    assert dice[0, 0] == pytest.approx(2 * counts[0, 0, 0] / (2 * counts[0, 0, 0] + counts[0, 0, 1] + counts[0, 0, 2]))
+    s = label_summary(counts, ["a", "b", "ab", "c"])
+    assert s["mean"]["a"]["Dice"] == pytest.approx(dice[0, 0]) and s["mean"]["a"]["n_ref"] == counts[:, 0, 0].mean() + counts[:, 0, 2].mean()
+    assert s["foreground_mean"]["Dice"] == pytest.approx(np.mean(dice[0]))

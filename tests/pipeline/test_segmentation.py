@@ -21,7 +21,7 @@ from medray.data.config import DataConfig, VolumeConfig
 from medray.data.msd import load_case
 from medray.data.phantoms import ensure_phantoms, phantom_tag
 from medray.io import file_sha256
-from medray.metrics.segmentation import dice_per_class, surface_distances
+from medray.metrics.segmentation import dice_iou, dice_per_class, overlap_counts, surface_distances
 from medray.models.config import ModelConfig
 from medray.pipeline.execute import execute
 from medray.pipeline.predictor import Predictor
@@ -32,7 +32,13 @@ from medray.report.writers import write_outputs
 from medray.specs import ModelSpec, RunSpec
 from medray.tasks.segmentation import SegmentationTask
 from medray.tasks.segmentation.config import SlidingWindowConfig
-from medray.tasks.segmentation.masks import load_mask
+
+
+def load_mask(mask_dir, name):
+    """A mask file written to predictions/<run>_masks/ (NIfTI in the input's geometry)."""
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(Path(mask_dir) / name)).dataobj)
 
 
 def seg_cfg(tmp_path, checkpoint, **kw) -> EvalConfig:
@@ -68,15 +74,19 @@ def tiny_spec(checkpoint, backend="torch", sw_batch=3) -> RunSpec:
 
 def test_seg_predictor_equals_monai_on_the_torch_model(tmp_path, unet_checkpoint):
     """The predictor callable around backend.infer gives exactly MONAI's sliding window on the module."""
+    import pickle
+
     from monai.inferers import sliding_window_inference
 
     from medray.models.factory import load_model
 
     spec = tiny_spec(unet_checkpoint)
-    task = SegmentationTask(sliding={"overlap": 0.25, "mode": "gaussian", "sigma_scale": 0.125}, num_classes=3)
+    settings = {"overlap": 0.25, "mode": "gaussian", "sigma_scale": 0.125, "space": "model", "mirroring": None}
+    task = SegmentationTask(classes=["organ", "lesion"], regions=[(1,), (2,)], settings=settings)
     p = Predictor(spec, task)
     img = np.random.default_rng(0).standard_normal((1, 20, 24, 13)).astype(np.float32)
-    mask, timing = task.segment(p.backend, spec, img)
+    geometry = pickle.dumps({"original": False, "affine": np.eye(4), "model_affine": np.eye(4), "orig_shape": [20, 24, 13]})
+    mask, timing = task.segment(p.backend, spec, img, geometry)
     model = load_model("monai_unet", 3, 1, str(unet_checkpoint))
     with torch.inference_mode():
         ref = sliding_window_inference(torch.from_numpy(img)[None], ROI, 3, model, overlap=0.25, mode="gaussian")
@@ -144,10 +154,20 @@ def test_pipeline_dice_is_the_dice_of_the_saved_masks(evaluated):
             case = load_case(samples.set_index("sample_id").loc[row.sample_id, "path"],
                              samples.set_index("sample_id").loc[row.sample_id, "label_path"], prep, 3)
             mask = load_mask(out / "predictions" / f"{r.spec.name}_masks", row.mask_file)
-            assert mask.shape == case["label"].shape == tuple(int(v) for v in row.model_shape)
-            np.testing.assert_allclose(row.dice, dice_per_class(mask, case["label"], 3), equal_nan=True)
-            # HD95 / surface Dice of the saved mask, in the model's voxel spacing (MONAI).
-            hd, nsd = surface_distances(mask, case["label"], 3, case["spacing"], 2.0)
+            # the mask is in the input file's geometry: its shape and affine
+            import nibabel as nib
+
+            img = nib.load(samples.set_index("sample_id").loc[row.sample_id, "path"])
+            written = nib.load(str(out / "predictions" / f"{r.spec.name}_masks" / row.mask_file))
+            assert mask.shape == case["label_original"].shape == img.shape[:3]
+            np.testing.assert_allclose(written.affine, img.affine, atol=1e-5)
+            assert tuple(case["image"].shape[1:]) == tuple(int(v) for v in row.model_shape)
+            # TP/FP/FN and Dice as nnU-Net counts them, on the saved mask vs the label file
+            counts = overlap_counts(mask, case["label_original"], [(1,), (2,)])
+            np.testing.assert_array_equal(row.counts, counts)
+            np.testing.assert_allclose(row.dice, dice_iou(counts)[0], equal_nan=True)
+            # HD95 / surface Dice of the saved mask, in the file's voxel spacing (MONAI).
+            hd, nsd = surface_distances(mask, case["label_original"], 3, case["orig_spacing"], 2.0)
             np.testing.assert_allclose(row.hd95, hd, equal_nan=True)
             np.testing.assert_allclose(row.surface_dice, nsd, equal_nan=True)
             x, y, z = case["image"].shape[1:]
@@ -185,7 +205,9 @@ def test_candidate_vs_baseline_and_outputs(evaluated):
     assert len(pq) == 3 and {"sample_id", "dice_organ", "dice_lesion", "dice_mean", "dice_vs_baseline_organ",
                              "hd95_organ", "surface_dice_lesion", "latency_ms", "sw_ms", "shape", "mask_file"} <= set(pq.columns)
     assert list(pq["shape"].iloc[0])[:2] == [24, 24]
-    assert (out / "predictions" / "torch-fp32_masks" / "phantom_test_000.npz").is_file()
+    assert (out / "predictions" / "torch-fp32_masks" / "phantom_test_000.nii.gz").is_file()
+    assert cand["acceptance"]["pass_99.9"] is True and cand["acceptance"]["ratio"] == pytest.approx(1.0, abs=0.01)
+    assert "## Acceptance (MLPerf 3D-UNet rule)" in md and cand["memory"]["peak_rss_mb_max"] > 0
     # The worst cases' slices with every run's mask, linked from the report.
     from PIL import Image
 
@@ -238,9 +260,9 @@ def test_int8_segmentation_is_calibrated_on_roi_windows_and_compared_with_the_ba
     out = Path(cfg.output_dir) / "predictions"
     per_case = []
     for case in doc["cases"]:
-        name = case["sample_id"] + ".npz"
+        name = case["sample_id"] + ".nii.gz"
         b, c = load_mask(out / "torch-fp32_masks", name), load_mask(out / f"{backend}-int8_masks", name)
-        per_case.append(np.nanmean(dice_per_class(c, b, 3, ignore_empty=False)))
+        per_case.append(np.nanmean(dice_per_class(c, b, 3, ignore_empty=False)))  # == masks' Dice with regions
     assert cand["agreement"]["dice_mean"] == pytest.approx(np.mean(per_case))
     md = (Path(cfg.output_dir) / "report.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith(f"| {doc['dataset']['name']} | Candidate {backend}-int8"))
@@ -298,13 +320,14 @@ def test_interrupted_segmentation_run_resumes_with_the_remaining_cases(ray_local
     # and the outputs are the uninterrupted run's
     for a, b in zip(doc["runs"], ref["runs"]):
         assert a["metrics"] == b["metrics"] and a.get("agreement") == b.get("agreement")
-    timing = {"batch_uid", "batch_ms", "latency_ms", "sw_ms", "node_id", "worker_pid", "t_start", "t_end"}
+    timing = {"batch_uid", "batch_ms", "latency_ms", "sw_ms", "post_ms", "peak_rss_mb", "node_id", "worker_pid", "t_start",
+              "t_end"}
     for run_name in ("torch-fp32", "onnxruntime-fp32"):
         t1, t2 = (pq.read_table(d / "predictions" / f"{run_name}.parquet") for d in (tmp_path / "ref", out))
         keep = [c for c in t1.column_names if c not in timing]
         pd.testing.assert_frame_equal(t1.select(keep).to_pandas(), t2.select(keep).to_pandas())  # NaN Dice = NaN
-        for f in (tmp_path / "ref" / "predictions" / f"{run_name}_masks").glob("*.npz"):
-            assert (out / "predictions" / f"{run_name}_masks" / f.name).read_bytes() == f.read_bytes()
+        for f in (tmp_path / "ref" / "predictions" / f"{run_name}_masks").glob("*.nii.gz"):
+            np.testing.assert_array_equal(load_mask(f.parent, f.name), load_mask(out / "predictions" / f"{run_name}_masks", f.name))
 
 
 def test_segmentation_subgroups_from_metadata(evaluated):

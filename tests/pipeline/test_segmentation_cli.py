@@ -53,7 +53,7 @@ def test_task_segmentation_trains_the_unet_demo_and_writes_the_contract(tmp_path
     assert "Dice vs baseline (mean)" in (out / "report.md").read_text()
     for run in ("torch-fp32", "onnxruntime-fp32"):
         assert len(pd.read_parquet(out / "predictions" / f"{run}.parquet")) == 2
-        assert len(list((out / "predictions" / f"{run}_masks").glob("*.npz"))) == 2
+        assert len(list((out / "predictions" / f"{run}_masks").glob("*.nii.gz"))) == 2
     assert list((tmp_path / "cache" / "models").glob("demo-seg-*.pt")), "the demo checkpoint is cached"
 
 

@@ -130,3 +130,24 @@ def test_actor_on_a_node_without_the_files_loads_them_from_the_object_store(ray_
     key = shipped.options[OPTION]["artifact"].key
     assert (node_cache / "shipped" / key[:16] / "model.onnx").is_file()
     assert isinstance(shipped.options[OPTION]["artifact"], Shipment)
+
+
+def test_a_model_of_several_networks_ships_each_members_artifact(tiny_spec, tmp_path):
+    """nnU-Net's folds: one artifact per member, each shipped and materialised on a node
+    that lacks them; a model folder (not a file) is not packed."""
+    from medray.backends.base import members_artifact
+
+    a = _entry(tmp_path / "a")
+    b = ArtifactCache(tmp_path / "b").get_or_build("onnx", {"x": 2}, "model.onnx", lambda p: p.write_bytes(b"fold 1"))
+    spec = tiny_spec("onnxruntime")
+    spec = replace(spec, model=replace(spec.model, path=str(tmp_path), members=[{"name": "fold_0"}, {"name": "fold_1"}]),
+                   artifact=members_artifact([a.to_dict(), b.to_dict()]))
+    assert spec.artifact["bytes"] == a.bytes + b.bytes and spec.member(1).artifact["path"] == b.path
+    assert spec.member(0).name == "onnxruntime-fp32[fold_0]" and spec.member(0).model.members == []
+    shipped = ship(spec, {}, lambda blobs: blobs)
+    assert set(shipped.options[OPTION]) == {"artifact", "artifact:0", "artifact:1"}
+    for d in (tmp_path / "a", tmp_path / "b"):
+        shutil.rmtree(d)  # the node has none of the driver's files
+    got = materialise(shipped, tmp_path / "node")
+    paths = [m["path"] for m in got.artifact["members"]]
+    assert len(set(paths)) == 2 and all(str(tmp_path / "node" / "shipped") in p for p in paths)

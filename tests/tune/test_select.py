@@ -52,6 +52,12 @@ def test_violations_each_constraint():
         "Dice drop 0.0200 > max_dice_drop=0.01"
     ]
     assert metric_drop(seg, "dice_mean") == pytest.approx(0.02)
+    # MLPerf 3D-UNet's 99.9 % rule: the candidate's mean Dice relative to the baseline's
+    rel = {"trial_id": "r", "deltas": {"dice_mean": -0.0009, "dice_relative": -0.0011}, "agreement": {"dice_mean": 0.99}}
+    c999 = ConstraintsConfig(max_dice_drop=None, max_relative_dice_drop=0.001, min_agreement=None)
+    assert violations(rel, c999, "segmentation") == ["Dice / baseline's drop 0.0011 > max_relative_dice_drop=0.001"]
+    rel["deltas"]["dice_relative"] = -0.001
+    assert violations(rel, c999, "segmentation") == []
 
 
 def test_select_recommends_the_fastest_feasible_and_marks_the_front():

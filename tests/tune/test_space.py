@@ -92,3 +92,21 @@ def test_unplannable_streams_are_recorded_not_raised():
     plans, errors = space.plan_all(cfg(streams=[1, 500]), shape)
     assert ("torch", 1) in plans
     assert "streams=500" in errors[("torch", 500)]
+
+
+def test_segmentation_axes_tile_step_windows_and_mirroring():
+    """task=segmentation: the windows per call, the overlap (nnU-Net's tile step) and
+    model.mirroring are grid axes; each trial's evaluate config carries them."""
+    from medray.data.config import DataConfig
+    from medray.tune.trials import trial_eval_config, trial_record
+
+    sw = SweepConfig(backends={"torch": ["fp32"], "openvino": ["int8"]}, batch_sizes=[1], streams=[1],
+                     sw_batch_size=[1, 8], overlap=[0.5, 0.25], mirroring=[True, False])
+    c = SweepJobConfig(backend=TorchConfig(), task="segmentation", data=DataConfig(name="msd"), sweep=sw)
+    pts = space.grid_points(c)
+    assert len(pts) == 2 * 2 * 2 * 2
+    p = next(x for x in pts if x["run"] == "openvino-int8" and not x["mirroring"] and x["overlap"] == 0.25)
+    assert space.trial_label(p).endswith("-o0.25-nomirror") and trial_record(p)["mirroring"] is False
+    t = trial_eval_config(c, p)
+    assert t.model.mirroring is False and t.sliding_window.overlap == 0.25
+    assert t.sliding_window.sw_batch_size == p["batch_size"] and (t.backend.name, t.precision) == ("openvino", "int8")

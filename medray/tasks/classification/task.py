@@ -49,6 +49,7 @@ class ClassificationTask(Task):
     sweep_metrics: ClassVar[tuple[SweepMetric, ...]] = (SweepMetric("auc_macro", "AUC", "max_auc_drop"),
                                                          SweepMetric("balanced_accuracy", "BACC", "max_bacc_drop"))
     subgroup_delta: ClassVar[str | None] = "delta_auc"
+    expected_metrics: ClassVar[tuple[str, ...]] = ("auc_macro", "balanced_accuracy", "accuracy")
 
     # -- driver, before Ray ---------------------------------------------------------
     def screen(self, cfg: RunConfig, table: SampleTable, samples: pd.DataFrame) -> pd.DataFrame:
@@ -172,6 +173,23 @@ class ClassificationTask(Task):
         out["nonfinite"] = nonfinite_entry(df, ok)
         out["n_scored"] = int(len(df))
         return out
+
+    def metric_ci(self, result: RunResult, table: SampleTable, samples: pd.DataFrame, entry: dict, metric: str,
+                  n_boot: int, confidence: float) -> dict[str, Any]:
+        """The run's metric on its scored samples (decisions at its threshold) with a bootstrap
+        CI; patients resampled when known."""
+        from medray.metrics.statistics import Comparison, metric_ci
+
+        df = result.predictions
+        y, p = targets(table, samples, df["sample_id"]), stacked_probs(df)
+        ok = finite_rows(p)
+        clusters = None
+        if "patient_id" in samples.columns:
+            pid = samples.set_index(samples["sample_id"].astype(str))["patient_id"].astype(str)
+            clusters = pid.loc[df["sample_id"].astype(str)].to_numpy()[ok]
+        how = Comparison(n_boot=n_boot, confidence=confidence, positive=table.positive_index(), clusters=clusters,
+                         threshold=float((entry.get("metrics") or {}).get("threshold") or 0.5))
+        return metric_ci(y[ok], p[ok], table.task, metric, how)
 
     def compare(self, base: RunResult, cand: RunResult, table: SampleTable, samples: pd.DataFrame,
                 base_entry: dict, cand_entry: dict) -> dict[str, Any]:

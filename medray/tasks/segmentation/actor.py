@@ -1,12 +1,13 @@
-"""What a segmentation actor does around the backend: MONAI's sliding window whose
-predictor is the backend's session, the argmax mask, Dice / HD95 / surface Dice vs the
-labels, and the case's timings."""
+"""What a segmentation actor does around the backend: the model's recipe runs its windows
+with the backend's sessions as its network calls (one per member network: nnU-Net's
+folds) and gives the mask in the original geometry; then TP/FP/FN/TN, Dice and IoU per
+label or region (nnU-Net's numbers), HD95 / surface Dice, the case's timings and the
+actor's peak memory while it ran."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,90 +20,107 @@ if TYPE_CHECKING:
     from medray.specs import RunSpec
 
 
-def segment(sliding: dict, backend: Backend, spec: RunSpec, image: np.ndarray) -> tuple[np.ndarray, dict]:
-    """``image`` ``(C, D, H, W)`` → uint8 mask ``(D, H, W)`` and its timings.
+def member_calls(backend: Backend, spec: RunSpec, times: list[float]) -> list:
+    """One network call per member session, each call's backend time appended to ``times``."""
+    def call(session):
+        def run(x: np.ndarray) -> np.ndarray:
+            out = session.infer(x)
+            times.append(session.last_ms)
+            return out
+        return run
 
-    The window batches are sliced out of the one volume tensor by MONAI (a copy of
-    each window batch, never of the volume); ``latency_ms`` sums the backend calls.
-    """
-    import torch
-    from monai.inferers import sliding_window_inference
+    return [call(backend.member(i)) for i in range(max(1, len(spec.model.members)))]
 
-    calls: list[float] = []
-    windows = [0]
 
-    def run_windows(w: torch.Tensor) -> torch.Tensor:
-        x = np.ascontiguousarray(w.numpy())  # torch.cat made it contiguous: no copy
-        out = backend.infer(x)
-        calls.append(backend.last_ms)
-        windows[0] += len(x)
-        return torch.from_numpy(out)
+def segment(settings: dict, backend: Backend, spec: RunSpec, image: np.ndarray, geometry: bytes) -> tuple[np.ndarray, dict]:
+    """``image`` → the label map (the masks' geometry) and its timings: ``latency_ms`` sums
+    the backend calls, ``sw_ms`` is the whole segmentation (windows, blending, the way back)."""
+    from medray.models.recipes import recipe_of
 
-    with warnings.catch_warnings():
-        # Ray hands read-only arrays; MONAI only reads the input (slices + pad copy).
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        t = torch.from_numpy(image)[None]
+    times: list[float] = []
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        logits = sliding_window_inference(
-            t,
-            roi_size=list(spec.model.spatial),
-            sw_batch_size=spec.batch_size,
-            predictor=run_windows,
-            overlap=sliding["overlap"],
-            mode=sliding["mode"],
-            sigma_scale=sliding["sigma_scale"],
-        )
-        mask = logits[0].argmax(0).to(torch.uint8).numpy()
+    mask, info = recipe_of(spec.model).segment(spec.model, settings, member_calls(backend, spec, times), image,
+                                               geometry, spec.batch_size)
     sw_ms = (time.perf_counter() - t0) * 1e3
-    return mask, {"latency_ms": float(sum(calls)), "sw_ms": sw_ms, "n_calls": len(calls), "n_windows": windows[0]}
+    return mask, {"latency_ms": float(sum(times)), "sw_ms": sw_ms, "n_calls": len(times), "n_windows": int(info["n_windows"]),
+                  "post_ms": float(info.get("post_ms", 0.0)), "model_shape": np.asarray(info["model_shape"], dtype=np.float64)}
 
 
-def predict(sliding: dict, k: int, tolerance_mm: float | None, backend: Backend, spec: RunSpec,
-            batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs of the readable cases of ``batch`` (one row per case): ``k`` labels with the
-    background, HD95 / surface Dice at ``tolerance_mm`` (None = Dice only)."""
-    from medray.metrics.segmentation import dice_per_class, surface_distances
+def reset_peak_memory() -> bool:
+    """Start measuring this process's peak memory afresh (Linux: clear_refs 5 resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (MiB) since the last reset (else since its start)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def case_metrics(mask: np.ndarray, batch: dict, i: int, task) -> dict:
+    """TP/FP/FN/TN, Dice and IoU per label or region, HD95 and surface Dice of one case."""
+    from medray.metrics.segmentation import dice_iou, overlap_counts, region_surface_distances
+
+    blank = np.full(len(task.regions), np.nan)
+    if not bool(batch["has_label"][i]):
+        return {"dice": blank, "iou": blank, "counts": np.full((len(task.regions), 4), -1, np.int64),
+                "hd95": blank, "surface_dice": blank}
+    label = np.asarray(batch["label"][i])
+    counts = overlap_counts(mask, label, task.regions, task.ignore_label)
+    dice, iou = dice_iou(counts)
+    hd, nsd = blank, blank
+    if task.surface_tolerance_mm is not None:
+        hd, nsd = region_surface_distances(mask, label, task.regions, np.asarray(batch["mask_spacing"][i]),
+                                           task.surface_tolerance_mm)
+    return {"dice": dice, "iou": iou, "counts": counts, "hd95": hd, "surface_dice": nsd}
+
+
+def predict(task, backend: Backend, spec: RunSpec, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the readable cases of ``batch`` (one row per case)."""
     rows = []
-    blank = np.full(k - 1, np.nan)
     for i in range(len(batch["sample_id"])):
-        mask, timing = segment(sliding, backend, spec, np.asarray(batch["image"][i], dtype=np.float32))
+        exact = reset_peak_memory()
+        mask, timing = segment(task.settings, backend, spec, np.asarray(batch["image"][i], dtype=np.float32),
+                               bytes(batch["geometry"][i]))
+        metrics = case_metrics(mask, batch, i, task)
         blob = pack_mask(mask)
-        has = bool(batch["has_label"][i])
-        hd, nsd = blank, blank
-        if has and tolerance_mm is not None:  # in the model's voxel space, its spacing
-            hd, nsd = surface_distances(mask, np.asarray(batch["label"][i]), k, np.asarray(batch["spacing"][i]),
-                                        tolerance_mm)
-        rows.append({
-            "dice": dice_per_class(mask, np.asarray(batch["label"][i]), k) if has else blank,
-            "hd95": hd,
-            "surface_dice": nsd,
-            **timing,
-            "model_shape": np.asarray(mask.shape, dtype=np.float64),
-            "mask": blob,
-            "mask_sha256": hashlib.sha256(blob).hexdigest(),
-            "mask_file": mask_name(batch["sample_id"][i]),
-        })
+        rows.append({**metrics, **timing, "peak_rss_mb": peak_memory_mb() if exact else np.nan, "mask": blob,
+                     "mask_sha256": hashlib.sha256(blob).hexdigest(), "mask_file": mask_name(batch["sample_id"][i], batch["path"][i] if "path" in batch else "")})
     out = columns(rows)
     # The case's latency is its backend time; every case is its own "batch".
     out["batch_ms"] = out["latency_ms"].astype(np.float64)
     out["batch_size"] = np.ones(len(rows), dtype=np.int32)
-    for key in ("has_label", *VECTORS):
-        out[key] = np.asarray(batch[key])
+    for key in ("has_label", "geometry", *VECTORS):
+        out[key] = np.asarray(batch[key], dtype=object) if key == "geometry" else np.asarray(batch[key])
     return out
 
 
-def placeholder(num_classes: int, n: int) -> dict[str, np.ndarray]:
+def placeholder(regions: int, n: int) -> dict[str, np.ndarray]:
     """The columns of :func:`predict` for ``n`` cases that could not be read, blank."""
-    blank = np.full(num_classes - 1, np.nan)
-    row = {"dice": blank, "hd95": blank, "surface_dice": blank, "latency_ms": 0.0, "sw_ms": 0.0, "n_calls": 0, "n_windows": 0,
-           "model_shape": np.zeros(3), "mask": b"", "mask_sha256": "", "mask_file": ""}
+    blank = np.full(regions, np.nan)
+    row = {"dice": blank, "iou": blank, "counts": np.full((regions, 4), -1, np.int64), "hd95": blank,
+           "surface_dice": blank, "latency_ms": 0.0, "sw_ms": 0.0, "n_calls": 0, "n_windows": 0, "post_ms": 0.0,
+           "model_shape": np.zeros(3), "peak_rss_mb": np.nan, "mask": b"", "mask_sha256": "", "mask_file": ""}
     out = columns([row] * n)
     out["batch_ms"] = np.zeros(n, dtype=np.float64)
     out["batch_size"] = np.zeros(n, dtype=np.int32)
-    for k in ("has_label", *VECTORS):
-        out[k] = np.zeros(n, dtype=bool) if k == "has_label" else np.zeros((n, 3))
+    out["has_label"] = np.zeros(n, dtype=bool)
+    out["geometry"] = np.array([b""] * n, dtype=object)
+    for k in VECTORS:
+        out[k] = np.zeros((n, 3))
     return out
 
 
@@ -118,5 +136,3 @@ def columns(rows: list[dict]) -> dict[str, np.ndarray]:
         else:
             out[k] = np.asarray(vals)
     return out
-
-

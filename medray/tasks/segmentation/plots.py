@@ -14,13 +14,14 @@ if TYPE_CHECKING:
     from medray.results import RunResult
 
 
-def write_plots(out: str, results: list[RunResult], samples: pd.DataFrame, num_classes: int,
+def write_plots(out: str, results: list[RunResult], samples: pd.DataFrame, settings: dict,
                 n_worst: int = 3) -> dict[str, str]:
     """plots/worst_cases.png: the cases with the lowest Dice vs the baseline (or vs the
-    labels without a candidate), their slice of most disagreement, every run's mask."""
+    labels without a candidate), their slice of most disagreement, every run's mask (in the
+    masks' geometry, read by the model's recipe)."""
     from medray import io as medray_io
-    from medray.data.msd import load_case
     from medray.metrics.segmentation import case_mean
+    from medray.models.recipes import recipe_of
 
     if not results or not len(results[-1].predictions):
         return {}
@@ -36,13 +37,16 @@ def write_plots(out: str, results: list[RunResult], samples: pd.DataFrame, num_c
     if not worst:
         return {}
     rows = samples.set_index("sample_id")
-    prep = results[0].spec.model.preprocess
+    model = results[0].spec.model
+    recipe = recipe_of(model)
     cases = []
     for sid in worst:
-        case = load_case(str(rows.loc[sid, "path"]), str(rows.loc[sid, "label_path"]) or None, prep, num_classes)
-        masks = {r.spec.name: unpack_mask(r.predictions.set_index("sample_id").loc[sid, "mask"]) for r in results}
-        cases.append({"sample_id": sid, "image": case["image"][0], "label": case["label"], "masks": masks,
-                      "text": f"{what} {score[sid]:.4f}"})
+        row = {"sample_id": sid, **{k: str(rows.loc[sid, k]) for k in ("path", "channels", "label_path") if k in rows.columns}}
+        image, label, axes = recipe.view(model, settings, row)
+        masks = {r.spec.name: unpack_mask(r.predictions.set_index("sample_id").loc[sid, "mask"]).transpose(axes)
+                 for r in results}
+        cases.append({"sample_id": sid, "image": image.transpose(axes), "label": None if label is None else label.transpose(axes),
+                      "masks": masks, "text": f"{what} {score[sid]:.4f}"})
     medray_io.write_bytes(medray_io.join(out, "plots", "worst_cases.png"), worst_cases_png(cases))
     return {"worst_cases": "plots/worst_cases.png"}
 
