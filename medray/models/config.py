@@ -165,7 +165,7 @@ class ModelConfig:
 
     def _resolve_path(self, folder: bool) -> None:
         """model.path made absolute: an existing model file, or (``folder``) a trained model folder."""
-        what = "the trained model folder" if folder else "the model file"
+        what = "the model folder" if folder else "the model file"
         if not self.path:
             _fail("model.path", self.path, f"model={self.source} needs model.path=<{what}>")
         p = Path(self.path).expanduser()

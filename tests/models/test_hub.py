@@ -123,7 +123,7 @@ def test_a_mismatch_is_a_config_error_naming_both_lists(hub, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ViTModel"]}))
     with pytest.raises(ConfigError, match="ViTModel is not an image classifier"):
         resolve(tmp_path, table)
-    with pytest.raises(ConfigError, match="model.path=.*folder not found"):
+    with pytest.raises(ConfigError, match="model.path=.*: not a directory; give the path of the model folder"):
         ModelConfig(name="hf", source="hf", path=str(tmp_path / "nope"))
 
 
