@@ -153,7 +153,9 @@ def imagefolder(root, outliers=("stem",), n: int = 700, seed: int = 5, model=Non
     raw = root.parent / f"{root.name}-raw"
     raw.mkdir(parents=True, exist_ok=True)
     x = images(n, seed, size)[:, 0]
-    pix = np.clip(128 + 40 * x, 0, 255).astype(np.uint8)
+    # 64 grey levels per unit: medray's preset (mean 0.5, std 0.25) hands the model unit-variance
+    # inputs, the scale its margins were centred on (else every probability saturates at 1.0).
+    pix = np.clip(128 + 64 * x, 0, 255).astype(np.uint8)
     paths = []
     for i, p in enumerate(pix):
         paths.append(raw / f"img{i:04d}.png")

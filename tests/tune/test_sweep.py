@@ -55,7 +55,10 @@ def _interrupt_after(exp: Path, n: int, timeout: float = 300) -> threading.Threa
     def watch():
         t0 = time.time()
         while time.time() - t0 < timeout:
-            if len(list(exp.glob("*/checkpoint_*"))) >= n:
+            # Only while Tune's handler is installed: SIGUSR1's default action would kill
+            # pytest itself (and with it the whole test run) if Tune had already returned.
+            if len(list(exp.glob("*/checkpoint_*"))) >= n and signal.getsignal(signal.SIGUSR1) not in (
+                    signal.SIG_DFL, signal.SIG_IGN, None):
                 os.kill(os.getpid(), signal.SIGUSR1)
                 return
             time.sleep(0.2)
