@@ -139,7 +139,7 @@ def per_case(models: dict, raw: Path, work: Path, n_cases: int, rounds: int) -> 
     return {"cases": rows, "cpu_s_total": total, "speedup_vs_nnunet_cpu": {k: total["nnunet"] / v for k, v in total.items()}}
 
 
-def pipeline(models: dict, raw: Path, work: Path, backend: str, precision: str, windows: int) -> dict:
+def pipeline(models: dict, raw: Path, work: Path, backend: str, precision: str, windows: int, streams: int = 1) -> dict:
     """The pipeline's cases/s vs the machine limit (cores / CPU s of read + inference per case)."""
     import ray
     import torch
@@ -156,7 +156,7 @@ def pipeline(models: dict, raw: Path, work: Path, backend: str, precision: str, 
     cfg = EvalConfig(backend=backend_config(backend), precision=precision, task="segmentation",
                      data=DataConfig(name="nnunet", root=str(raw)), baseline=None,
                      model=ModelConfig(name="nnunet", source="nnunet", path=models["A"]),
-                     sliding_window=SlidingWindowConfig(sw_batch_size=windows), ray=RayConfig(num_cpus=cores),
+                     sliding_window=SlidingWindowConfig(sw_batch_size=windows), ray=RayConfig(num_cpus=cores), streams=streams,
                      cache_dir=str(work / "cache"), output_dir=str(work / "out"), warmup_batches=1)
     p = prepare(cfg)
     spec = p.specs[0]
@@ -184,7 +184,7 @@ def pipeline(models: dict, raw: Path, work: Path, backend: str, precision: str, 
     finally:
         ray.shutdown()
     best = max(runs, key=lambda r: r.throughput_sps)
-    return {"backend": f"{backend}-{precision}", "windows_per_call": windows, "cases": len(p.samples), "cores": cores,
+    return {"backend": f"{backend}-{precision}", "windows_per_call": windows, "streams": streams, "cases": len(p.samples), "cores": cores,
             "read_cpu_s_per_case": read_s, "inference_cpu_s_per_case": infer_s, "machine_limit_cps": limit,
             "throughput_cps": [r.throughput_sps for r in runs], "inference_cps": best.inference_sps,
             "over_limit": best.throughput_sps / limit, "pool": best.pool.describe()}
@@ -247,6 +247,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", default="openvino")
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--windows", type=int, default=8)
+    ap.add_argument("--streams", type=int, default=1, help="actors of the pipeline run (streams=)")
+    ap.add_argument("--pipeline-only", action="store_true", help="skip the per-case comparison with nnUNetPredictor")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
@@ -263,8 +265,9 @@ def main(argv=None) -> dict:
         out["memory"] = memory(models)
     else:
         raw = bench_raw(models, work, args.cases)
-        out["per_case"] = per_case(models, raw, work, args.per_case, args.rounds)
-        out["pipeline"] = pipeline(models, raw, work, args.backend, args.precision, args.windows)
+        if not args.pipeline_only:
+            out["per_case"] = per_case(models, raw, work, args.per_case, args.rounds)
+        out["pipeline"] = pipeline(models, raw, work, args.backend, args.precision, args.windows, args.streams)
         print(json.dumps(out["pipeline"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
