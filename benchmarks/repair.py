@@ -112,7 +112,9 @@ def timing(backend: str, spec, rep: dict, args) -> dict:
     from medray.backends.onnx.repair import bench, speed_table
 
     art = spec.artifact
-    paths = {"fp32": art["reference"]["path"], "int8_full": rep["full_int8"]["path"], "repaired": art["path"]}
+    # No INT8 set passed: the artifact is the fallback chain's step (fp32 itself, or fp16/bf16).
+    fp32 = art["reference"]["path"] if "reference" in art else art["path"]
+    paths = {"fp32": fp32, "int8_full": rep["full_int8"]["path"], "repaired": art["path"]}
     x = np.random.default_rng(0).standard_normal((args.batch, *spec.model.input_shape), dtype=np.float32)
     fns = {}
     for k, path in paths.items():

@@ -112,3 +112,25 @@ def test_fallback_chain_reports_every_step_and_stops_at_the_first_pass():
 ])
 def test_torch_module_path_from_exporter_scopes(node, module):
     assert torch_module_path(node) == module
+
+
+def test_probes_leave_half_the_budget_to_the_prefix_search(monkeypatch):
+    """120 layers at 10 s per evaluation and a 600 s budget: probing every layer would spend
+    it all; the probes stop at half and the binary search over the proxy order finds the set."""
+    import medray.backends.onnx.search as search_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(search_mod.time, "perf_counter", lambda: clock[0])
+    groups = [f"/l{i}/Conv" for i in range(120)]
+    needed = {groups[3], groups[40]}
+    inner = evaluator(needed, per_missing=0.1)
+
+    def evaluate(kept):
+        clock[0] += 10.0
+        return inner(kept)
+
+    res = search(groups, evaluate, [Gate("auc_macro", max_drop=0.01)], REF,
+                 options=SearchOptions(budget_s=600, max_kept=0.5))
+    probes = [s for s in res.steps if s["step"].startswith("probe")]
+    assert len(probes) < 31 and res.passed and needed <= set(res.kept)
+    assert {"prefix"} <= {s["step"] for s in res.steps}

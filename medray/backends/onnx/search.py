@@ -31,6 +31,8 @@ log = logging.getLogger("medray.backends.repair")
 # Float noise: a drop of exactly the limit passes.
 EPS = 1e-12
 PROBES = ("leave_one_out", "only_one")
+# The share of quantization.repair_budget_s the probes may take before the prefix search.
+PROBE_SHARE = 0.5
 SUBGROUP = "@"  # "<metric>@<column>=<group>": a subgroup's value of a metric
 
 
@@ -162,12 +164,14 @@ class _Search:
 
 
 def sensitivity(s: _Search, groups: list[str], order: list[str], probe: str) -> dict[str, float]:
-    """The margin of each probe, in ``order`` until the budget is spent (unprobed groups
-    keep their proxy rank); a passing leave-one-out probe ends the probing."""
+    """The margin of each probe, in ``order`` until :data:`PROBE_SHARE` of the budget is
+    spent (unprobed groups keep their proxy rank); a passing leave-one-out probe ends the
+    probing.  The rest of the budget is the binary search's and the pruning's: a model of
+    a hundred layers at seconds per evaluation would otherwise spend it all on probes."""
     out: dict[str, float] = {}
     everything = frozenset(groups)
     for g in order:
-        if not s.left():
+        if time.perf_counter() - s.t0 >= PROBE_SHARE * s.budget:
             break
         kept = frozenset([g]) if probe == "leave_one_out" else everything - {g}
         s.ev(kept, f"probe:{probe}")
