@@ -68,6 +68,36 @@ def _interrupt_after(exp: Path, n: int, timeout: float = 300) -> threading.Threa
     return th
 
 
+_CHILD = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[4], sys.argv[5]]
+from test_sweep import _interrupt_after, make_cfg
+from medray.tune.runner import run
+root, ckpt, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+watcher = _interrupt_after(out / "tune", 2)
+doc = run(make_cfg(root, ckpt, out))
+watcher.join(timeout=1)
+keep = ("status", "n_unfinished", "trials", "baseline")
+print("RESULT " + json.dumps({k: doc[k] for k in keep}, default=str))
+"""
+
+
+def _interrupted_in_a_fresh_process(root: Path, checkpoint, out: Path) -> dict:
+    """The interrupted first sweep, in its own interpreter with its own embedded Ray (as a
+    user's Ctrl-C'd `jobs/sweep.py`): signalling the test process itself, after the whole
+    suite's libraries are loaded in it, once took pytest down with a segfault."""
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parent
+    p = subprocess.run([sys.executable, "-c", _CHILD, str(root), str(checkpoint), str(out), str(here.parent), str(here)],
+                       capture_output=True, text=True, timeout=900)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert p.returncode == 0 and line, p.stderr[-3000:]
+    return json.loads(line[len("RESULT "):])
+
+
 def test_sweep_interrupt_resume_table_and_reproduce(ray_local, tmp_path_factory, tiny_checkpoint):
     from medray.tune.runner import run
 
@@ -75,9 +105,7 @@ def test_sweep_interrupt_resume_table_and_reproduce(ray_local, tmp_path_factory,
     out = root / "out"
     cfg = make_cfg(root, tiny_checkpoint, out)
 
-    watcher = _interrupt_after(out / "tune", 2)
-    first = run(cfg)
-    watcher.join(timeout=1)
+    first = _interrupted_in_a_fresh_process(root, tiny_checkpoint, out)
     assert first["status"] == "interrupted"
     done_first = {t["trial_id"]: t["run_uid"] for t in first["trials"] if t["status"] == "ok"}
     assert len(done_first) >= 2 and first["n_unfinished"] >= 1
