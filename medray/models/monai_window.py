@@ -12,17 +12,15 @@ import pickle
 import time
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medray.errors import ConfigError
-from medray.models.recipes import SPACES, NetCall, VolumeRecipe, describe_settings, draw
+from medray.models.recipes import NetCall, VolumeRecipe, describe_settings, run_once
 
 if TYPE_CHECKING:
-    import pandas as pd
 
-    from medray.data.calibration import CalibrationSet
     from medray.specs import ModelSpec
 
 DEFAULTS = {"overlap": 0.25, "mode": "constant", "sigma_scale": 0.125, "space": "original"}
@@ -60,13 +58,8 @@ class MonaiRecipe(VolumeRecipe):
 
     def settings(self, model: ModelSpec, sliding: dict) -> dict:
         out = {k: sliding.get(k) if sliding.get(k) is not None else v for k, v in DEFAULTS.items()}
-        if out["space"] not in SPACES:
-            raise ConfigError(f"sliding_window.space={out['space']!r}: use one of {', '.join(SPACES)}")
-        if sliding.get("mirroring"):
-            raise ConfigError("model.mirroring=true: mirroring test-time augmentation is nnU-Net's (model=nnunet); "
-                              "a MONAI model runs its windows once: remove it")
-        out["mirroring"] = None
-        return out
+        return run_once(out, sliding, "model.mirroring=true: mirroring test-time augmentation is nnU-Net's (model=nnunet); "
+                        "a MONAI model runs its windows once: remove it")
 
     def read(self, model: ModelSpec, settings: dict, case: dict) -> dict:
         from medray.data.msd import VolumeError, load_case
@@ -114,26 +107,8 @@ class MonaiRecipe(VolumeRecipe):
         return mask, {"n_windows": n["windows"], "n_calls": n["calls"], "model_shape": list(image.shape[1:]),
                       "post_ms": (time.perf_counter() - t0) * 1e3}
 
-    def calibration(self, model: ModelSpec, settings: dict, samples: pd.DataFrame, max_windows: int,
-                    seed: int) -> CalibrationSet:
-        """ROI windows of the preprocessed calibration cases, tiled as the sliding window
-        tiles them (no overlap).  A case that cannot be read fails: a calibration set
-        silently missing cases is not the one its cache key names."""
-        from medray.data.calibration import CalibrationError, CalibrationSet
-        from medray.data.msd import VolumeError, load_case
-
-        roi = tuple(model.spatial)
-        windows, ids = [], []
-        for sid, path in zip(samples["sample_id"], samples["path"]):
-            try:
-                image = load_case(str(path), None, model.preprocess)["image"]
-            except VolumeError as e:
-                raise CalibrationError(f"calibration case {sid} cannot be read: {e}") from e
-            for where, w in tiles(image, roi):
-                windows.append(w)
-                ids.append(f"{sid}@{where}")
-        windows, ids = draw(windows, ids, max_windows, seed)
-        return CalibrationSet(np.ascontiguousarray(np.stack(windows), dtype=np.float32), ids)
+    def windows(self, model: ModelSpec, image: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        return list(tiles(image, tuple(model.spatial)))
 
     def write_mask(self, model: ModelSpec, mask: np.ndarray, geometry: bytes, path: str) -> None:
         import nibabel as nib

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from medray.errors import registry_row
+from medray.errors import ConfigError, registry_row
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,10 +90,29 @@ class VolumeRecipe(ABC):
         ``model_shape``, ``post_ms`` (the way back: resampling, argmax...)."""
 
     @abstractmethod
+    def windows(self, model: ModelSpec, image: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        """Calibration: ``image`` (the network's input volume) cut into ROI windows as the
+        model's sliding window tiles it (no overlap), each with where it was cut."""
+
     def calibration(self, model: ModelSpec, settings: dict, samples: pd.DataFrame, max_windows: int,
                     seed: int) -> CalibrationSet:
-        """INT8 calibration inputs: windows of the calibration cases, preprocessed as the
-        evaluated ones, at most ``max_windows`` drawn with ``seed``."""
+        """INT8 calibration inputs: windows of the calibration cases, read as the evaluated
+        ones, at most ``max_windows`` drawn with ``seed``.  A case that cannot be read fails:
+        a calibration set silently missing cases is not the one its cache key names."""
+        from medray.data.calibration import CalibrationError, CalibrationSet
+        from medray.data.volumes import VolumeError
+
+        windows, ids = [], []
+        for row in samples.to_dict("records"):
+            try:
+                image = self.read(model, settings, {**row, "label_path": ""})["image"]
+            except VolumeError as e:
+                raise CalibrationError(f"calibration case {row['sample_id']} cannot be read: {e}") from e
+            for where, w in self.windows(model, image):
+                windows.append(w)
+                ids.append(f"{row['sample_id']}@{where}")
+        windows, ids = draw(windows, ids, max_windows, seed)
+        return CalibrationSet(np.ascontiguousarray(np.stack(windows), dtype=np.float32), ids)
 
     @abstractmethod
     def write_mask(self, model: ModelSpec, mask: np.ndarray, geometry: bytes, path: str) -> None:
@@ -113,6 +132,17 @@ class VolumeRecipe(ABC):
     def describe(self, preprocess: dict, settings: dict) -> str:
         """report.md's line on the preprocessing and the windows."""
         return f"preprocessing {preprocess}; windows {settings}"
+
+
+def run_once(out: dict, sliding: dict, refusal: str) -> dict:
+    """The settings ``out`` of a model whose windows run once: ``space`` checked, and
+    model.mirroring=true refused with ``refusal``."""
+    if out["space"] not in SPACES:
+        raise ConfigError(f"sliding_window.space={out['space']!r}: use one of {', '.join(SPACES)}")
+    if sliding.get("mirroring"):
+        raise ConfigError(refusal)
+    out["mirroring"] = None
+    return out
 
 
 def draw(items: list, ids: list[str], max_n: int, seed: int) -> tuple[list, list[str]]:

@@ -27,13 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medray.errors import ConfigError
-from medray.models.monai_window import MonaiRecipe, tiles, to_original
-from medray.models.recipes import SPACES, NetCall, describe_settings, draw
+from medray.models.monai_window import MonaiRecipe, to_original
+from medray.models.recipes import NetCall, describe_settings, run_once
 
 if TYPE_CHECKING:
-    import pandas as pd
 
-    from medray.data.calibration import CalibrationSet
     from medray.specs import ModelSpec
 
 # sliding_window.* keys that override the bundle inferer's own.
@@ -99,13 +97,8 @@ class BundleRecipe(MonaiRecipe):
                "sigma_scale": inf.get("sigma_scale", 0.125), "padding_mode": inf.get("padding_mode", "constant"),
                "cval": inf.get("cval", 0.0), "space": "original"}
         out.update({k: sliding[k] for k in OVERRIDES if sliding.get(k) is not None})
-        if out["space"] not in SPACES:
-            raise ConfigError(f"sliding_window.space={out['space']!r}: use one of {', '.join(SPACES)}")
-        if sliding.get("mirroring"):
-            raise ConfigError("model.mirroring=true: a MONAI bundle runs its inferer's windows once (mirroring is "
-                              "nnU-Net's); remove it")
-        out["mirroring"] = None
-        return out
+        return run_once(out, sliding, "model.mirroring=true: a MONAI bundle runs its inferer's windows once (mirroring is "
+                        "nnU-Net's); remove it")
 
     def read(self, model: ModelSpec, settings: dict, case: dict) -> dict:
         from monai.transforms import apply_transform
@@ -211,25 +204,6 @@ class BundleRecipe(MonaiRecipe):
                               f"neither the input's {g['orig_shape']} nor the network grid's {model_shape}")
         return mask, {"n_windows": n["windows"], "n_calls": n["calls"], "model_shape": model_shape,
                       "post_ms": (time.perf_counter() - t0) * 1e3}
-
-    def calibration(self, model: ModelSpec, settings: dict, samples: pd.DataFrame, max_windows: int,
-                    seed: int) -> CalibrationSet:
-        """ROI windows of the calibration cases preprocessed by the bundle, tiled as the
-        sliding window tiles them (no overlap)."""
-        from medray.data.calibration import CalibrationError, CalibrationSet
-        from medray.data.volumes import VolumeError
-
-        windows, ids = [], []
-        for row in samples.to_dict("records"):
-            try:
-                image = self.read(model, settings, {**row, "label_path": ""})["image"]
-            except VolumeError as e:
-                raise CalibrationError(f"calibration case {row['sample_id']} cannot be read: {e}") from e
-            for where, w in tiles(image, tuple(model.spatial)):
-                windows.append(w)
-                ids.append(f"{row['sample_id']}@{where}")
-        windows, ids = draw(windows, ids, max_windows, seed)
-        return CalibrationSet(np.ascontiguousarray(np.stack(windows), dtype=np.float32), ids)
 
     def describe(self, preprocess: dict, settings: dict) -> str:
         pp = preprocess

@@ -8,17 +8,15 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medray.errors import ConfigError
-from medray.models.recipes import NetCall, VolumeRecipe, describe_settings, draw
+from medray.models.recipes import NetCall, VolumeRecipe, describe_settings
 
 if TYPE_CHECKING:
-    import pandas as pd
 
-    from medray.data.calibration import CalibrationSet
     from medray.specs import ModelSpec
 
 # nnUNetPredictor's defaults: tile_step_size 0.5 (overlap 0.5), use_gaussian, use_mirroring.
@@ -115,25 +113,12 @@ class NnUNetRecipe(VolumeRecipe):
                       "n_calls": n["calls"], "model_shape": list(image.shape[1:]),
                       "post_ms": (time.perf_counter() - t0) * 1e3}
 
-    def calibration(self, model: ModelSpec, settings: dict, samples: pd.DataFrame, max_windows: int,
-                    seed: int) -> CalibrationSet:
-        """Patches of the calibration cases as nnU-Net preprocesses them, padded and tiled
-        as its sliding window tiles (tile step 1: no overlap)."""
-        from medray.data.calibration import CalibrationError, CalibrationSet
-        from medray.data.msd import VolumeError
+    def windows(self, model: ModelSpec, image: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        """Patches as nnU-Net preprocesses them, padded and tiled as its sliding window tiles
+        (tile step 1: no overlap)."""
         from medray.models.nnunet.inference import patches
 
-        windows, ids = [], []
-        for row in samples.to_dict("records"):
-            try:
-                image = self.read(model, settings, {**row, "label_path": ""})["image"]
-            except VolumeError as e:
-                raise CalibrationError(f"calibration case {row['sample_id']} cannot be read: {e}") from e
-            got = patches(image, model.spatial)
-            windows += got
-            ids += [f"{row['sample_id']}@{i}" for i in range(len(got))]
-        windows, ids = draw(windows, ids, max_windows, seed)
-        return CalibrationSet(np.ascontiguousarray(np.stack(windows), dtype=np.float32), ids)
+        return list(enumerate(patches(image, model.spatial)))
 
     def write_mask(self, model: ModelSpec, mask: np.ndarray, geometry: bytes, path: str) -> None:
         from medray.models.nnunet.folder import managers
