@@ -6,8 +6,8 @@ tests (2 folds, anisotropic, trained with nnU-Net's tools: tests/nnunet_tiny.py)
 
 * per case (one process, 1 thread, interleaved rounds, the minimum): nnUNetPredictor's
   ``predict_logits_from_preprocessed_data`` + its export vs medray's recipe with the torch
-  backend's fold sessions (same folds, tile step 0.5, Gaussian, mirroring on), 1 and 8
-  windows per call; then ONNX Runtime / OpenVINO fp32 and OpenVINO INT8 candidates;
+  backend's fold sessions (same folds, tile step 0.5, Gaussian, mirroring on), 1, 4 (the
+  default) and 8 windows per call; then ONNX Runtime / OpenVINO fp32 and OpenVINO INT8 candidates;
 * the pipeline: ``--cases`` volumes through medray's one pipeline (preprocessing in read tasks
   overlapped with the actors) against the machine limit as benchmarks/limit.py defines it:
   cores / (CPU seconds to read + preprocess a case + CPU seconds of its inference at 1 thread);
@@ -122,7 +122,8 @@ def per_case(models: dict, raw: Path, work: Path, n_cases: int, rounds: int) -> 
             calls = [m.infer for m in members]
             return lambda: recipe.segment(spec, settings, calls, got["image"], got["geometry"], w)[0]
 
-        runs = {"nnunet": nnunet, "torch-fp32 w1": medray("torch-fp32", 1), "torch-fp32 w8": medray("torch-fp32", 8),
+        runs = {"nnunet": nnunet, "torch-fp32 w1": medray("torch-fp32", 1),
+                "torch-fp32 w4": medray("torch-fp32", 4), "torch-fp32 w8": medray("torch-fp32", 8),
                 "onnxruntime-fp32 w8": medray("onnxruntime-fp32", 8), "openvino-fp32 w8": medray("openvino-fp32", 8),
                 "openvino-int8 w8": medray("openvino-int8", 8)}
         ref = nnunet()

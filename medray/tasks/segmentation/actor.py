@@ -70,6 +70,18 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def warm_metrics(task) -> None:
+    """Run the per-case metrics once on a toy case: their first call imports MONAI (seconds),
+    which belongs to the actor's start-up, not to the first case's time."""
+    from medray.metrics.segmentation import overlap_counts, region_surface_distances
+
+    toy = np.zeros((4, 4, 4), np.uint8)
+    toy[1:3, 1:3, 1:3] = 1
+    overlap_counts(toy, toy, [(1,)], None)
+    if task.surface_tolerance_mm is not None:
+        region_surface_distances(toy, toy, [(1,)], (1.0, 1.0, 1.0), task.surface_tolerance_mm)
+
+
 def case_metrics(mask: np.ndarray, batch: dict, i: int, task) -> dict:
     """TP/FP/FN/TN, Dice and IoU per label or region, HD95 and surface Dice of one case."""
     from medray.metrics.segmentation import dice_iou, overlap_counts, region_surface_distances

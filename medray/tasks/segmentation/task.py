@@ -185,6 +185,7 @@ class SegmentationTask(Task):
         # One-time set-up (a bundle's configs parsed, its transforms built) belongs to start-up,
         # not to the first case's segmentation time.
         recipe_of(spec.model).open(spec.model, self.settings_for(spec.model))
+        actor.warm_metrics(self)
 
     def segment(self, backend: Backend, spec: RunSpec, image: np.ndarray, geometry: bytes) -> tuple[np.ndarray, dict]:
         """``image`` (the network's input volume) → the label map and its timings."""
