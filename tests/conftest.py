@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 from helpers import REPO, TINY_ARCH, TINY_SIZE, UNET_NET, UNET_ROI
 
-# Keep the tests' caches (datasets, artifacts, demo models) out of the user's cache.
-os.environ.setdefault("MEDRAY_CACHE", str(REPO / ".pytest_cache" / "medray"))
+# Keep the tests' caches (datasets, artifacts, demo models) out of the user's cache.  Under
+# pytest-xdist each worker gets its own: the demo/dataset builders write without a lock.
+TESTS_CACHE = REPO / ".pytest_cache" / "medray"
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+os.environ.setdefault("MEDRAY_CACHE", str(TESTS_CACHE / "workers" / _WORKER if _WORKER else TESTS_CACHE))
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
@@ -90,4 +93,5 @@ def tiny_nnunet() -> dict:
     pytest.importorskip("nnunetv2", reason=NNUNET_INSTALL)
     import nnunet_tiny
 
-    return nnunet_tiny.build(Path(os.environ["MEDRAY_CACHE"]) / "nnunet-tiny")
+    # Shared by the workers: the build holds a file lock, and training twice costs a minute.
+    return nnunet_tiny.build(TESTS_CACHE / "nnunet-tiny")
