@@ -20,7 +20,6 @@ from medray.errors import ConfigError
 from medray.models.recipes import NetCall, VolumeRecipe, describe_settings, run_once
 
 if TYPE_CHECKING:
-
     from medray.specs import ModelSpec
 
 DEFAULTS = {"overlap": 0.25, "mode": "constant", "sigma_scale": 0.125, "space": "original"}

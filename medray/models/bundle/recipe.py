@@ -31,7 +31,6 @@ from medray.models.monai_window import MonaiRecipe, to_original
 from medray.models.recipes import NetCall, describe_settings, run_once
 
 if TYPE_CHECKING:
-
     from medray.specs import ModelSpec
 
 # sliding_window.* keys that override the bundle inferer's own.

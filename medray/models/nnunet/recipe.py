@@ -16,7 +16,6 @@ from medray.errors import ConfigError
 from medray.models.recipes import NetCall, VolumeRecipe, describe_settings
 
 if TYPE_CHECKING:
-
     from medray.specs import ModelSpec
 
 # nnUNetPredictor's defaults: tile_step_size 0.5 (overlap 0.5), use_gaussian, use_mirroring.

@@ -71,15 +71,13 @@ def peak_memory_mb() -> float:
 
 
 def warm_metrics(task) -> None:
-    """Run the per-case metrics once on a toy case: their first call imports MONAI (seconds),
+    """Run :func:`case_metrics` once on a toy case: its first call imports MONAI (seconds),
     which belongs to the actor's start-up, not to the first case's time."""
-    from medray.metrics.segmentation import overlap_counts, region_surface_distances
-
+    if not task.regions:
+        return
     toy = np.zeros((4, 4, 4), np.uint8)
-    toy[1:3, 1:3, 1:3] = 1
-    overlap_counts(toy, toy, [(1,)], None)
-    if task.surface_tolerance_mm is not None:
-        region_surface_distances(toy, toy, [(1,)], (1.0, 1.0, 1.0), task.surface_tolerance_mm)
+    toy[1:3, 1:3, 1:3] = task.regions[0][0]  # present in the reference: the surface metrics run
+    case_metrics(toy, {"has_label": [True], "label": [toy], "mask_spacing": [(1.0, 1.0, 1.0)]}, 0, task)
 
 
 def case_metrics(mask: np.ndarray, batch: dict, i: int, task) -> dict:
